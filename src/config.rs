@@ -1,0 +1,463 @@
+//! Configuration: one TOML file, unknown keys refused, every limit with a documented default.
+//!
+//! The shape is the operator's contract; `config/portcullis.toml` is a working example and is
+//! parsed by a test. Relative paths are relative to the directory the gateway runs in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::credentials::Secret;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Appended to a login typed without `@domain`.
+    #[serde(default)]
+    pub default_domain: Option<String>,
+    pub store: StoreConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "backend")]
+    pub backends: BTreeMap<String, BackendConfig>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`; the file and its folder are created on first start.
+    pub url: String,
+    /// How often a running gateway reads the change feed, in milliseconds (default 200): the
+    /// longest a change made by another process waits before it takes effect here.
+    #[serde(default = "default_feed_interval_ms")]
+    pub feed_interval_ms: u64,
+}
+
+fn default_feed_interval_ms() -> u64 {
+    200
+}
+
+/// `[tls]`: the certificate the gateway shows its clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+}
+
+/// `[auth]`: how logins are decided.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A failed login is answered this many milliseconds after it arrived, whatever failed, so
+    /// failures cannot be told apart by timing and guessing is slowed (default 500).
+    pub failure_delay_ms: u64,
+    /// Failed logins on one connection before it is closed (default 3).
+    pub max_failures: u32,
+    /// Verified logins kept in memory (default 100000).
+    pub cache_capacity: u64,
+    /// Seconds a verified login stays cached without use (default 600).
+    pub cache_idle_secs: u64,
+    /// argon2 verifications running at once (default: the number of CPUs).
+    pub hash_concurrency: Option<usize>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            failure_delay_ms: 500,
+            max_failures: 3,
+            cache_capacity: 100_000,
+            cache_idle_secs: 600,
+            hash_concurrency: None,
+        }
+    }
+}
+
+/// `[limits]`: bounds on what a client may cost before and after login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections across all listeners (default 10000); past it a new connection
+    /// gets a "busy" reply and is closed.
+    pub max_connections: usize,
+    /// Seconds from accept to a successful login (default 60); then the connection is closed.
+    pub login_timeout_secs: u64,
+    /// Seconds for a TLS handshake (default 10).
+    pub handshake_timeout_secs: u64,
+    /// Longest command line before login, in bytes (default 8192; RFC 4954 asks SMTP servers to
+    /// take AUTH lines of 12288, which the submission listener always allows).
+    pub max_line: usize,
+    /// Longest IMAP literal before login, in bytes (default 8192: a login and password fit).
+    pub max_literal: u32,
+    /// Unknown or malformed commands before login, before the connection is closed (default 10).
+    pub max_bad_commands: u32,
+    /// Seconds an IMAP session may stay silent both ways once relayed (default 1860: IDLE
+    /// clients re-issue IDLE every 29 minutes, RFC 2177).
+    pub imap_idle_timeout_secs: u64,
+    /// Seconds an SMTP session may stay silent once relayed (default 600, RFC 5321 4.5.3.2).
+    pub smtp_idle_timeout_secs: u64,
+    /// Seconds given to live sessions to end on shutdown (default 10).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            login_timeout_secs: 60,
+            handshake_timeout_secs: 10,
+            max_line: 8192,
+            max_literal: 8192,
+            max_bad_commands: 10,
+            imap_idle_timeout_secs: 1860,
+            smtp_idle_timeout_secs: 600,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Limits {
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout_secs)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Imap,
+    Submission,
+}
+
+/// How TLS starts on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plaintext greeting, then the client upgrades with STARTTLS.
+    Starttls,
+    /// TLS from the first byte (IMAPS 993, submissions 465).
+    Implicit,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub protocol: ListenerProtocol,
+    pub address: SocketAddr,
+    pub tls: ListenerTls,
+    /// Name of a `[backend.NAME]` section.
+    pub backend: String,
+    /// Accept logins before STARTTLS. Refused unless the address is loopback: it exists for a
+    /// gateway behind a local TLS terminator, never for a network-facing port.
+    #[serde(default)]
+    pub allow_plaintext_auth_on_loopback: bool,
+}
+
+/// How the gateway reaches a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTls {
+    None,
+    Starttls,
+    Implicit,
+}
+
+/// How the gateway logs in to a backend on the user's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendLogin {
+    /// Dovecot's master user: log in as `user*master` with the master password.
+    MasterUser,
+    /// SASL PLAIN with authzid = user, authcid = master user.
+    SaslAuthzid,
+    /// Postfix's XCLIENT LOGIN= (SMTP only).
+    Xclient,
+}
+
+/// `[backend.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `host:port`.
+    pub address: String,
+    pub tls: BackendTls,
+    /// PEM file of the CA that signed the backend's certificate; without it, the system's web
+    /// roots are used. Only with `tls = "starttls"` or `"implicit"`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the backend certificate (default: the host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    pub login: BackendLogin,
+    /// The master user (`master-user`, `sasl-authzid`).
+    #[serde(default)]
+    pub master_user: Option<String>,
+    /// File holding the master password on its first line; read at start, never logged.
+    #[serde(default)]
+    pub master_password_file: Option<PathBuf>,
+    /// `*` between user and master user for `master-user` (Dovecot's
+    /// `auth_master_user_separator`, default `*`).
+    #[serde(default = "default_separator")]
+    pub master_separator: String,
+    /// Seconds to connect and log in to the backend (default 10).
+    #[serde(default = "default_backend_timeout")]
+    pub timeout_secs: u64,
+    /// Use only the local part of the login (`alice`) as the backend user name, for backends
+    /// that do not know domains (default false: `alice@example.org`).
+    #[serde(default)]
+    pub strip_domain: bool,
+}
+
+fn default_separator() -> String {
+    "*".to_owned()
+}
+
+fn default_backend_timeout() -> u64 {
+    10
+}
+
+impl BackendConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    /// The host part of `address`, for SNI and certificate checks.
+    pub fn host(&self) -> &str {
+        let addr = self.address.as_str();
+        if let Some(rest) = addr.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+    }
+}
+
+/// A configuration that could not be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| match message {
+            ParseFailure::Syntax(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseFailure::Invalid(message) => ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ParseFailure> {
+        // toml's error text names the line, the column and the offending key.
+        let config: Config =
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string().trim().to_owned()))?;
+        config.validate().map_err(ParseFailure::Invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.listeners.is_empty() {
+            return Err("no [[listener]] is configured".into());
+        }
+        let mut addresses = std::collections::HashSet::new();
+        for listener in &self.listeners {
+            if !addresses.insert(listener.address) {
+                return Err(format!("two listeners use {}", listener.address));
+            }
+            let Some(backend) = self.backends.get(&listener.backend) else {
+                return Err(format!(
+                    "listener {} names backend {:?}, but there is no [backend.{}]",
+                    listener.address, listener.backend, listener.backend
+                ));
+            };
+            if listener.allow_plaintext_auth_on_loopback && !listener.address.ip().is_loopback() {
+                return Err(format!(
+                    "listener {}: allow_plaintext_auth_on_loopback needs a loopback address",
+                    listener.address
+                ));
+            }
+            if backend.login == BackendLogin::Xclient
+                && listener.protocol != ListenerProtocol::Submission
+            {
+                return Err(format!(
+                    "listener {}: backend {:?} uses login = \"xclient\", which only SMTP backends speak",
+                    listener.address, listener.backend
+                ));
+            }
+        }
+        for (name, backend) in &self.backends {
+            match backend.login {
+                BackendLogin::MasterUser | BackendLogin::SaslAuthzid => {
+                    if backend.master_user.as_deref().unwrap_or("").is_empty() {
+                        return Err(format!("[backend.{name}] needs master_user"));
+                    }
+                    if backend.master_password_file.is_none() {
+                        return Err(format!("[backend.{name}] needs master_password_file"));
+                    }
+                }
+                BackendLogin::Xclient => {}
+            }
+            if backend.ca_file.is_some() && backend.tls == BackendTls::None {
+                return Err(format!("[backend.{name}] has ca_file but tls = \"none\""));
+            }
+            if backend.master_separator.is_empty() {
+                return Err(format!("[backend.{name}] master_separator is empty"));
+            }
+        }
+        if self.auth.max_failures == 0 {
+            return Err("[auth] max_failures must be at least 1".into());
+        }
+        if self.limits.max_connections == 0 {
+            return Err("[limits] max_connections must be at least 1".into());
+        }
+        if self.limits.max_line < 512 {
+            return Err("[limits] max_line must be at least 512 (RFC 5321)".into());
+        }
+        if self.store.feed_interval_ms == 0 {
+            return Err("[store] feed_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why configuration text was refused.
+#[derive(Debug)]
+pub enum ParseFailure {
+    Syntax(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ParseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseFailure::Syntax(m) | ParseFailure::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Reads a secret from the first line of a file (a trailing newline is not part of it).
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(Secret::from(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [store]
+        url = "sqlite::memory:"
+        [tls]
+        certificate = "c"
+        private_key = "k"
+        [[listener]]
+        protocol = "imap"
+        address = "127.0.0.1:1143"
+        tls = "starttls"
+        backend = "b"
+        [backend.b]
+        address = "127.0.0.1:143"
+        tls = "none"
+        login = "master-user"
+        master_user = "m"
+        master_password_file = "f"
+    "#;
+
+    #[test]
+    fn the_example_config_in_the_repo_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.default_domain.as_deref(), Some("example.org"));
+        assert_eq!(config.listeners.len(), 4);
+        assert!(config.backends.contains_key("dovecot-imap"));
+        assert!(config.backends.contains_key("dovecot-submission"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.auth.max_failures, 3);
+        assert_eq!(config.limits.max_connections, 10_000);
+        assert_eq!(config.store.feed_interval_ms, 200);
+        assert_eq!(config.backends["b"].master_separator, "*");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key_and_line() {
+        let text = MINIMAL.replace("tls = \"none\"", "tls = \"none\"\ncolour = \"blue\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_are_explained() {
+        let cases = [
+            (MINIMAL.replace("backend = \"b\"", "backend = \"nope\""), "no [backend.nope]"),
+            (MINIMAL.replace("master_user = \"m\"", ""), "needs master_user"),
+            (
+                MINIMAL.replace("tls = \"starttls\"", "tls = \"starttls\"\nallow_plaintext_auth_on_loopback = true")
+                    .replace("127.0.0.1:1143", "0.0.0.0:1143"),
+                "loopback",
+            ),
+            (MINIMAL.replace("login = \"master-user\"", "login = \"xclient\""), "only SMTP"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn backend_host_for_sni() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        let backend = config.backends.get_mut("b").unwrap();
+        assert_eq!(backend.host(), "127.0.0.1");
+        backend.address = "[::1]:143".into();
+        assert_eq!(backend.host(), "::1");
+        backend.address = "mail.example.org:993".into();
+        assert_eq!(backend.host(), "mail.example.org");
+    }
+}

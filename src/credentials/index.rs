@@ -1,0 +1,384 @@
+//! The cached credential index: decides a login in microseconds on a cache hit, and never lets a
+//! dead credential through.
+//!
+//! A verified login is cached under a keyed hash of (service, login, secret), so the cache never
+//! holds a secret and an entry can only be found by someone who knows the secret. Each entry
+//! names the credential it proved (an app password and its generation, or the main password and
+//! its version) and points at the account's [`LiveAccount`]: the in-memory state that every hit
+//! is re-checked against. That state changes the moment this process changes the store, and
+//! within the feed interval when another process does (see [`crate::store::feed`]); the same
+//! state wakes relayed sessions whose credential just died.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use tokio::sync::{mpsc, watch};
+
+use super::hashing::{PasswordHasher, app_password_digest, normalize_app_password};
+use super::model::{AccountId, AccountState, AppPasswordId, Generation, Login, Protocol, Service};
+use super::secret::Secret;
+use crate::store::{Store, StoreError, Use};
+
+/// Tuning of the index.
+#[derive(Debug, Clone)]
+pub struct IndexSettings {
+    /// Domain appended to a bare login.
+    pub default_domain: Option<String>,
+    /// How many verified logins are kept.
+    pub cache_capacity: u64,
+    /// How long a verified login is kept without being used again.
+    pub cache_idle: Duration,
+    /// argon2 verifications running at once.
+    pub hash_concurrency: usize,
+}
+
+/// Why a login did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user, wrong secret, wrong service, dead credential, or a policy that refuses the
+    /// main password: one variant, so no caller can tell them apart in a reply.
+    #[error("authentication failed")]
+    Rejected,
+    /// The store or the hasher failed: the client should try again later.
+    #[error("credential check unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Unavailable(e.to_string())
+    }
+}
+
+/// Which credential a login proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    AppPassword {
+        id: AppPasswordId,
+        generation: Generation,
+    },
+    MainPassword {
+        generation: Generation,
+        password_version: i64,
+    },
+}
+
+/// What the index holds about an account, shared with every session logged in to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: AccountState,
+    /// App passwords alive right now: not revoked, made under the current generation.
+    pub live_app_passwords: HashSet<AppPasswordId>,
+}
+
+impl Snapshot {
+    /// Whether `credential` still opens `service` for this account.
+    pub fn allows(&self, credential: &Credential) -> bool {
+        match *credential {
+            Credential::AppPassword { id, generation } => {
+                generation == self.state.generation && self.live_app_passwords.contains(&id)
+            }
+            Credential::MainPassword {
+                generation,
+                password_version,
+            } => {
+                generation == self.state.generation
+                    && password_version == self.state.password_version
+                    && self.state.main_password_allowed()
+            }
+        }
+    }
+}
+
+/// The in-memory, always-current state of one account.
+#[derive(Debug)]
+pub struct LiveAccount {
+    snapshot: watch::Sender<Snapshot>,
+}
+
+impl LiveAccount {
+    /// Replaces the snapshot unless the one held is newer (a slow reader must not roll back
+    /// what the feed already delivered). Wakes every session watching the account.
+    fn update(&self, next: Snapshot) {
+        self.snapshot.send_if_modified(|current| {
+            if next.state.revision >= current.state.revision && *current != next {
+                *current = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+}
+
+/// A successful login: who, with which credential, and the live state that can revoke it.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub login: Login,
+    pub service: Service,
+    pub credential: Credential,
+    live: Arc<LiveAccount>,
+}
+
+impl Grant {
+    /// Whether the credential is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.live.snapshot.borrow().allows(&self.credential)
+    }
+
+    /// Resolves once the credential dies (revoked, generation bumped, password changed, policy
+    /// no longer accepting it). Cancel-safe: drop it and call again.
+    pub async fn dead(&self) {
+        let mut rx = self.live.snapshot.subscribe();
+        loop {
+            if !rx.borrow_and_update().allows(&self.credential) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The account left the index; nothing can revoke through it any more, so hold
+                // still (the index never drops an account while it runs).
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+type CacheKey = [u8; 32];
+
+/// The credential index. One per gateway process; cheap to share behind an `Arc`.
+pub struct CredentialIndex {
+    store: Store,
+    hasher: PasswordHasher,
+    default_domain: Option<String>,
+    /// Verified logins, under a keyed hash of (service, login, secret).
+    cache: moka::future::Cache<CacheKey, (Arc<LiveAccount>, Credential, Login)>,
+    /// Random per process: the cache keys mean nothing outside it.
+    cache_key: [u8; 32],
+    /// Every account this process has seen, kept current by [`Self::refresh_account`].
+    accounts: DashMap<AccountId, Arc<LiveAccount>>,
+    /// Last-use records for app passwords, written to the store in batches.
+    uses: Option<mpsc::Sender<Use>>,
+}
+
+impl CredentialIndex {
+    pub fn new(store: Store, settings: &IndexSettings) -> Self {
+        Self {
+            store,
+            hasher: PasswordHasher::new(settings.hash_concurrency),
+            default_domain: settings.default_domain.clone(),
+            cache: moka::future::Cache::builder()
+                .max_capacity(settings.cache_capacity)
+                .time_to_idle(settings.cache_idle)
+                .build(),
+            cache_key: rand::random(),
+            accounts: DashMap::new(),
+            uses: None,
+        }
+    }
+
+    /// Records each app password's last use through `sink` (see [`spawn_use_writer`]).
+    pub fn with_use_recorder(mut self, sink: mpsc::Sender<Use>) -> Self {
+        self.uses = Some(sink);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn default_domain(&self) -> Option<&str> {
+        self.default_domain.as_deref()
+    }
+
+    /// Decides a login for `service`.
+    pub async fn authenticate(
+        &self,
+        service: Service,
+        protocol: Protocol,
+        raw_login: &str,
+        secret: &Secret,
+        peer: IpAddr,
+    ) -> Result<Grant, AuthError> {
+        let login = Login::parse(raw_login, self.default_domain.as_deref())
+            .map_err(|_| AuthError::Rejected)?;
+        if secret.is_empty() {
+            return Err(AuthError::Rejected);
+        }
+        let key = self.cache_key_for(service, &login, secret);
+
+        if let Some((live, credential, login)) = self.cache.get(&key).await {
+            let grant = Grant {
+                login,
+                service,
+                credential,
+                live,
+            };
+            if grant.is_alive() {
+                self.record_use(&grant, peer, protocol);
+                return Ok(grant);
+            }
+            self.cache.invalidate(&key).await;
+        }
+
+        let grant = self.verify(service, login, secret).await?;
+        self.cache
+            .insert(
+                key,
+                (grant.live.clone(), grant.credential, grant.login.clone()),
+            )
+            .await;
+        self.record_use(&grant, peer, protocol);
+        Ok(grant)
+    }
+
+    /// The slow path: store lookup, then the app-password digest or the argon2 check.
+    async fn verify(
+        &self,
+        service: Service,
+        login: Login,
+        secret: &Secret,
+    ) -> Result<Grant, AuthError> {
+        let Some((account, password_hash)) = self.store.account_by_login(&login).await? else {
+            return Err(AuthError::Rejected);
+        };
+        let live = self
+            .refresh_account(account.id)
+            .await?
+            .ok_or(AuthError::Rejected)?;
+        let snapshot = live.snapshot();
+        let grant = |credential| Grant {
+            login: snapshot.state.login.clone(),
+            service,
+            credential,
+            live: live.clone(),
+        };
+
+        if let Some(normalized) = normalize_app_password(secret)
+            && let Some(record) = self
+                .store
+                .app_password_by_digest(&app_password_digest(&normalized))
+                .await?
+            && record.account_id == account.id
+            && record.service == service
+        {
+            let credential = Credential::AppPassword {
+                id: record.id,
+                generation: record.generation,
+            };
+            return if snapshot.allows(&credential) {
+                Ok(grant(credential))
+            } else {
+                Err(AuthError::Rejected)
+            };
+        }
+
+        if !snapshot.state.main_password_allowed() {
+            return Err(AuthError::Rejected);
+        }
+        let matches = self
+            .hasher
+            .verify(secret, &password_hash)
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let credential = Credential::MainPassword {
+            generation: snapshot.state.generation,
+            password_version: snapshot.state.password_version,
+        };
+        // The hash checked was read with the snapshot's password version or an older one; if
+        // the password changed in between, the version check below refuses the grant.
+        if matches && snapshot.allows(&credential) {
+            Ok(grant(credential))
+        } else {
+            Err(AuthError::Rejected)
+        }
+    }
+
+    /// Reloads one account from the store into memory and wakes its sessions. Called after this
+    /// process changes the store and for every change the feed reports. Returns `None` when the
+    /// account no longer exists.
+    pub async fn refresh_account(
+        &self,
+        id: AccountId,
+    ) -> Result<Option<Arc<LiveAccount>>, StoreError> {
+        let Some((state, live_ids)) = self.store.account_snapshot(id).await? else {
+            return Ok(None);
+        };
+        let snapshot = Snapshot {
+            state,
+            live_app_passwords: live_ids.into_iter().collect(),
+        };
+        let live = self
+            .accounts
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(LiveAccount {
+                    snapshot: watch::Sender::new(snapshot.clone()),
+                })
+            })
+            .clone();
+        live.update(snapshot);
+        Ok(Some(live))
+    }
+
+    /// Whether this process holds the account in memory (the feed only reloads those).
+    pub fn knows(&self, id: AccountId) -> bool {
+        self.accounts.contains_key(&id)
+    }
+
+    fn cache_key_for(&self, service: Service, login: &Login, secret: &Secret) -> CacheKey {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.cache_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(service.as_str().as_bytes());
+        mac.update(&[0]);
+        mac.update(login.as_str().as_bytes());
+        mac.update(&[0]);
+        mac.update(secret.expose());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn record_use(&self, grant: &Grant, peer: IpAddr, protocol: Protocol) {
+        if let (Some(sink), Credential::AppPassword { id, .. }) = (&self.uses, grant.credential) {
+            // A full queue drops the record: last-use bookkeeping must never slow a login.
+            let _ = sink.try_send(Use {
+                id,
+                at: crate::credentials::model::now_ms(),
+                ip: peer.to_string(),
+                protocol: protocol.as_str(),
+            });
+        }
+    }
+}
+
+/// Writes last-use records to the store once a second, keeping only the newest per password.
+pub fn spawn_use_writer(store: Store) -> (mpsc::Sender<Use>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Use>(4096);
+    let task = tokio::spawn(async move {
+        let mut pending: std::collections::HashMap<AppPasswordId, Use> = Default::default();
+        loop {
+            let first = rx.recv().await;
+            let Some(first) = first else { break };
+            pending.insert(first.id, first);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            while let Ok(u) = rx.try_recv() {
+                pending.insert(u.id, u);
+            }
+            let batch: Vec<Use> = pending.drain().map(|(_, u)| u).collect();
+            if let Err(e) = store.record_uses(&batch).await {
+                tracing::warn!(error = %e, "could not record app password use");
+            }
+        }
+    });
+    (tx, task)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,11 @@
+//! The credential core: the model, the secret wrapper, hashing, and the cached index that
+//! decides every login.
+
+pub mod hashing;
+pub mod index;
+pub mod model;
+pub mod secret;
+
+pub use index::{AuthError, CredentialIndex, Grant};
+pub use model::{Login, Protocol, Service};
+pub use secret::Secret;

@@ -1,0 +1,301 @@
+//! The credential model: accounts, services, app passwords and the generation that kills them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// What a credential opens. Each listener serves exactly one service, and an app password is
+/// made for exactly one; a secret is only ever checked for the service it arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// IMAP and SMTP submission.
+    Mail,
+    /// WebDAV.
+    Disk,
+    /// CalDAV.
+    Calendar,
+    /// CardDAV.
+    Contacts,
+    /// XMPP.
+    Xmpp,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::Mail,
+        Service::Disk,
+        Service::Calendar,
+        Service::Contacts,
+        Service::Xmpp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Mail => "mail",
+            Service::Disk => "disk",
+            Service::Calendar => "calendar",
+            Service::Contacts => "contacts",
+            Service::Xmpp => "xmpp",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text of an unknown service name, kept for the error message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown service {0:?} (expected one of: mail, disk, calendar, contacts, xmpp)")]
+pub struct UnknownService(pub String);
+
+impl FromStr for Service {
+    type Err = UnknownService;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Service::ALL
+            .into_iter()
+            .find(|service| service.as_str() == s)
+            .ok_or_else(|| UnknownService(s.to_owned()))
+    }
+}
+
+/// An account's login in canonical form: `local@domain`, lower-case.
+///
+/// Built only through [`Login::parse`], so every login the store or the index sees has been
+/// normalised the same way (a user typing `Alice` or `alice@Example.org` reaches one account).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Login(String);
+
+/// Why a login was not accepted as an account name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("the login is empty")]
+    Empty,
+    #[error("the login is longer than {MAX_LOGIN_LEN} bytes")]
+    TooLong,
+    #[error("the login contains a space, a control character or a character that is not allowed")]
+    BadCharacter,
+    #[error("the login has no domain and no default_domain is configured")]
+    NoDomain,
+    #[error("the login is not of the form local@domain")]
+    Malformed,
+}
+
+/// Longest login accepted, in bytes: RFC 5321's limit for a mailbox (local part 64, domain 255).
+pub const MAX_LOGIN_LEN: usize = 320;
+
+impl Login {
+    /// Normalises what a user typed: trims nothing (a space is an error), lower-cases, and
+    /// appends `default_domain` to a bare local part.
+    pub fn parse(raw: &str, default_domain: Option<&str>) -> Result<Self, LoginError> {
+        if raw.is_empty() {
+            return Err(LoginError::Empty);
+        }
+        if raw.len() > MAX_LOGIN_LEN {
+            return Err(LoginError::TooLong);
+        }
+        // `*` is Dovecot's master-user separator and `"`/`\` need quoting in IMAP: refusing them
+        // here means a login can never smuggle a different identity to a backend.
+        if raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '"' | '\\' | '%'))
+        {
+            return Err(LoginError::BadCharacter);
+        }
+        let lower = raw.to_lowercase();
+        let full = match lower.split_once('@') {
+            Some((local, domain)) => {
+                if local.is_empty() || domain.is_empty() || domain.contains('@') {
+                    return Err(LoginError::Malformed);
+                }
+                lower
+            }
+            None => match default_domain {
+                Some(domain) if !domain.is_empty() => format!("{lower}@{}", domain.to_lowercase()),
+                _ => return Err(LoginError::NoDomain),
+            },
+        };
+        if full.len() > MAX_LOGIN_LEN {
+            return Err(LoginError::TooLong);
+        }
+        Ok(Self(full))
+    }
+
+    /// A login read back from the store, already canonical.
+    pub(crate) fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn local_part(&self) -> &str {
+        self.0.split_once('@').map_or(&self.0, |(local, _)| local)
+    }
+}
+
+impl fmt::Display for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Row id of an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AccountId(pub i64);
+
+/// Row id of an app password; printed to the user as the handle for `revoke`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AppPasswordId(pub i64);
+
+impl fmt::Display for AppPasswordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The credential generation of an account. Every app password records the generation it was
+/// made under and is dead once the account's generation has moved past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Generation(pub i64);
+
+/// The events that kill every older app password at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationBump {
+    /// The main password changed while 2FA was off.
+    PasswordChanged,
+    TwoFactorOn,
+    TwoFactorOff,
+    AccessRestored,
+    LogoutEverywhere,
+}
+
+/// What the credential index needs to know about an account to decide a login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountState {
+    pub id: AccountId,
+    pub login: Login,
+    pub generation: Generation,
+    /// Bumped on every main-password change, 2FA or not, so a cached main-password grant dies
+    /// with the old password even when the generation stays.
+    pub password_version: i64,
+    pub two_factor: bool,
+    pub app_passwords_only: bool,
+    /// Bumped by every change to the account or its app passwords: of two snapshots, the one
+    /// with the higher revision is the newer.
+    pub revision: i64,
+}
+
+impl AccountState {
+    /// Whether protocols may accept the main password. With 2FA on, never (and the option is
+    /// forced on); without 2FA, the account's "app passwords" option decides.
+    pub fn main_password_allowed(&self) -> bool {
+        !self.two_factor && !self.app_passwords_only
+    }
+}
+
+/// An app password as listed to its owner: everything but the secret, which is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppPasswordInfo {
+    pub id: AppPasswordId,
+    pub service: Service,
+    pub name: String,
+    pub generation: Generation,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub last_used_ip: Option<String>,
+    pub last_used_protocol: Option<String>,
+    /// Alive: not revoked and made under the account's current generation.
+    pub alive: bool,
+}
+
+/// The protocol a login arrived over, recorded as an app password's last use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Imap,
+    Submission,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Submission => "submission",
+        }
+    }
+
+    pub fn service(self) -> Service {
+        match self {
+            Protocol::Imap | Protocol::Submission => Service::Mail,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's timestamp unit.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_is_canonical_and_takes_the_default_domain() {
+        let d = Some("Example.org");
+        assert_eq!(Login::parse("Alice", d).unwrap().as_str(), "alice@example.org");
+        assert_eq!(
+            Login::parse("ALICE@Example.ORG", None).unwrap().as_str(),
+            "alice@example.org"
+        );
+        assert_eq!(Login::parse("alice", None), Err(LoginError::NoDomain));
+        assert_eq!(Login::parse("", d), Err(LoginError::Empty));
+        assert_eq!(Login::parse("al ice", d), Err(LoginError::BadCharacter));
+        assert_eq!(Login::parse("alice*master", d), Err(LoginError::BadCharacter));
+        assert_eq!(Login::parse("a\0b", d), Err(LoginError::BadCharacter));
+        assert_eq!(Login::parse("@example.org", d), Err(LoginError::Malformed));
+        assert_eq!(Login::parse("a@b@c", d), Err(LoginError::Malformed));
+        assert_eq!(Login::parse(&"a".repeat(400), d), Err(LoginError::TooLong));
+    }
+
+    #[test]
+    fn services_round_trip_through_their_names() {
+        for service in Service::ALL {
+            assert_eq!(service.as_str().parse::<Service>().unwrap(), service);
+        }
+        assert!("webdav".parse::<Service>().is_err());
+    }
+
+    #[test]
+    fn main_password_policy() {
+        let mut state = AccountState {
+            id: AccountId(1),
+            login: Login::parse("a@b", None).unwrap(),
+            generation: Generation(1),
+            password_version: 1,
+            two_factor: false,
+            app_passwords_only: false,
+            revision: 1,
+        };
+        assert!(state.main_password_allowed());
+        state.app_passwords_only = true;
+        assert!(!state.main_password_allowed());
+        state.app_passwords_only = false;
+        state.two_factor = true;
+        assert!(!state.main_password_allowed());
+    }
+}

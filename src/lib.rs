@@ -1,0 +1,30 @@
+//! portcullis: a protocol gateway in front of mail, file, calendar and chat servers.
+//!
+//! Clients connect to portcullis; it terminates TLS, reads the protocol's login command, checks
+//! the secret against its own credential index, logs in to the real backend with credentials the
+//! client never sees, and relays the session, cutting it the moment the credential dies.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration, its defaults and validation.
+//! - [`credentials`]: accounts, app passwords, generations; the redacting [`credentials::Secret`];
+//!   argon2 off the executor; the cached [`credentials::CredentialIndex`] that decides logins.
+//! - [`store`]: SQL storage (SQLite by default) and the change feed that carries other
+//!   processes' changes to a running gateway.
+//! - [`tls`]: server and backend TLS configuration, the development certificate.
+//! - [`protocol`]: sans-I/O pre-authentication state machines (IMAP, SMTP submission) and SASL.
+//! - [`upstream`]: backend connections, backend login methods, and the relay.
+//! - [`server`]: listeners, connection limits, deadlines, shutdown, and the session drivers that
+//!   connect a protocol machine to sockets, the index and the backend.
+//! - [`cli`]: the operator's command line.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,585 @@
+//! The credential store: accounts, app passwords and the change feed, in SQL.
+//!
+//! SQLite (embedded, WAL) is the default; the queries use the SQL it shares with PostgreSQL
+//! (`$1` placeholders, BIGINT/TEXT/INTEGER columns) so a PostgreSQL backend can reuse them.
+//!
+//! Every mutation runs in one `BEGIN IMMEDIATE` transaction that also appends a row to
+//! `changes`; the commit returns only once SQLite has made it durable, so an acknowledged
+//! change is never lost, and the change row is how running gateways in other processes learn
+//! of it (see [`feed`]).
+
+pub mod feed;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::credentials::model::{
+    AccountId, AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login,
+    Service, now_ms,
+};
+
+/// Schema migrations, applied in order on open; the version is recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Changes older than this are deleted from the feed by the next writer. A gateway that was
+/// down longer reloads everything it caches on start anyway.
+const CHANGE_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The store URL is not one this build can open.
+    #[error("unsupported store url {0:?}: expected sqlite://PATH")]
+    UnsupportedUrl(String),
+    /// No account has this login.
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    /// `account create` for a login that exists.
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    /// No app password with this id belongs to the account.
+    #[error("account {login} has no app password with id {id}")]
+    UnknownAppPassword { login: String, id: i64 },
+    /// Turning the "app passwords" option off while 2FA is on.
+    #[error(
+        "two-factor authentication is on for {0}: app passwords are mandatory and the option cannot be turned off"
+    )]
+    AppPasswordsRequired(String),
+    /// A row holds a value this version does not understand.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The outcome of a mutation, for the CLI to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change was made; `Some` when it bumped the generation to this value.
+    Changed(Option<Generation>),
+    /// Nothing to do: the account was already in that state.
+    Unchanged,
+}
+
+/// An app password found by its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPasswordRecord {
+    pub id: AppPasswordId,
+    pub account_id: AccountId,
+    pub service: Service,
+    pub generation: Generation,
+    pub revoked: bool,
+}
+
+/// One last use of an app password, written in batches by the gateway.
+#[derive(Debug, Clone)]
+pub struct Use {
+    pub id: AppPasswordId,
+    pub at: i64,
+    pub ip: String,
+    pub protocol: &'static str,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        let options = if path == ":memory:" {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            if let Some(parent) = Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| sqlx::Error::Io(e))?;
+            }
+            SqliteConnectOptions::new().filename(path)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it is acknowledged, WAL or not.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            // One connection for an in-memory database: each connection would get its own.
+            .max_connections(if path == ":memory:" { 1 } else { 8 })
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for &(version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if applied.is_none() {
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    // ----- reads on the login path -----
+
+    /// The account and its main-password hash, by canonical login.
+    pub async fn account_by_login(
+        &self,
+        login: &Login,
+    ) -> Result<Option<(AccountState, String)>, StoreError> {
+        let row = sqlx::query(ACCOUNT_COLUMNS_BY_LOGIN)
+            .bind(login.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((account_from_row(&row)?, row.try_get("password_hash")?)))
+            .transpose()
+    }
+
+    /// The account's current state, by id.
+    pub async fn account_state(&self, id: AccountId) -> Result<Option<AccountState>, StoreError> {
+        let row = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| account_from_row(&row)).transpose()
+    }
+
+    /// The app password whose digest this is, if any.
+    pub async fn app_password_by_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<AppPasswordRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, account_id, service, generation, revoked_at FROM app_passwords WHERE digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let service: String = row.try_get("service")?;
+            Ok(AppPasswordRecord {
+                id: AppPasswordId(row.try_get("id")?),
+                account_id: AccountId(row.try_get("account_id")?),
+                service: service
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("service {service:?}")))?,
+                generation: Generation(row.try_get("generation")?),
+                revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    /// The account's state together with the ids of its live app passwords (not revoked,
+    /// current generation), read in one transaction so the two agree.
+    pub async fn account_snapshot(
+        &self,
+        id: AccountId,
+    ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let account = account_from_row(&row)?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM app_passwords WHERE account_id = $1 AND generation = $2 AND revoked_at IS NULL",
+        )
+        .bind(account.id.0)
+        .bind(account.generation.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((account, ids.into_iter().map(AppPasswordId).collect())))
+    }
+
+    /// Records last uses, one transaction for the batch.
+    pub async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for u in uses {
+            sqlx::query(
+                "UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3 WHERE id = $4",
+            )
+            .bind(u.at)
+            .bind(&u.ip)
+            .bind(u.protocol)
+            .bind(u.id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- account management (the CLI) -----
+
+    /// Creates an account with the "app passwords" option on and 2FA off.
+    pub async fn create_account(
+        &self,
+        login: &Login,
+        password_hash: &str,
+    ) -> Result<AccountId, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE login = $1")
+            .bind(login.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::AccountExists(login.to_string()));
+        }
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO accounts (login, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $3) RETURNING id",
+        )
+        .bind(login.as_str())
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        append_change(&mut tx, AccountId(id), "created").await?;
+        tx.commit().await?;
+        Ok(AccountId(id))
+    }
+
+    /// The account's state, by login, or `UnknownAccount`.
+    pub async fn require_account(&self, login: &Login) -> Result<AccountState, StoreError> {
+        self.account_by_login(login)
+            .await?
+            .map(|(state, _)| state)
+            .ok_or_else(|| StoreError::UnknownAccount(login.to_string()))
+    }
+
+    /// Sets a new main password. With 2FA off this bumps the generation; with 2FA on the app
+    /// passwords stay (the second factor already protects the account).
+    pub async fn set_password(
+        &self,
+        login: &Login,
+        password_hash: &str,
+    ) -> Result<Outcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        sqlx::query(
+            "UPDATE accounts SET password_hash = $1, password_version = password_version + 1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(password_hash)
+        .bind(now_ms())
+        .bind(account.id.0)
+        .execute(&mut *tx)
+        .await?;
+        let bumped = if account.two_factor {
+            append_change(&mut tx, account.id, "password").await?;
+            None
+        } else {
+            Some(bump(&mut tx, &account, GenerationBump::PasswordChanged).await?)
+        };
+        tx.commit().await?;
+        Ok(Outcome::Changed(bumped))
+    }
+
+    /// Turns 2FA on or off; either direction bumps the generation. Turning it on forces the
+    /// "app passwords" option on.
+    pub async fn set_two_factor(&self, login: &Login, on: bool) -> Result<Outcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        if account.two_factor == on {
+            return Ok(Outcome::Unchanged);
+        }
+        sqlx::query(
+            "UPDATE accounts SET two_factor = $1, app_passwords_only = CASE WHEN $1 = 1 THEN 1 ELSE app_passwords_only END, updated_at = $2 WHERE id = $3",
+        )
+        .bind(i64::from(on))
+        .bind(now_ms())
+        .bind(account.id.0)
+        .execute(&mut *tx)
+        .await?;
+        let event = if on {
+            GenerationBump::TwoFactorOn
+        } else {
+            GenerationBump::TwoFactorOff
+        };
+        let generation = bump(&mut tx, &account, event).await?;
+        tx.commit().await?;
+        Ok(Outcome::Changed(Some(generation)))
+    }
+
+    /// Sets the "app passwords" option. Refused (off) while 2FA is on.
+    pub async fn set_app_passwords_only(
+        &self,
+        login: &Login,
+        on: bool,
+    ) -> Result<Outcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        if !on && account.two_factor {
+            return Err(StoreError::AppPasswordsRequired(login.to_string()));
+        }
+        if account.app_passwords_only == on {
+            return Ok(Outcome::Unchanged);
+        }
+        sqlx::query("UPDATE accounts SET app_passwords_only = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(on))
+            .bind(now_ms())
+            .bind(account.id.0)
+            .execute(&mut *tx)
+            .await?;
+        append_change(&mut tx, account.id, "app-passwords-option").await?;
+        tx.commit().await?;
+        Ok(Outcome::Changed(None))
+    }
+
+    /// Bumps the generation for an event that carries no other change ("access restored",
+    /// "log out everywhere").
+    pub async fn bump_generation(
+        &self,
+        login: &Login,
+        event: GenerationBump,
+    ) -> Result<Generation, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        let generation = bump(&mut tx, &account, event).await?;
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    /// Stores a new app password (its digest only) under the account's current generation.
+    pub async fn create_app_password(
+        &self,
+        login: &Login,
+        service: Service,
+        name: &str,
+        digest: &str,
+    ) -> Result<AppPasswordId, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO app_passwords (account_id, service, name, digest, generation, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(account.id.0)
+        .bind(service.as_str())
+        .bind(name)
+        .bind(digest)
+        .bind(account.generation.0)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        append_change(&mut tx, account.id, "app-password-created").await?;
+        tx.commit().await?;
+        Ok(AppPasswordId(id))
+    }
+
+    /// Every app password of the account, newest first, revoked and dead ones included.
+    pub async fn list_app_passwords(
+        &self,
+        login: &Login,
+    ) -> Result<Vec<AppPasswordInfo>, StoreError> {
+        let account = self.require_account(login).await?;
+        let rows = sqlx::query(
+            "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
+        )
+        .bind(account.id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let service: String = row.try_get("service")?;
+                let generation = Generation(row.try_get("generation")?);
+                let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+                Ok(AppPasswordInfo {
+                    id: AppPasswordId(row.try_get("id")?),
+                    service: service
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("service {service:?}")))?,
+                    name: row.try_get("name")?,
+                    generation,
+                    created_at: row.try_get("created_at")?,
+                    revoked_at,
+                    last_used_at: row.try_get("last_used_at")?,
+                    last_used_ip: row.try_get("last_used_ip")?,
+                    last_used_protocol: row.try_get("last_used_protocol")?,
+                    alive: revoked_at.is_none() && generation == account.generation,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one app password; the others stay alive.
+    pub async fn revoke_app_password(
+        &self,
+        login: &Login,
+        id: AppPasswordId,
+    ) -> Result<Outcome, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let account = locked_account(&mut tx, login).await?;
+        let revoked_at: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT revoked_at FROM app_passwords WHERE id = $1 AND account_id = $2",
+        )
+        .bind(id.0)
+        .bind(account.id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match revoked_at {
+            None => Err(StoreError::UnknownAppPassword {
+                login: login.to_string(),
+                id: id.0,
+            }),
+            Some(Some(_)) => Ok(Outcome::Unchanged),
+            Some(None) => {
+                sqlx::query("UPDATE app_passwords SET revoked_at = $1 WHERE id = $2")
+                    .bind(now_ms())
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                append_change(&mut tx, account.id, "app-password-revoked").await?;
+                tx.commit().await?;
+                Ok(Outcome::Changed(None))
+            }
+        }
+    }
+
+    // ----- change feed -----
+
+    /// The id of the newest change; a gateway starts reading the feed after it.
+    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Changes after `after`, oldest first, at most `limit`.
+    pub async fn changes_since(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, AccountId)>, StoreError> {
+        let rows = sqlx::query("SELECT id, account_id FROM changes WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, AccountId(row.try_get("account_id")?))))
+            .collect()
+    }
+}
+
+const ACCOUNT_COLUMNS_BY_LOGIN: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE login = $1";
+const ACCOUNT_COLUMNS_BY_ID: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE id = $1";
+
+fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
+    Ok(AccountState {
+        id: AccountId(row.try_get("id")?),
+        login: Login::from_stored(row.try_get("login")?),
+        generation: Generation(row.try_get("generation")?),
+        password_version: row.try_get("password_version")?,
+        two_factor: row.try_get::<i64, _>("two_factor")? != 0,
+        app_passwords_only: row.try_get::<i64, _>("app_passwords_only")? != 0,
+        revision: row.try_get("revision")?,
+    })
+}
+
+/// Reads the account inside a write transaction (which `BEGIN IMMEDIATE` has already locked).
+async fn locked_account(
+    tx: &mut Transaction<'static, Sqlite>,
+    login: &Login,
+) -> Result<AccountState, StoreError> {
+    let row = sqlx::query(ACCOUNT_COLUMNS_BY_LOGIN)
+        .bind(login.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::UnknownAccount(login.to_string()))?;
+    account_from_row(&row)
+}
+
+async fn bump(
+    tx: &mut Transaction<'static, Sqlite>,
+    account: &AccountState,
+    event: GenerationBump,
+) -> Result<Generation, StoreError> {
+    let generation: i64 = sqlx::query_scalar(
+        "UPDATE accounts SET generation = generation + 1, updated_at = $1 WHERE id = $2 RETURNING generation",
+    )
+    .bind(now_ms())
+    .bind(account.id.0)
+    .fetch_one(&mut **tx)
+    .await?;
+    let kind = match event {
+        GenerationBump::PasswordChanged => "generation:password",
+        GenerationBump::TwoFactorOn => "generation:two-factor-on",
+        GenerationBump::TwoFactorOff => "generation:two-factor-off",
+        GenerationBump::AccessRestored => "generation:restored",
+        GenerationBump::LogoutEverywhere => "generation:logout-everywhere",
+    };
+    append_change(tx, account.id, kind).await?;
+    Ok(Generation(generation))
+}
+
+async fn append_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    account: AccountId,
+    kind: &str,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query("UPDATE accounts SET revision = revision + 1 WHERE id = $1")
+        .bind(account.0)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO changes (account_id, kind, at) VALUES ($1, $2, $3)")
+        .bind(account.0)
+        .bind(kind)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM changes WHERE at < $1")
+        .bind(now - CHANGE_RETENTION_MS)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

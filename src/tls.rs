@@ -1,0 +1,138 @@
+//! TLS: the server configuration clients see, the client configuration for backends, and the
+//! development certificate.
+//!
+//! One crypto provider (ring) for the whole build, so no code path can pick a different one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("cannot read private key {path}: {message}")]
+    PrivateKey { path: String, message: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The server configuration: the certificate chain and key from the `[tls]` section.
+pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(certificate)?;
+    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| TlsError::PrivateKey {
+        path: private_key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The configuration for connecting to a backend: its CA file, or the web's roots.
+pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in load_certs(path)? {
+                roots.add(cert)?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` and its key (mode
+/// 0600). For development and tests only: clients must be told to trust it (`--cacert`).
+pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(), TlsError> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    for path in [certificate, private_key] {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| TlsError::Write {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    write_file(certificate, generated.cert.pem().as_bytes(), 0o644)?;
+    write_file(private_key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| TlsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(contents).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificate_loads_as_server_and_as_backend_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c/localhost.crt");
+        let key = dir.path().join("c/localhost.key");
+        write_dev_certificate(&cert, &key).unwrap();
+        server_config(&cert, &key).unwrap();
+        backend_client_config(Some(&cert)).unwrap();
+        backend_client_config(None).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let missing = server_config(&dir.path().join("nope"), &key).unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+    }
+}
