@@ -77,7 +77,7 @@ pub enum HashError {
 /// Runs argon2id off the async executor with bounded concurrency.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
 }
 
 impl PasswordHasher {

@@ -1,1 +1,258 @@
+use std::net::{IpAddr, Ipv4Addr};
 
+use super::*;
+use crate::credentials::hashing::{app_password_digest, generate_app_password};
+use crate::credentials::model::GenerationBump;
+use crate::store::feed;
+
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+struct Fixture {
+    store: Store,
+    index: CredentialIndex,
+    account: AccountId,
+}
+
+fn settings() -> IndexSettings {
+    IndexSettings {
+        default_domain: Some("example.org".into()),
+        cache_capacity: 1000,
+        cache_idle: Duration::from_secs(600),
+        hash_concurrency: 2,
+    }
+}
+
+async fn fixture() -> Fixture {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let hash = PasswordHasher::new(1).hash(&Secret::from("main password")).await.unwrap();
+    let account = store.create_account(&login(), &hash).await.unwrap();
+    let index = CredentialIndex::new(store.clone(), &settings());
+    Fixture { store, index, account }
+}
+
+fn login() -> Login {
+    Login::parse("alice@example.org", None).unwrap()
+}
+
+impl Fixture {
+    async fn app_password(&self, service: Service) -> (Secret, AppPasswordId) {
+        let secret = generate_app_password();
+        let id = self
+            .store
+            .create_app_password(&login(), service, "test", &app_password_digest(&secret))
+            .await
+            .unwrap();
+        self.index.refresh_account(self.account).await.unwrap();
+        (secret, id)
+    }
+
+    async fn login(&self, service: Service, user: &str, secret: &Secret) -> Result<Grant, AuthError> {
+        self.index
+            .authenticate(service, Protocol::Imap, user, secret, PEER)
+            .await
+    }
+
+    async fn accepted(&self, service: Service, secret: &Secret) -> bool {
+        self.login(service, "alice", secret).await.is_ok()
+    }
+}
+
+#[tokio::test]
+async fn an_app_password_opens_only_its_own_service() {
+    let f = fixture().await;
+    let (mail, _) = f.app_password(Service::Mail).await;
+    let (disk, _) = f.app_password(Service::Disk).await;
+    assert!(f.accepted(Service::Mail, &mail).await);
+    assert!(f.accepted(Service::Disk, &disk).await);
+    assert!(!f.accepted(Service::Disk, &mail).await);
+    assert!(!f.accepted(Service::Mail, &disk).await);
+    // Also after the mail login was cached.
+    assert!(!f.accepted(Service::Calendar, &mail).await);
+}
+
+#[tokio::test]
+async fn logins_are_normalised_and_typed_spaces_are_ignored() {
+    let f = fixture().await;
+    let (mail, _) = f.app_password(Service::Mail).await;
+    let text = std::str::from_utf8(mail.expose()).unwrap();
+    let spaced = format!("{} {} {} {}", &text[..4], &text[4..8], &text[8..12], &text[12..]);
+    for user in ["alice", "Alice", "alice@example.org", "ALICE@EXAMPLE.ORG"] {
+        assert!(f.login(Service::Mail, user, &Secret::from(spaced.as_str())).await.is_ok(), "{user}");
+    }
+    let grant = f.login(Service::Mail, "Alice", &mail).await.unwrap();
+    assert_eq!(grant.login.as_str(), "alice@example.org");
+}
+
+#[tokio::test]
+async fn unknown_user_wrong_secret_and_wrong_service_are_the_same_rejection() {
+    let f = fixture().await;
+    let (mail, _) = f.app_password(Service::Mail).await;
+    let outcomes = [
+        f.login(Service::Mail, "bob", &mail).await,
+        f.login(Service::Mail, "alice", &Secret::from("abcdefghijklmnop")).await,
+        f.login(Service::Disk, "alice", &mail).await,
+        f.login(Service::Mail, "alice", &Secret::from("")).await,
+        f.login(Service::Mail, "al ice", &mail).await,
+    ];
+    for outcome in outcomes {
+        assert!(matches!(outcome, Err(AuthError::Rejected)));
+    }
+}
+
+#[tokio::test]
+async fn main_password_follows_the_option_and_two_factor() {
+    let f = fixture().await;
+    let main = Secret::from("main password");
+    // New accounts: app passwords only.
+    assert!(!f.accepted(Service::Mail, &main).await);
+    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(f.accepted(Service::Mail, &main).await);
+    assert!(f.accepted(Service::Disk, &main).await, "legacy mode opens every protocol");
+    assert!(!f.accepted(Service::Mail, &Secret::from("main passwort")).await);
+    // A cached main-password login dies when the option goes back on.
+    f.store.set_app_passwords_only(&login(), true).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(!f.accepted(Service::Mail, &main).await);
+    // 2FA forces app passwords.
+    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.store.set_two_factor(&login(), true).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(!f.accepted(Service::Mail, &main).await);
+}
+
+#[tokio::test]
+async fn a_changed_main_password_kills_the_cached_old_one_even_with_two_factor_history() {
+    let f = fixture().await;
+    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    let old = Secret::from("main password");
+    let grant = f.login(Service::Mail, "alice", &old).await.unwrap();
+    let new_hash = PasswordHasher::new(1).hash(&Secret::from("new password")).await.unwrap();
+    f.store.set_password(&login(), &new_hash).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(!grant.is_alive());
+    assert!(!f.accepted(Service::Mail, &old).await);
+    assert!(f.accepted(Service::Mail, &Secret::from("new password")).await);
+}
+
+#[tokio::test]
+async fn revocation_is_instant_in_process_and_spares_the_others() {
+    let f = fixture().await;
+    let (a, a_id) = f.app_password(Service::Mail).await;
+    let (b, _) = f.app_password(Service::Mail).await;
+    let grant = f.login(Service::Mail, "alice", &a).await.unwrap();
+    assert!(f.accepted(Service::Mail, &a).await, "cached");
+    f.store.revoke_app_password(&login(), a_id).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(!grant.is_alive());
+    assert!(!f.accepted(Service::Mail, &a).await, "the very next attempt is refused");
+    assert!(f.accepted(Service::Mail, &b).await);
+}
+
+#[tokio::test]
+async fn every_generation_bump_kills_every_older_app_password() {
+    let events: [(&str, GenerationBump); 5] = [
+        ("password", GenerationBump::PasswordChanged),
+        ("2fa on", GenerationBump::TwoFactorOn),
+        ("2fa off", GenerationBump::TwoFactorOff),
+        ("restore", GenerationBump::AccessRestored),
+        ("logout", GenerationBump::LogoutEverywhere),
+    ];
+    for (what, event) in events {
+        let f = fixture().await;
+        if event == GenerationBump::TwoFactorOff {
+            f.store.set_two_factor(&login(), true).await.unwrap();
+        }
+        let (mail, _) = f.app_password(Service::Mail).await;
+        let (disk, _) = f.app_password(Service::Disk).await;
+        let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
+        match event {
+            GenerationBump::PasswordChanged => {
+                f.store.set_password(&login(), "$argon2id$x").await.unwrap();
+            }
+            GenerationBump::TwoFactorOn => {
+                f.store.set_two_factor(&login(), true).await.unwrap();
+            }
+            GenerationBump::TwoFactorOff => {
+                f.store.set_two_factor(&login(), false).await.unwrap();
+            }
+            other => {
+                f.store.bump_generation(&login(), other).await.unwrap();
+            }
+        }
+        f.index.refresh_account(f.account).await.unwrap();
+        assert!(!grant.is_alive(), "{what}");
+        assert!(!f.accepted(Service::Mail, &mail).await, "{what}");
+        assert!(!f.accepted(Service::Disk, &disk).await, "{what}");
+        // A password made after the bump works.
+        let (fresh, _) = f.app_password(Service::Mail).await;
+        assert!(f.accepted(Service::Mail, &fresh).await, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_password_change_with_two_factor_on_leaves_app_passwords_alive() {
+    let f = fixture().await;
+    f.store.set_two_factor(&login(), true).await.unwrap();
+    let (mail, _) = f.app_password(Service::Mail).await;
+    let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
+    f.store.set_password(&login(), "$argon2id$x").await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    assert!(grant.is_alive());
+    assert!(f.accepted(Service::Mail, &mail).await);
+}
+
+#[tokio::test]
+async fn changes_from_another_writer_arrive_through_the_feed() {
+    let f = fixture().await;
+    let (mail, id) = f.app_password(Service::Mail).await;
+    let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
+    let cursor = f.store.latest_change().await.unwrap();
+    // Another writer (here: the same store, but the index is not told).
+    f.store.revoke_app_password(&login(), id).await.unwrap();
+    assert!(grant.is_alive(), "not yet seen");
+    let dead = tokio::spawn({
+        let grant = grant.clone();
+        async move { grant.dead().await }
+    });
+    let (next, count) = feed::poll_once(&f.index, cursor).await.unwrap();
+    assert_eq!(count, 1);
+    assert!(next > cursor);
+    assert!(!grant.is_alive());
+    tokio::time::timeout(Duration::from_secs(1), dead).await.unwrap().unwrap();
+    assert!(!f.accepted(Service::Mail, &mail).await);
+}
+
+#[tokio::test]
+async fn an_older_snapshot_never_replaces_a_newer_one() {
+    let f = fixture().await;
+    let (mail, id) = f.app_password(Service::Mail).await;
+    let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
+    let stale = f.index.accounts.get(&f.account).unwrap().snapshot();
+    f.store.revoke_app_password(&login(), id).await.unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    f.index.accounts.get(&f.account).unwrap().update(stale);
+    assert!(!grant.is_alive());
+}
+
+#[tokio::test]
+async fn a_wrong_app_password_guess_runs_no_slow_hash() {
+    // With the option on, a guess never reaches argon2: the hasher has no permits to give, so a
+    // login that tried to hash would hang and the timeout would fire.
+    let f = fixture().await;
+    let index = CredentialIndex {
+        hasher: PasswordHasher::new(1),
+        ..CredentialIndex::new(f.store.clone(), &settings())
+    };
+    let _held = index.hasher.permits.clone().acquire_owned().await.unwrap();
+    for guess in ["abcdefghijklmnop", "not even the right shape"] {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(2),
+            index.authenticate(Service::Mail, Protocol::Imap, "alice", &Secret::from(guess), PEER),
+        )
+        .await
+        .expect("a wrong guess must not wait for the hasher");
+        assert!(matches!(outcome, Err(AuthError::Rejected)));
+    }
+}
