@@ -1,0 +1,152 @@
+//! SASL PLAIN (RFC 4616) and LOGIN, shared by IMAP and SMTP.
+//!
+//! Only what a gateway needs: turn the client's bytes into a login and a secret, refusing
+//! anything ambiguous (NUL inside a field, a login that is not UTF-8, an authorization identity
+//! that differs from the authentication identity: nobody may log in as someone else here).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::credentials::Secret;
+
+/// Longest SASL field accepted, in bytes (RFC 4616 allows 255 octets per field; passwords and
+/// logins longer than this are not ours).
+pub const MAX_FIELD: usize = 1024;
+
+/// A login and secret from a SASL exchange.
+#[derive(Debug)]
+pub struct Credentials {
+    pub login: String,
+    pub secret: Secret,
+}
+
+/// Why a SASL response was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    #[error("invalid base64")]
+    Base64,
+    #[error("malformed PLAIN response")]
+    Malformed,
+    #[error("login is not UTF-8")]
+    NotUtf8,
+    #[error("authorization identity differs from the login")]
+    Authzid,
+    #[error("field too long")]
+    TooLong,
+}
+
+/// Decodes base64 as SASL sends it (RFC 4648, padding required, no line breaks).
+pub fn decode_base64(text: &[u8]) -> Result<Vec<u8>, SaslError> {
+    let text = text.trim_ascii_end();
+    if text.len() > 4 * MAX_FIELD {
+        return Err(SaslError::TooLong);
+    }
+    STANDARD.decode(text).map_err(|_| SaslError::Base64)
+}
+
+pub fn encode_base64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Parses a decoded PLAIN message: `[authzid] NUL authcid NUL passwd`.
+pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
+    let mut fields = message.split(|&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(passwd), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(SaslError::Malformed);
+    };
+    if authcid.is_empty() || passwd.is_empty() {
+        return Err(SaslError::Malformed);
+    }
+    if authcid.len() > MAX_FIELD || passwd.len() > MAX_FIELD || authzid.len() > MAX_FIELD {
+        return Err(SaslError::TooLong);
+    }
+    let login = std::str::from_utf8(authcid).map_err(|_| SaslError::NotUtf8)?;
+    if !authzid.is_empty() && authzid != authcid {
+        return Err(SaslError::Authzid);
+    }
+    Ok(Credentials {
+        login: login.to_owned(),
+        secret: Secret::new(passwd.to_vec()),
+    })
+}
+
+/// Checks one decoded field of the LOGIN mechanism (or of IMAP's LOGIN command).
+pub fn parse_login_field(field: &[u8]) -> Result<String, SaslError> {
+    if field.is_empty() || field.contains(&0) {
+        return Err(SaslError::Malformed);
+    }
+    if field.len() > MAX_FIELD {
+        return Err(SaslError::TooLong);
+    }
+    std::str::from_utf8(field)
+        .map(str::to_owned)
+        .map_err(|_| SaslError::NotUtf8)
+}
+
+/// Checks a password field of the LOGIN mechanism.
+pub fn parse_password_field(field: &[u8]) -> Result<Secret, SaslError> {
+    if field.is_empty() || field.contains(&0) {
+        return Err(SaslError::Malformed);
+    }
+    if field.len() > MAX_FIELD {
+        return Err(SaslError::TooLong);
+    }
+    Ok(Secret::new(field.to_vec()))
+}
+
+/// Builds a PLAIN message (for logging in to a backend).
+pub fn plain_message(authzid: &str, authcid: &str, password: &Secret) -> Secret {
+    let mut out = Vec::with_capacity(authzid.len() + authcid.len() + password.expose().len() + 2);
+    out.extend_from_slice(authzid.as_bytes());
+    out.push(0);
+    out.extend_from_slice(authcid.as_bytes());
+    out.push(0);
+    out.extend_from_slice(password.expose());
+    Secret::new(encode_base64(&out).into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4616_examples() {
+        // RFC 4616 section 4: "\0tim\0tanstaaftanstaaf" and "Ursel\0Kurt\0xipj3plmq".
+        let c = parse_plain(b"\0tim\0tanstaaftanstaaf").unwrap();
+        assert_eq!(c.login, "tim");
+        assert_eq!(c.secret.expose(), b"tanstaaftanstaaf");
+        assert_eq!(parse_plain(b"Ursel\0Kurt\0xipj3plmq").unwrap_err(), SaslError::Authzid);
+        let same = parse_plain(b"tim\0tim\0pw").unwrap();
+        assert_eq!(same.login, "tim");
+    }
+
+    #[test]
+    fn malformed_plain_messages() {
+        for bad in [&b""[..], b"\0", b"\0\0", b"\0tim\0", b"\0\0pw", b"a\0b\0c\0d", b"tim\0pw"] {
+            assert!(parse_plain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_plain(b"\0\xff\xfe\0pw").unwrap_err(), SaslError::NotUtf8);
+        let long = [b"\0".as_slice(), &[b'a'; 2000], b"\0pw"].concat();
+        assert_eq!(parse_plain(&long).unwrap_err(), SaslError::TooLong);
+    }
+
+    #[test]
+    fn base64_round_trip_and_rejects() {
+        assert_eq!(decode_base64(b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm").unwrap(), b"\0tim\0tanstaaftanstaaf");
+        assert_eq!(decode_base64(b"dGVzdA==\r\n").unwrap(), b"test");
+        assert_eq!(decode_base64(b"dGVzdA").unwrap_err(), SaslError::Base64);
+        assert_eq!(decode_base64(b"!!!!").unwrap_err(), SaslError::Base64);
+        let msg = plain_message("alice", "portcullis", &Secret::from("pw"));
+        assert_eq!(decode_base64(msg.expose()).unwrap(), b"alice\0portcullis\0pw");
+    }
+
+    #[test]
+    fn login_fields() {
+        assert_eq!(parse_login_field(b"alice").unwrap(), "alice");
+        assert_eq!(parse_login_field(b"al\0ice").unwrap_err(), SaslError::Malformed);
+        assert_eq!(parse_login_field(b"\xff").unwrap_err(), SaslError::NotUtf8);
+        assert!(parse_password_field(b"p\0w").is_err());
+    }
+}
