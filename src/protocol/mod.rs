@@ -2,3 +2,4 @@
 
 pub mod imap;
 pub mod sasl;
+pub mod smtp;
