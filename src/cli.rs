@@ -1,1 +1,392 @@
-//! cli
+//! The operator's command line: run the gateway, manage accounts and app passwords.
+//!
+//! Secrets never come from argv (other users can read a process's arguments): passwords are
+//! read as one line from standard input, and a new app password is the only line written to
+//! standard output. Messages for people go to standard error.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::credentials::hashing::{PasswordHasher, app_password_digest, generate_app_password};
+use crate::credentials::model::GenerationBump;
+use crate::credentials::{Login, Secret, Service};
+use crate::store::{Outcome, Store};
+
+/// portcullis: a protocol gateway with per-service app passwords.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", default_value = "config/portcullis.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    Serve,
+    /// Read and validate the configuration, then exit.
+    CheckConfig,
+    /// Write a self-signed development certificate to the [tls] paths of the configuration.
+    DevCert {
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage app passwords.
+    #[command(subcommand, name = "app-password")]
+    AppPassword(AppPasswordCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    fn on(self) -> bool {
+        matches!(self, Switch::On)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account; its main password is one line on standard input.
+    Create { login: String },
+    /// Set a new main password (one line on standard input). With 2FA off this ends every app
+    /// password and session.
+    Password { login: String },
+    /// Turn two-factor authentication on or off; either ends every app password and session.
+    TwoFactor { login: String, state: Switch },
+    /// Record that access to the account was restored; ends every app password and session.
+    Restore { login: String },
+    /// Log out on all devices: ends every app password and session.
+    LogoutEverywhere { login: String },
+    /// On: protocols accept app passwords only. Off: the main password works too (refused
+    /// while 2FA is on).
+    AppPasswords { login: String, state: Switch },
+    /// Show an account.
+    Show {
+        login: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppPasswordCommand {
+    /// Create an app password for one service; prints it once, as the only line on stdout.
+    Create {
+        login: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List an account's app passwords (never the secrets).
+    List {
+        login: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one app password by its id.
+    Revoke { login: String, id: i64 },
+}
+
+/// An error for the operator: printed to stderr, exit code 1.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::CheckConfig => {
+            eprintln!(
+                "{}: ok ({} listeners, {} backends)",
+                cli.config.display(),
+                config.listeners.len(),
+                config.backends.len()
+            );
+            Ok(())
+        }
+        Command::DevCert { force } => {
+            let (cert, key) = (&config.tls.certificate, &config.tls.private_key);
+            if !force && cert.exists() && key.exists() {
+                eprintln!("{} exists; keeping it (--force to replace)", cert.display());
+                return Ok(());
+            }
+            crate::tls::write_dev_certificate(cert, key)?;
+            eprintln!("wrote {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Account(command) => account(&config, command).await,
+        Command::AppPassword(command) => app_password(&config, command).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let shutdown = CancellationToken::new();
+    let gateway = crate::server::Gateway::start(config, shutdown.clone()).await?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    gateway.run_until_shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn parse_login(config: &Config, raw: &str) -> Result<Login, CliError> {
+    Login::parse(raw, config.default_domain.as_deref()).map_err(|e| CliError(format!("invalid login {raw:?}: {e}")))
+}
+
+/// Reads one line from stdin as a password; a prompt goes to stderr when stdin is a terminal.
+fn read_password(prompt: &str) -> Result<Secret, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError(format!("cannot read the password from standard input: {e}")))?;
+    let secret = Secret::from(line.trim_end_matches(['\r', '\n']));
+    zeroize::Zeroize::zeroize(&mut line);
+    if secret.is_empty() {
+        return Err(CliError("no password on standard input (expected one line)".into()));
+    }
+    if secret.expose().len() > crate::protocol::sasl::MAX_FIELD {
+        return Err(CliError(format!(
+            "the password is longer than {} bytes",
+            crate::protocol::sasl::MAX_FIELD
+        )));
+    }
+    Ok(secret)
+}
+
+fn report(outcome: Outcome, what: &str) {
+    match outcome {
+        Outcome::Changed(Some(generation)) => {
+            eprintln!("{what}; credential generation is now {}: every older app password is dead", generation.0)
+        }
+        Outcome::Changed(None) => eprintln!("{what}"),
+        Outcome::Unchanged => eprintln!("nothing to do: already so"),
+    }
+}
+
+async fn account(config: &Config, command: AccountCommand) -> Result<(), CliError> {
+    let store = Store::open(&config.store.url).await?;
+    let hasher = PasswordHasher::new(1);
+    match command {
+        AccountCommand::Create { login } => {
+            let login = parse_login(config, &login)?;
+            let password = read_password("Main password")?;
+            let hash = hasher.hash(&password).await?;
+            store.create_account(&login, &hash).await?;
+            eprintln!("created account {login} (app passwords only; 2FA off)");
+        }
+        AccountCommand::Password { login } => {
+            let login = parse_login(config, &login)?;
+            store.require_account(&login).await?;
+            let password = read_password("New main password")?;
+            let hash = hasher.hash(&password).await?;
+            report(store.set_password(&login, &hash).await?, "main password changed");
+        }
+        AccountCommand::TwoFactor { login, state } => {
+            let login = parse_login(config, &login)?;
+            let what = if state.on() { "two-factor authentication on" } else { "two-factor authentication off" };
+            report(store.set_two_factor(&login, state.on()).await?, what);
+        }
+        AccountCommand::Restore { login } => {
+            let login = parse_login(config, &login)?;
+            let generation = store.bump_generation(&login, GenerationBump::AccessRestored).await?;
+            report(Outcome::Changed(Some(generation)), "access restored");
+        }
+        AccountCommand::LogoutEverywhere { login } => {
+            let login = parse_login(config, &login)?;
+            let generation = store.bump_generation(&login, GenerationBump::LogoutEverywhere).await?;
+            report(Outcome::Changed(Some(generation)), "logged out everywhere");
+        }
+        AccountCommand::AppPasswords { login, state } => {
+            let login = parse_login(config, &login)?;
+            let what = if state.on() {
+                "app passwords only: the main password no longer opens any protocol"
+            } else {
+                "legacy mode: the main password opens every protocol"
+            };
+            report(store.set_app_passwords_only(&login, state.on()).await?, what);
+        }
+        AccountCommand::Show { login, json } => {
+            let login = parse_login(config, &login)?;
+            let state = store.require_account(&login).await?;
+            let passwords = store.list_app_passwords(&login).await?;
+            let alive = passwords.iter().filter(|p| p.alive).count();
+            if json {
+                let value = serde_json::json!({
+                    "login": state.login,
+                    "generation": state.generation,
+                    "two_factor": state.two_factor,
+                    "app_passwords_only": state.app_passwords_only,
+                    "main_password_accepted": state.main_password_allowed(),
+                    "app_passwords_alive": alive,
+                    "app_passwords_total": passwords.len(),
+                });
+                println!("{value}");
+            } else {
+                println!("login:                  {}", state.login);
+                println!("credential generation:  {}", state.generation.0);
+                println!("two-factor:             {}", on_off(state.two_factor));
+                println!("app passwords only:     {}", on_off(state.app_passwords_only));
+                println!("main password accepted: {}", yes_no(state.main_password_allowed()));
+                println!("app passwords:          {alive} alive, {} in all", passwords.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<(), CliError> {
+    let store = Store::open(&config.store.url).await?;
+    match command {
+        AppPasswordCommand::Create { login, service, name } => {
+            let login = parse_login(config, &login)?;
+            let service: Service = service.parse()?;
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                return Err(CliError("the name must be 1 to 100 printable characters".into()));
+            }
+            let secret = generate_app_password();
+            let id = store
+                .create_app_password(&login, service, name, &app_password_digest(&secret))
+                .await?;
+            let text = std::str::from_utf8(secret.expose()).map_err(|_| CliError("internal: non-ASCII secret".into()))?;
+            println!("{text}");
+            eprintln!("app password {id} \"{name}\" for {service} created for {login}; it will not be shown again");
+        }
+        AppPasswordCommand::List { login, json } => {
+            let login = parse_login(config, &login)?;
+            let passwords = store.list_app_passwords(&login).await?;
+            if json {
+                println!("{}", serde_json::to_string(&passwords)?);
+            } else {
+                println!("{:>5}  {:<9} {:<8} {:<22} {:<22} NAME", "ID", "SERVICE", "STATE", "CREATED", "LAST USED");
+                for p in &passwords {
+                    let state = match (p.alive, p.revoked_at) {
+                        (true, _) => "alive",
+                        (false, Some(_)) => "revoked",
+                        (false, None) => "expired",
+                    };
+                    let last = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
+                        (Some(at), Some(ip), Some(proto)) => format!("{} {ip} {proto}", timestamp(*at)),
+                        _ => "never".to_owned(),
+                    };
+                    println!(
+                        "{:>5}  {:<9} {:<8} {:<22} {:<22} {}",
+                        p.id,
+                        p.service,
+                        state,
+                        timestamp(p.created_at),
+                        last,
+                        p.name
+                    );
+                }
+            }
+        }
+        AppPasswordCommand::Revoke { login, id } => {
+            let login = parse_login(config, &login)?;
+            let outcome = store
+                .revoke_app_password(&login, crate::credentials::model::AppPasswordId(id))
+                .await?;
+            report(outcome, &format!("app password {id} revoked"));
+        }
+    }
+    Ok(())
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD hh:mm:ss` UTC.
+fn timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn cli_parses_the_contract() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "portcullis", "--config", "x.toml", "app-password", "create", "alice", "--service", "mail", "--name", "TB",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::AppPassword(AppPasswordCommand::Create { .. })));
+        let cli = Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "on"]).unwrap();
+        assert!(matches!(cli.command, Command::Account(AccountCommand::TwoFactor { state: Switch::On, .. })));
+        assert!(Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "maybe"]).is_err());
+    }
+}

@@ -19,6 +19,9 @@ pub struct Config {
     /// Appended to a login typed without `@domain`.
     #[serde(default)]
     pub default_domain: Option<String>,
+    /// The name the gateway gives in SMTP greetings and EHLO (default "localhost").
+    #[serde(default)]
+    pub hostname: Option<String>,
     pub store: StoreConfig,
     pub tls: TlsConfig,
     #[serde(default)]

@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod io;
 pub mod credentials;
 pub mod protocol;
 pub mod server;

@@ -1,5 +1,55 @@
 //! Protocol state machines before login, without I/O: bytes in, actions out.
+//!
+//! Each protocol's machine implements [`PreAuth`], so one driver (`server::session`) runs them
+//! all: it owns the socket, the deadlines, STARTTLS and the credential check, and the machine
+//! owns the grammar and the replies.
 
 pub mod imap;
 pub mod sasl;
 pub mod smtp;
+
+use sasl::Credentials;
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Write these bytes to the client.
+    Write(Vec<u8>),
+    /// Write these bytes, then run the TLS handshake; input buffered before it is discarded.
+    StartTls(Vec<u8>),
+    /// Decide these credentials, then report back with `login_rejected`, `login_unavailable`
+    /// or the protocol's `login_accepted`.
+    Login(LoginRequest),
+    /// Write these bytes, then close the connection.
+    Close(Vec<u8>),
+    /// Read more input and pass it to `enqueue`.
+    NeedInput,
+}
+
+/// A login the client asked for.
+#[derive(Debug)]
+pub struct LoginRequest {
+    /// The IMAP command tag the answer goes to (SMTP has none).
+    pub tag: String,
+    pub credentials: Credentials,
+}
+
+/// The pre-authentication half of a protocol, as the session driver sees it.
+pub trait PreAuth: Send {
+    /// The first bytes the server sends.
+    fn greeting(&self) -> Vec<u8>;
+    /// Bytes read from the client.
+    fn enqueue(&mut self, bytes: &[u8]);
+    /// The next thing to do; call until [`Action::NeedInput`].
+    fn next_action(&mut self) -> Action;
+    /// The TLS handshake after STARTTLS finished.
+    fn tls_started(&mut self);
+    /// The login in `tag` failed (same reply whatever failed).
+    fn login_rejected(&mut self, tag: &str) -> Action;
+    /// The credential check or the backend is unavailable.
+    fn login_unavailable(&mut self, tag: &str) -> Action;
+    /// What to say when the login deadline passes.
+    fn timeout_goodbye(&self) -> &'static [u8];
+    /// What to say when the gateway shuts down before login.
+    fn shutdown_goodbye(&self) -> &'static [u8];
+}

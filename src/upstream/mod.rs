@@ -1,1 +1,158 @@
-//! upstream
+//! The backend side: connecting (TLS if configured), logging in on the user's behalf, and the
+//! relay that carries the session afterwards.
+
+pub mod imap;
+pub mod relay;
+pub mod smtp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{BackendConfig, BackendLogin, BackendTls, read_secret_file};
+use crate::credentials::{Login, Secret};
+use crate::io::Stream;
+
+/// Why the backend could not give us a session. Every variant becomes a temporary failure for
+/// the client; the text is for the operator's log and never holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to backend {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("backend {address} timed out")]
+    Timeout { address: String },
+    #[error("backend {address} broke the protocol: {reason}")]
+    Protocol { address: String, reason: String },
+    #[error("backend {address} refused the gateway's login: {reply}")]
+    Refused { address: String, reply: String },
+}
+
+/// A configured backend, ready to connect.
+pub struct Backend {
+    pub name: String,
+    pub config: BackendConfig,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    master_password: Option<Secret>,
+}
+
+impl Backend {
+    /// Loads the backend's CA and master password.
+    pub fn new(name: &str, config: &BackendConfig) -> Result<Self, String> {
+        let tls = match config.tls {
+            BackendTls::None => None,
+            BackendTls::Starttls | BackendTls::Implicit => {
+                let client = crate::tls::backend_client_config(config.ca_file.as_deref())
+                    .map_err(|e| format!("[backend.{name}]: {e}"))?;
+                let host = config.server_name.clone().unwrap_or_else(|| config.host().to_owned());
+                let server_name = ServerName::try_from(host.clone())
+                    .map_err(|_| format!("[backend.{name}]: {host:?} is not a valid server name"))?;
+                Some((client, server_name))
+            }
+        };
+        let master_password = match (&config.login, &config.master_password_file) {
+            (BackendLogin::Xclient, _) | (_, None) => None,
+            (_, Some(path)) => Some(read_secret_file(path).map_err(|e| format!("[backend.{name}]: {e}"))?),
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            config: config.clone(),
+            tls,
+            master_password,
+        })
+    }
+
+    fn address(&self) -> String {
+        self.config.address.clone()
+    }
+
+    /// Opens TCP, and TLS at once when `tls = "implicit"`.
+    pub async fn connect(&self) -> Result<Stream, BackendError> {
+        let tcp = TcpStream::connect(&self.config.address)
+            .await
+            .map_err(|e| BackendError::Connect {
+                address: self.address(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match self.config.tls {
+            BackendTls::Implicit => self.start_tls(tcp).await,
+            _ => Ok(Stream::Plain(tcp)),
+        }
+    }
+
+    /// Runs the TLS handshake on a connected socket, checking the backend's certificate.
+    pub async fn start_tls(&self, tcp: TcpStream) -> Result<Stream, BackendError> {
+        let Some((config, name)) = &self.tls else {
+            return Err(BackendError::Protocol {
+                address: self.address(),
+                reason: "TLS requested without a TLS configuration".into(),
+            });
+        };
+        let stream = TlsConnector::from(config.clone())
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| BackendError::Connect {
+                address: self.address(),
+                reason: format!("TLS handshake: {e}"),
+            })?;
+        Ok(Stream::Client(Box::new(stream)))
+    }
+
+    /// The user name the backend knows the account by.
+    pub fn user_for(&self, login: &Login) -> String {
+        if self.config.strip_domain {
+            login.local_part().to_owned()
+        } else {
+            login.as_str().to_owned()
+        }
+    }
+
+    /// The SASL PLAIN message (base64) that logs in as `user` with the master credentials.
+    fn plain_login(&self, user: &str) -> Option<Secret> {
+        let master = self.config.master_user.as_deref()?;
+        let password = self.master_password.as_ref()?;
+        Some(match self.config.login {
+            BackendLogin::MasterUser => {
+                let authcid = format!("{user}{}{master}", self.config.master_separator);
+                crate::protocol::sasl::plain_message("", &authcid, password)
+            }
+            BackendLogin::SaslAuthzid => crate::protocol::sasl::plain_message(user, master, password),
+            BackendLogin::Xclient => return None,
+        })
+    }
+
+    fn protocol_error(&self, reason: impl Into<String>) -> BackendError {
+        BackendError::Protocol {
+            address: self.address(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io_error(&self, e: std::io::Error) -> BackendError {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => self.protocol_error("connection closed"),
+            _ => BackendError::Connect {
+                address: self.address(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn refused(&self, reply: &str) -> BackendError {
+        BackendError::Refused {
+            address: self.address(),
+            reply: reply.chars().take(200).collect(),
+        }
+    }
+}
+
+/// The client's address as backends want it for logging and rate limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}

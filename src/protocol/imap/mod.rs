@@ -14,6 +14,7 @@ use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
 
 use crate::protocol::sasl::{self, Credentials};
+use crate::protocol::{Action, LoginRequest};
 
 /// How the machine is set up for one connection.
 #[derive(Debug, Clone)]
@@ -32,22 +33,6 @@ pub struct Settings {
     pub starttls: bool,
     /// Logins are accepted without TLS (loopback listeners the operator marked so).
     pub plaintext_auth: bool,
-}
-
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Action {
-    /// Write these bytes to the client.
-    Write(Vec<u8>),
-    /// Write these bytes, then run the TLS handshake. Input buffered before it is discarded.
-    StartTls(Vec<u8>),
-    /// Decide these credentials, then call [`PreAuth::login_rejected`],
-    /// [`PreAuth::login_unavailable`] or [`PreAuth::login_accepted`].
-    Login { tag: String, credentials: Credentials },
-    /// Write these bytes, then close the connection.
-    Close(Vec<u8>),
-    /// Read more input and pass it to [`PreAuth::enqueue`].
-    NeedInput,
 }
 
 enum State {
@@ -201,7 +186,7 @@ impl PreAuth {
         match outcome {
             Ok(credentials) => {
                 self.state = State::Deciding;
-                Action::Login { tag, credentials }
+                Action::Login(LoginRequest { tag, credentials })
             }
             Err(e) => self.bad(&tag, &format!("Invalid SASL PLAIN response: {e}")),
         }
@@ -249,10 +234,10 @@ impl PreAuth {
                 match (login, secret) {
                     (Ok(login), Ok(secret)) => {
                         self.state = State::Deciding;
-                        Action::Login {
+                        Action::Login(LoginRequest {
                             tag,
                             credentials: Credentials { login, secret },
-                        }
+                        })
                     }
                     (Err(e), _) | (_, Err(e)) => self.bad(&tag, &format!("Invalid LOGIN arguments: {e}")),
                 }
@@ -340,6 +325,33 @@ impl PreAuth {
             leftover.extend_from_slice(self.fragmentizer.message_bytes());
         }
         (reply, leftover)
+    }
+}
+
+impl super::PreAuth for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        PreAuth::greeting(self)
+    }
+    fn enqueue(&mut self, bytes: &[u8]) {
+        PreAuth::enqueue(self, bytes)
+    }
+    fn next_action(&mut self) -> Action {
+        PreAuth::next_action(self)
+    }
+    fn tls_started(&mut self) {
+        PreAuth::tls_started(self)
+    }
+    fn login_rejected(&mut self, tag: &str) -> Action {
+        PreAuth::login_rejected(self, tag)
+    }
+    fn login_unavailable(&mut self, tag: &str) -> Action {
+        PreAuth::login_unavailable(self, tag)
+    }
+    fn timeout_goodbye(&self) -> &'static [u8] {
+        b"* BYE Autologout; too long without logging in\r\n"
+    }
+    fn shutdown_goodbye(&self) -> &'static [u8] {
+        b"* BYE Server shutting down\r\n"
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::{Action, LoginRequest};
 
 fn settings() -> Settings {
     Settings {
@@ -28,7 +29,7 @@ fn feed(machine: &mut PreAuth, input: &[u8]) -> Vec<Action> {
         match machine.next_action() {
             Action::NeedInput => return out,
             action => {
-                let stop = matches!(action, Action::Close(_) | Action::Login { .. } | Action::StartTls(_));
+                let stop = matches!(action, Action::Close(_) | Action::Login(_) | Action::StartTls(_));
                 out.push(action);
                 if stop {
                     return out;
@@ -43,7 +44,7 @@ fn written(actions: &[Action]) -> String {
         .iter()
         .map(|a| match a {
             Action::Write(b) | Action::Close(b) | Action::StartTls(b) => String::from_utf8_lossy(b).into_owned(),
-            Action::Login { tag, .. } => format!("<login {tag}>"),
+            Action::Login(LoginRequest { tag, .. }) => format!("<login {tag}>"),
             Action::NeedInput => String::new(),
         })
         .collect()
@@ -51,7 +52,7 @@ fn written(actions: &[Action]) -> String {
 
 fn login_of(actions: &[Action]) -> (&str, &str, &[u8]) {
     match actions.last() {
-        Some(Action::Login { tag, credentials }) => (tag, &credentials.login, credentials.secret.expose()),
+        Some(Action::Login(LoginRequest { tag, credentials })) => (tag, &credentials.login, credentials.secret.expose()),
         other => panic!("expected a login, got {other:?}"),
     }
 }

@@ -7,6 +7,7 @@
 //! the gateway may use on the backend (XCLIENT, XFORWARD).
 
 use crate::protocol::sasl::{self, Credentials};
+use crate::protocol::{Action, LoginRequest};
 
 /// RFC 4954 section 4: servers take AUTH lines of at least 12288 octets.
 const MIN_AUTH_LINE: usize = 12288;
@@ -25,19 +26,6 @@ pub struct Settings {
     pub plaintext_auth: bool,
     /// EHLO keywords of the backend, as it sent them (`SIZE 10240000`, `PIPELINING`, ...).
     pub backend_extensions: Vec<String>,
-}
-
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Action {
-    Write(Vec<u8>),
-    /// Write, then run the TLS handshake; input buffered before it is discarded.
-    StartTls(Vec<u8>),
-    /// Decide these credentials, then call [`PreAuth::login_rejected`],
-    /// [`PreAuth::login_unavailable`] or [`PreAuth::login_accepted`].
-    Login(Credentials),
-    Close(Vec<u8>),
-    NeedInput,
 }
 
 #[derive(Debug)]
@@ -256,7 +244,10 @@ impl PreAuth {
         match outcome {
             Ok(credentials) => {
                 self.state = State::Deciding;
-                Action::Login(credentials)
+                Action::Login(LoginRequest {
+                    tag: String::new(),
+                    credentials,
+                })
             }
             Err(e) => self.sasl_error(e),
         }
@@ -284,7 +275,7 @@ impl PreAuth {
     }
 
     /// The login failed: one reply for every reason; after `max_failures`, goodbye.
-    pub fn login_rejected(&mut self) -> Action {
+    pub fn login_rejected(&mut self, _tag: &str) -> Action {
         self.failures += 1;
         let reply = "535 5.7.8 Authentication credentials invalid\r\n";
         if self.failures >= self.settings.max_failures {
@@ -295,7 +286,7 @@ impl PreAuth {
     }
 
     /// The credential check or the backend is unavailable.
-    pub fn login_unavailable(&mut self) -> Action {
+    pub fn login_unavailable(&mut self, _tag: &str) -> Action {
         self.state = State::Command;
         Action::Write(b"454 4.7.0 Temporary authentication failure, try again later\r\n".to_vec())
     }
@@ -304,6 +295,33 @@ impl PreAuth {
     /// is the backend's now.
     pub fn login_accepted(self) -> (Vec<u8>, Vec<u8>) {
         (b"235 2.7.0 Authentication successful\r\n".to_vec(), self.buffer)
+    }
+}
+
+impl super::PreAuth for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        PreAuth::greeting(self)
+    }
+    fn enqueue(&mut self, bytes: &[u8]) {
+        PreAuth::enqueue(self, bytes)
+    }
+    fn next_action(&mut self) -> Action {
+        PreAuth::next_action(self)
+    }
+    fn tls_started(&mut self) {
+        PreAuth::tls_started(self)
+    }
+    fn login_rejected(&mut self, tag: &str) -> Action {
+        PreAuth::login_rejected(self, tag)
+    }
+    fn login_unavailable(&mut self, tag: &str) -> Action {
+        PreAuth::login_unavailable(self, tag)
+    }
+    fn timeout_goodbye(&self) -> &'static [u8] {
+        b"421 4.4.2 Timeout waiting for authentication, closing connection\r\n"
+    }
+    fn shutdown_goodbye(&self) -> &'static [u8] {
+        b"421 4.3.2 Server shutting down\r\n"
     }
 }
 

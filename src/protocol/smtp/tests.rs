@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::{Action, LoginRequest};
 
 fn settings() -> Settings {
     Settings {
@@ -43,7 +44,7 @@ fn text(actions: &[Action]) -> String {
         .iter()
         .map(|a| match a {
             Action::Write(b) | Action::Close(b) | Action::StartTls(b) => String::from_utf8_lossy(b).into_owned(),
-            Action::Login(c) => format!("<login {}>", c.login),
+            Action::Login(LoginRequest { credentials: c, .. }) => format!("<login {}>", c.login),
             Action::NeedInput => String::new(),
         })
         .collect()
@@ -51,7 +52,7 @@ fn text(actions: &[Action]) -> String {
 
 fn login(actions: &[Action]) -> (&str, &[u8]) {
     match actions.last() {
-        Some(Action::Login(c)) => (&c.login, c.secret.expose()),
+        Some(Action::Login(LoginRequest { credentials: c, .. })) => (&c.login, c.secret.expose()),
         other => panic!("expected a login, got {other:?}"),
     }
 }
@@ -165,7 +166,7 @@ fn failures_and_bad_commands_are_limited() {
     feed(&mut m, b"EHLO c\r\n");
     for i in 1..=3 {
         login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n"));
-        let reply = m.login_rejected();
+        let reply = m.login_rejected("");
         assert!(text(std::slice::from_ref(&reply)).starts_with("535 5.7.8 "));
         assert_eq!(matches!(reply, Action::Close(_)), i == 3);
     }
@@ -185,7 +186,7 @@ fn unavailable_then_success_hands_over_pipelined_bytes() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n"));
-    assert_eq!(text(&[m.login_unavailable()]), "454 4.7.0 Temporary authentication failure, try again later\r\n");
+    assert_eq!(text(&[m.login_unavailable("")]), "454 4.7.0 Temporary authentication failure, try again later\r\n");
     login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"));
     let (reply, leftover) = m.login_accepted();
     assert_eq!(reply, b"235 2.7.0 Authentication successful\r\n");

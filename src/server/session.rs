@@ -1,0 +1,199 @@
+//! The pre-authentication driver shared by every protocol.
+//!
+//! It runs a [`PreAuth`] machine against a client socket: greeting, reads bounded by the login
+//! deadline, STARTTLS, the credential check with its failure delay, and goodbyes on timeout and
+//! shutdown. It returns once a login passed the credential check; the protocol's own code then
+//! logs in to the backend and relays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::ListenerContext;
+use crate::config::ListenerTls;
+use crate::credentials::{AuthError, Grant, Protocol};
+use crate::io::Stream;
+use crate::protocol::{Action, LoginRequest, PreAuth};
+use crate::upstream::ClientInfo;
+
+/// How a pre-auth phase ended.
+pub enum PreAuthEnd {
+    /// The credential check passed for the login in `tag`.
+    LoggedIn {
+        stream: Stream,
+        tag: String,
+        grant: Grant,
+    },
+    /// The connection is over.
+    Closed,
+}
+
+/// A client connection before login.
+pub struct Session<'a> {
+    pub context: &'a Arc<ListenerContext>,
+    pub client: ClientInfo,
+    pub protocol: Protocol,
+    /// Login must succeed before this instant.
+    pub deadline: Instant,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(context: &'a Arc<ListenerContext>, client: ClientInfo, protocol: Protocol) -> Self {
+        Self {
+            deadline: Instant::now() + context.shared.limits.login_timeout(),
+            context,
+            client,
+            protocol,
+        }
+    }
+
+    /// Accepts TLS at once on implicit-TLS listeners; plain otherwise.
+    pub async fn open(&self, tcp: TcpStream) -> Option<Stream> {
+        match self.context.config.tls {
+            ListenerTls::Starttls => Some(Stream::Plain(tcp)),
+            ListenerTls::Implicit => self.handshake(tcp).await,
+        }
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> Option<Stream> {
+        let timeout = self.context.shared.limits.handshake_timeout();
+        match tokio::time::timeout(timeout, self.context.shared.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(Stream::Server(Box::new(tls))),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// Runs the machine until a login passes the credential check or the connection ends.
+    /// `greet` is false when resuming after a backend failure.
+    pub async fn pre_auth(&self, mut stream: Stream, machine: &mut dyn PreAuth, greet: bool) -> PreAuthEnd {
+        if greet && !write(&mut stream, &machine.greeting()).await {
+            return PreAuthEnd::Closed;
+        }
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            match machine.next_action() {
+                Action::Write(bytes) => {
+                    if !write(&mut stream, &bytes).await {
+                        return PreAuthEnd::Closed;
+                    }
+                }
+                Action::Close(bytes) => {
+                    let _ = write(&mut stream, &bytes).await;
+                    let _ = stream.shutdown().await;
+                    return PreAuthEnd::Closed;
+                }
+                Action::StartTls(bytes) => {
+                    if !write(&mut stream, &bytes).await {
+                        return PreAuthEnd::Closed;
+                    }
+                    let Some(tcp) = stream.into_plain() else {
+                        return PreAuthEnd::Closed;
+                    };
+                    let Some(tls) = self.handshake(tcp).await else {
+                        return PreAuthEnd::Closed;
+                    };
+                    stream = tls;
+                    machine.tls_started();
+                }
+                Action::Login(request) => {
+                    match self.check(request, machine).await {
+                        Ok((tag, grant)) => return PreAuthEnd::LoggedIn { stream, tag, grant },
+                        Err(reply) => {
+                            // The reply is the machine's next action (a refusal or a close).
+                            let (bytes, close) = match reply {
+                                Action::Close(bytes) => (bytes, true),
+                                Action::Write(bytes) => (bytes, false),
+                                _ => (Vec::new(), true),
+                            };
+                            if !write(&mut stream, &bytes).await || close {
+                                let _ = stream.shutdown().await;
+                                return PreAuthEnd::Closed;
+                            }
+                        }
+                    }
+                }
+                Action::NeedInput => {
+                    let shutdown = &self.context.shared.shutdown;
+                    let read = tokio::select! {
+                        () = shutdown.cancelled() => {
+                            let _ = write(&mut stream, machine.shutdown_goodbye()).await;
+                            return PreAuthEnd::Closed;
+                        }
+                        read = tokio::time::timeout_at(self.deadline, stream.read(&mut buffer)) => read,
+                    };
+                    match read {
+                        Ok(Ok(0)) | Ok(Err(_)) => return PreAuthEnd::Closed,
+                        Ok(Ok(n)) => machine.enqueue(&buffer[..n]),
+                        Err(_) => {
+                            tracing::debug!("login deadline passed");
+                            let _ = write(&mut stream, machine.timeout_goodbye()).await;
+                            let _ = stream.shutdown().await;
+                            return PreAuthEnd::Closed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The credential check. A refusal is answered `failure_delay` after the request arrived,
+    /// whatever failed, so unknown users, wrong secrets and wrong services look alike.
+    async fn check(&self, request: LoginRequest, machine: &mut dyn PreAuth) -> Result<(String, Grant), Action> {
+        let arrived = Instant::now();
+        let LoginRequest { tag, credentials } = request;
+        let shared = &self.context.shared;
+        let outcome = shared
+            .index
+            .authenticate(
+                self.protocol.service(),
+                self.protocol,
+                &credentials.login,
+                &credentials.secret,
+                self.client.peer.ip(),
+            )
+            .await;
+        drop(credentials.secret);
+        match outcome {
+            Ok(grant) => {
+                tracing::info!(login = %grant.login, credential = ?grant.credential, "login accepted");
+                Ok((tag, grant))
+            }
+            Err(AuthError::Rejected) => {
+                tracing::info!(login = %printable(&credentials.login), "login refused");
+                tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms)).await;
+                Err(machine.login_rejected(&tag))
+            }
+            Err(AuthError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "credential check unavailable");
+                Err(machine.login_unavailable(&tag))
+            }
+        }
+    }
+}
+
+/// A login as typed, safe for a log line (it may be anything a client sent).
+fn printable(login: &str) -> String {
+    login
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Writes and flushes; false when the client is gone.
+pub async fn write(stream: &mut Stream, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
+}

@@ -1,0 +1,229 @@
+//! The relay: bytes both ways until one side closes, the session idles out, the gateway shuts
+//! down, or the credential dies.
+//!
+//! To say goodbye in the protocol (IMAP `* BYE`, SMTP `421`) without corrupting the stream,
+//! the relay tracks where the backend's byte stream is: a goodbye is only written at the start
+//! of a line that is not inside a literal. Otherwise the connection is simply closed.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::credentials::Grant;
+use crate::io::Stream;
+
+/// Why a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    ClientClosed,
+    BackendClosed,
+    IdleTimeout,
+    /// The credential died; the client was told if the stream allowed it.
+    Revoked { said_goodbye: bool },
+    Shutdown { said_goodbye: bool },
+    ClientError,
+    BackendError,
+}
+
+/// Where the backend→client stream is, so a goodbye lands between responses.
+pub trait Boundary: Send + Sync {
+    fn observe(&mut self, bytes: &[u8]);
+    fn at_boundary(&self) -> bool;
+}
+
+/// SMTP replies are lines: a boundary is the start of a line.
+#[derive(Debug, Default)]
+pub struct LineBoundary {
+    mid_line: bool,
+}
+
+impl Boundary for LineBoundary {
+    fn observe(&mut self, bytes: &[u8]) {
+        if let Some(&last) = bytes.last() {
+            self.mid_line = last != b'\n';
+        }
+    }
+    fn at_boundary(&self) -> bool {
+        !self.mid_line
+    }
+}
+
+/// IMAP responses are lines that may announce literals (`{123}\r\n` then 123 bytes of data):
+/// a boundary is the start of a line outside any literal.
+#[derive(Debug, Default)]
+pub struct ImapBoundary {
+    /// Literal bytes still to come.
+    literal_left: u64,
+    /// Line state: where in a possible `{digits}` CRLF ending we are.
+    tail: Tail,
+    mid_line: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Tail {
+    #[default]
+    Other,
+    Open,
+    Digits(u64),
+    Close(u64),
+    CloseCr(u64),
+    Cr,
+}
+
+impl Boundary for ImapBoundary {
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.literal_left > 0 {
+                let take = usize::try_from(self.literal_left).unwrap_or(usize::MAX).min(bytes.len());
+                self.literal_left -= take as u64;
+                bytes = &bytes[take..];
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            self.mid_line = true;
+            self.tail = match (self.tail, b) {
+                (Tail::Close(n) | Tail::CloseCr(n), b'\n') => {
+                    // A literal follows; the line goes on after it.
+                    self.literal_left = n;
+                    Tail::Other
+                }
+                (Tail::Close(n), b'\r') => Tail::CloseCr(n),
+                (_, b'\n') => {
+                    self.mid_line = false;
+                    Tail::Other
+                }
+                (_, b'\r') => Tail::Cr,
+                (_, b'{') => Tail::Open,
+                (Tail::Open, d @ b'0'..=b'9') => Tail::Digits(u64::from(d - b'0')),
+                (Tail::Digits(n), d @ b'0'..=b'9') => {
+                    Tail::Digits(n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+                }
+                (Tail::Digits(n), b'}') => Tail::Close(n),
+                _ => Tail::Other,
+            };
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.literal_left == 0 && !self.mid_line
+    }
+}
+
+/// What to say when the relay ends on our side.
+pub struct Goodbyes {
+    pub revoked: &'static [u8],
+    pub shutdown: &'static [u8],
+}
+
+/// Relays until the end; returns why it ended. Both streams are shut down by the caller's drop.
+pub async fn relay(
+    client: &mut Stream,
+    backend: &mut Stream,
+    grant: &Grant,
+    boundary: &mut dyn Boundary,
+    goodbyes: &Goodbyes,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> RelayEnd {
+    let mut from_client = vec![0u8; 16 * 1024];
+    let mut from_backend = vec![0u8; 16 * 1024];
+    let dead = grant.dead();
+    tokio::pin!(dead);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut deadline = Instant::now() + idle;
+
+    loop {
+        tokio::select! {
+            read = client.read(&mut from_client) => match read {
+                Ok(0) => return RelayEnd::ClientClosed,
+                Ok(n) => {
+                    if backend.write_all(&from_client[..n]).await.is_err() {
+                        return RelayEnd::BackendError;
+                    }
+                    deadline = Instant::now() + idle;
+                }
+                Err(_) => return RelayEnd::ClientError,
+            },
+            read = backend.read(&mut from_backend) => match read {
+                Ok(0) => return RelayEnd::BackendClosed,
+                Ok(n) => {
+                    boundary.observe(&from_backend[..n]);
+                    if client.write_all(&from_backend[..n]).await.is_err() {
+                        return RelayEnd::ClientError;
+                    }
+                    deadline = Instant::now() + idle;
+                }
+                Err(_) => return RelayEnd::BackendError,
+            },
+            () = &mut dead => {
+                let said_goodbye = goodbye(client, boundary, goodbyes.revoked).await;
+                return RelayEnd::Revoked { said_goodbye };
+            }
+            () = &mut cancelled => {
+                let said_goodbye = goodbye(client, boundary, goodbyes.shutdown).await;
+                return RelayEnd::Shutdown { said_goodbye };
+            }
+            () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
+        }
+    }
+}
+
+async fn goodbye(client: &mut Stream, boundary: &dyn Boundary, text: &[u8]) -> bool {
+    if !boundary.at_boundary() {
+        return false;
+    }
+    // A client that does not read must not hold the goodbye up.
+    let write = async {
+        client.write_all(text).await?;
+        client.shutdown().await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), write).await,
+        Ok(Ok(()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imap_boundary_follows_lines_and_literals() {
+        let mut b = ImapBoundary::default();
+        assert!(b.at_boundary());
+        b.observe(b"* 1 FETCH (BODY[] {11}\r\n");
+        assert!(!b.at_boundary(), "inside the literal");
+        b.observe(b"hello\r\nworl");
+        assert!(!b.at_boundary());
+        b.observe(b"d");
+        assert!(!b.at_boundary(), "the line goes on after the literal");
+        b.observe(b")\r\n");
+        assert!(b.at_boundary());
+        // Split across reads, and a literal whose data looks like line ends.
+        b.observe(b"* 2 FETCH (BODY[] {");
+        b.observe(b"4");
+        b.observe(b"}\r");
+        b.observe(b"\n\r\n\r\n)");
+        assert!(!b.at_boundary());
+        b.observe(b"\r\n");
+        assert!(b.at_boundary());
+        b.observe(b"a1 OK {not a literal}\r\n");
+        assert!(b.at_boundary());
+        b.observe(b"* OK partial");
+        assert!(!b.at_boundary());
+    }
+
+    #[test]
+    fn line_boundary() {
+        let mut b = LineBoundary::default();
+        assert!(b.at_boundary());
+        b.observe(b"250-PIPE");
+        assert!(!b.at_boundary());
+        b.observe(b"LINING\r\n250 OK\r\n");
+        assert!(b.at_boundary());
+    }
+}
