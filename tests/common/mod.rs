@@ -1,0 +1,544 @@
+//! Test harness: real peers (Dovecot, an aiosmtpd sink), the real portcullis binary, and real
+//! clients (python's imaplib/smtplib, curl, openssl), each on loopback ports of its own and
+//! stopped by PID when the test ends.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MASTER_PASSWORD: &str = "master-secret-for-tests";
+
+/// A free loopback port (bound and released; peers bind it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Fails the test with an install hint when a peer is missing.
+pub fn require(program: &str, install: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "{program} is not installed; install it with: {install} (bash .ci/run does)");
+}
+
+pub fn require_python_module(module: &str, install: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "python module {module} is missing; install it with: {install} (bash .ci/run does)");
+}
+
+/// Waits until something accepts on `port`.
+pub fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) before listening:\n{}", read_log(log));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not listen on {port}:\n{}", read_log(log));
+}
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A private folder the dovecot user can traverse.
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    set_mode(dir.path(), 0o755);
+    dir
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// An SMTP sink (aiosmtpd) that stores every message in a maildir.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    pub maildir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        require("python3", "apt-get install python3");
+        require_python_module("aiosmtpd", "pip install aiosmtpd");
+        let dir = open_tempdir();
+        let port = free_port();
+        let maildir = dir.path().join("maildir");
+        let log = dir.path().join("sink.log");
+        let mut child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start aiosmtpd");
+        wait_for_port(port, "aiosmtpd", &mut child, &log);
+        Self { child, port, maildir, _dir: dir }
+    }
+
+    /// Messages received so far.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for entry in entries.flatten() {
+                    out.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn wait_for_message(&self, needle: &str) -> String {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(m) = self.messages().into_iter().find(|m| m.contains(needle)) {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no message containing {needle:?} reached the sink");
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A real Dovecot with IMAP and submission, a master user for the gateway, and the given users.
+pub struct Dovecot {
+    child: Child,
+    pub imap_port: u16,
+    pub submission_port: u16,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Dovecot {
+    pub fn start(relay_port: u16, users: &[&str]) -> Self {
+        require("dovecot", "apt-get install dovecot-imapd dovecot-submissiond");
+        let dir = open_tempdir();
+        let root = dir.path();
+        let imap_port = free_port();
+        let submission_port = free_port();
+        for sub in ["run", "mail"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        set_mode(&root.join("mail"), 0o777);
+        std::fs::write(root.join("master-users"), format!("portcullis:{{PLAIN}}{MASTER_PASSWORD}\n")).expect("write");
+        let users_file: String = users.iter().map(|u| format!("{u}:{{PLAIN}}not-used-behind-the-gateway\n")).collect();
+        std::fs::write(root.join("users"), users_file).expect("write");
+        let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("t").replace('.', "");
+        let conf = format!(
+            r#"protocols = imap submission
+listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/run/state
+instance_name = portcullis-test-{name}
+log_path = /dev/stderr
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_master_user_separator = *
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8
+mail_max_userip_connections = 1000
+mail_location = maildir:{root}/mail/%u
+default_login_user = dovenull
+default_internal_user = dovecot
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/master-users
+  master = yes
+  pass = yes
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={root}/mail/%u allow_all_users=yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    address = 127.0.0.1
+    port = {submission_port}
+  }}
+}}
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay_port}
+submission_relay_trusted = yes
+hostname = dovecot.test
+"#,
+            root = root.display()
+        );
+        let conf_path = root.join("dovecot.conf");
+        std::fs::write(&conf_path, conf).expect("write conf");
+        let log = root.join("dovecot.log");
+        let mut child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start dovecot");
+        wait_for_port(imap_port, "dovecot", &mut child, &log);
+        wait_for_port(submission_port, "dovecot submission", &mut child, &log);
+        Self { child, imap_port, submission_port, dir, log }
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Stops Dovecot (to test a backend that is down).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Ports of a running gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub imap: u16,
+    pub imaps: u16,
+    pub submission: u16,
+    pub submissions: u16,
+}
+
+/// Knobs for the gateway config in tests.
+pub struct Options {
+    pub failure_delay_ms: u64,
+    pub max_connections: usize,
+    pub login_timeout_secs: u64,
+    pub extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            failure_delay_ms: 50,
+            max_connections: 1000,
+            login_timeout_secs: 30,
+            extra: String::new(),
+        }
+    }
+}
+
+/// The real portcullis binary, serving the four mail listeners in front of `backend`.
+pub struct Gateway {
+    child: Option<Child>,
+    pub ports: Ports,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub ca: PathBuf,
+    log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+impl Gateway {
+    pub fn start(imap_backend: u16, submission_backend: u16, options: Options) -> Self {
+        let dir = open_tempdir();
+        let root = dir.path();
+        let ports = Ports {
+            imap: free_port(),
+            imaps: free_port(),
+            submission: free_port(),
+            submissions: free_port(),
+        };
+        std::fs::write(root.join("master.secret"), format!("{MASTER_PASSWORD}\n")).expect("write");
+        let config = root.join("portcullis.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"default_domain = "example.org"
+hostname = "gateway.test"
+{extra}
+[store]
+url = "sqlite://{root}/data/portcullis.db"
+feed_interval_ms = 100
+
+[tls]
+certificate = "{root}/certs/localhost.crt"
+private_key = "{root}/certs/localhost.key"
+
+[auth]
+failure_delay_ms = {delay}
+max_failures = 3
+
+[limits]
+max_connections = {maxconn}
+login_timeout_secs = {login_timeout}
+handshake_timeout_secs = 5
+shutdown_grace_secs = 5
+
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:{imap}"
+tls = "starttls"
+backend = "imap"
+
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:{imaps}"
+tls = "implicit"
+backend = "imap"
+
+[[listener]]
+protocol = "submission"
+address = "127.0.0.1:{submission}"
+tls = "starttls"
+backend = "submission"
+
+[[listener]]
+protocol = "submission"
+address = "127.0.0.1:{submissions}"
+tls = "implicit"
+backend = "submission"
+
+[backend.imap]
+address = "127.0.0.1:{imap_backend}"
+tls = "none"
+login = "master-user"
+master_user = "portcullis"
+master_password_file = "{root}/master.secret"
+timeout_secs = 5
+
+[backend.submission]
+address = "127.0.0.1:{submission_backend}"
+tls = "none"
+login = "master-user"
+master_user = "portcullis"
+master_password_file = "{root}/master.secret"
+timeout_secs = 5
+"#,
+                root = root.display(),
+                extra = options.extra,
+                delay = options.failure_delay_ms,
+                maxconn = options.max_connections,
+                login_timeout = options.login_timeout_secs,
+                imap = ports.imap,
+                imaps = ports.imaps,
+                submission = ports.submission,
+                submissions = ports.submissions,
+            ),
+        )
+        .expect("write config");
+        let mut gateway = Self {
+            child: None,
+            ports,
+            ca: root.join("certs/localhost.crt"),
+            config,
+            log: root.join("gateway.log"),
+            dir,
+        };
+        let out = gateway.cli(&["dev-cert"], None);
+        assert!(out.status.success(), "dev-cert failed: {}", String::from_utf8_lossy(&out.stderr));
+        gateway.spawn();
+        gateway
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", "info,portcullis=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .spawn()
+            .expect("start portcullis");
+        for port in [self.ports.imap, self.ports.imaps, self.ports.submission, self.ports.submissions] {
+            wait_for_port(port, "portcullis", &mut child, &self.log);
+        }
+        self.child = Some(child);
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit status's success.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(&mut child);
+        false
+    }
+
+    /// Runs the CLI against this gateway's configuration, as a separate process.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run portcullis cli");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+        }
+        child.wait_with_output().expect("cli output")
+    }
+
+    pub fn cli_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "portcullis {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn create_account(&self, login: &str, password: &str) {
+        self.cli_ok(&["account", "create", login], Some(&format!("{password}\n")));
+    }
+
+    /// Makes an app password and returns it.
+    pub fn app_password(&self, login: &str, service: &str, name: &str) -> String {
+        let out = self.cli_ok(&["app-password", "create", login, "--service", service, "--name", name], None);
+        let secret = out.trim().to_owned();
+        assert_eq!(secret.len(), 16, "unexpected app password output {out:?}");
+        secret
+    }
+
+    /// The id of the newest app password of `login`.
+    pub fn newest_app_password_id(&self, login: &str) -> i64 {
+        let out = self.cli_ok(&["app-password", "list", login, "--json"], None);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+        list[0]["id"].as_i64().expect("id")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+}
+
+/// Runs a python script with `args` as sys.argv[1:]; returns its output.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    require("python3", "apt-get install python3");
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3")
+}
+
+pub fn python_ok(script: &str, args: &[&str]) -> String {
+    let out = python(script, args);
+    assert!(
+        out.status.success(),
+        "python failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A raw TCP client speaking lines, for protocol-level tests.
+pub struct Raw {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        Self {
+            writer: stream.try_clone().expect("clone"),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read line");
+        line
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    /// Reads until EOF (or the timeout); returns everything.
+    pub fn rest(&mut self) -> String {
+        let mut out = Vec::new();
+        let _ = self.reader.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// True when the server closed the connection (EOF) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}

@@ -1,0 +1,154 @@
+//! End to end: real clients (python imaplib/smtplib, curl) through the real portcullis binary
+//! to a real Dovecot (master user) whose submission relays to a real SMTP sink.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct World {
+    sink: SmtpSink,
+    dovecot: Dovecot,
+    gateway: Gateway,
+}
+
+fn world(options: Options) -> World {
+    let sink = SmtpSink::start();
+    let dovecot = Dovecot::start(sink.port, &["alice@example.org", "bob@example.org"]);
+    let gateway = Gateway::start(dovecot.imap_port, dovecot.submission_port, options);
+    gateway.create_account("alice", "alice main password");
+    World { sink, dovecot, gateway }
+}
+
+const IMAP_SESSION: &str = r#"
+import imaplib, ssl, sys
+port, ca, user, password, mode = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "starttls":
+    imap = imaplib.IMAP4("127.0.0.1", int(port))
+    assert "LOGINDISABLED" in imap.capabilities, imap.capabilities
+    imap.starttls(ssl_context=ctx)
+else:
+    imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ctx)
+try:
+    typ, data = imap.login(user, password)
+except imaplib.IMAP4.error as e:
+    print("LOGIN-FAILED", e)
+    sys.exit(0)
+print("LOGIN", typ)
+typ, data = imap.select("INBOX")
+print("SELECT", typ, data[0].decode())
+typ, data = imap.capability()
+print("CAPS", data[0].decode())
+imap.logout()
+"#;
+
+const SMTP_SEND: &str = r#"
+import smtplib, ssl, sys
+port, ca, user, password, mode, subject = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "starttls":
+    smtp = smtplib.SMTP("127.0.0.1", int(port), local_hostname="client.test")
+    smtp.ehlo()
+    assert not smtp.has_extn("auth"), "AUTH offered before TLS"
+    smtp.starttls(context=ctx)
+    smtp.ehlo()
+else:
+    smtp = smtplib.SMTP_SSL("localhost", int(port), context=ctx, local_hostname="client.test")
+    smtp.ehlo()
+assert smtp.has_extn("auth"), smtp.esmtp_features
+try:
+    smtp.login(user, password)
+except smtplib.SMTPAuthenticationError as e:
+    print("LOGIN-FAILED", e.smtp_code)
+    sys.exit(0)
+print("LOGIN OK")
+msg = f"From: alice@example.org\r\nTo: carol@example.net\r\nSubject: {subject}\r\n\r\nHello through the gateway.\r\n"
+smtp.sendmail("alice@example.org", ["carol@example.net"], msg)
+print("SENT")
+smtp.quit()
+"#;
+
+fn imap(world: &World, port: u16, user: &str, password: &str, mode: &str) -> String {
+    let ca = world.gateway.ca.to_string_lossy().into_owned();
+    python_ok(IMAP_SESSION, &[&port.to_string(), &ca, user, password, mode])
+}
+
+fn smtp(world: &World, port: u16, user: &str, password: &str, mode: &str, subject: &str) -> String {
+    let ca = world.gateway.ca.to_string_lossy().into_owned();
+    python_ok(SMTP_SEND, &[&port.to_string(), &ca, user, password, mode, subject])
+}
+
+#[test]
+fn imap_login_and_select_inbox_over_starttls_and_implicit_tls() {
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Thunderbird");
+    let p = w.gateway.ports;
+    for (port, mode) in [(p.imap, "starttls"), (p.imaps, "implicit")] {
+        let out = imap(&w, port, "alice", &secret, mode);
+        assert!(out.contains("LOGIN OK"), "{mode}: {out}\n{}", w.gateway.log());
+        assert!(out.contains("SELECT OK"), "{mode}: {out}");
+        // The capabilities after login are Dovecot's, not the gateway's pre-auth list.
+        assert!(out.contains("IDLE"), "{mode}: {out}");
+    }
+    // The full address form and typed spaces work too.
+    let spaced = format!("{} {} {} {}", &secret[..4], &secret[4..8], &secret[8..12], &secret[12..]);
+    let out = imap(&w, p.imaps, "Alice@Example.org", &spaced, "implicit");
+    assert!(out.contains("SELECT OK"), "{out}");
+    // Dovecot saw the real client address through ID.
+    assert!(w.dovecot.log().contains("alice@example.org"), "{}", w.dovecot.log());
+}
+
+#[test]
+fn smtp_submission_sends_a_message_that_arrives() {
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Thunderbird");
+    let p = w.gateway.ports;
+    for (port, mode) in [(p.submission, "starttls"), (p.submissions, "implicit")] {
+        let subject = format!("gateway test {mode}");
+        let out = smtp(&w, port, "alice@example.org", &secret, mode, &subject);
+        assert!(out.contains("SENT"), "{mode}: {out}\n{}", w.gateway.log());
+        let message = w.sink.wait_for_message(&subject);
+        assert!(message.contains("Hello through the gateway."), "{message}");
+    }
+}
+
+#[test]
+fn a_disk_password_is_refused_on_imap_and_smtp() {
+    let w = world(Options::default());
+    let disk = w.gateway.app_password("alice", "disk", "Files");
+    let p = w.gateway.ports;
+    let out = imap(&w, p.imaps, "alice", &disk, "implicit");
+    assert!(out.contains("LOGIN-FAILED") && out.contains("AUTHENTICATIONFAILED"), "{out}");
+    let out = smtp(&w, p.submissions, "alice", &disk, "implicit", "never");
+    assert!(out.contains("LOGIN-FAILED 535"), "{out}");
+}
+
+#[test]
+fn main_password_refused_with_the_option_on_and_accepted_with_it_off() {
+    let w = world(Options::default());
+    let p = w.gateway.ports;
+    let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
+    assert!(out.contains("LOGIN-FAILED"), "{out}");
+    w.gateway.cli_ok(&["account", "app-passwords", "alice", "off"], None);
+    // The gateway learns of the CLI's change through the feed.
+    let start = Instant::now();
+    loop {
+        let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
+        if out.contains("SELECT OK") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "main password still refused: {out}");
+    }
+    let out = smtp(&w, p.submissions, "alice", "alice main password", "implicit", "legacy mode");
+    assert!(out.contains("SENT"), "{out}");
+    // 2FA forces app passwords again, and the option cannot be turned off under 2FA.
+    w.gateway.cli_ok(&["account", "two-factor", "alice", "on"], None);
+    let refused = w.gateway.cli(&["account", "app-passwords", "alice", "off"], None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("two-factor"), "{refused:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
+    assert!(out.contains("LOGIN-FAILED"), "{out}");
+}
