@@ -542,3 +542,100 @@ impl Raw {
         matches!(self.reader.read(&mut buf), Ok(0))
     }
 }
+
+/// A TLS client speaking raw lines (rustls, trusting the gateway's development certificate).
+pub struct TlsRaw {
+    stream: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+pub fn tls_client_config(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("cert")).expect("add");
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+impl TlsRaw {
+    /// Implicit TLS to `port`.
+    pub fn connect(port: u16, ca: &Path) -> Self {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::over(tcp, ca)
+    }
+
+    /// TLS over an already connected socket (after STARTTLS).
+    pub fn over(tcp: TcpStream, ca: &Path) -> Self {
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(tls_client_config(ca), name).expect("tls");
+        Self {
+            stream: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+        }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.stream.read_line(&mut line);
+        line
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).expect("write");
+        self.stream.get_mut().flush().expect("flush");
+    }
+
+    /// Reads lines until one starts with `prefix`; returns all of them.
+    pub fn until(&mut self, prefix: &str) -> String {
+        let mut all = String::new();
+        for _ in 0..200 {
+            let line = self.line();
+            if line.is_empty() {
+                break;
+            }
+            all.push_str(&line);
+            if line.starts_with(prefix) {
+                break;
+            }
+        }
+        all
+    }
+
+    /// True when the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+impl Raw {
+    /// Turns this plaintext connection into TLS (after the server accepted STARTTLS).
+    pub fn into_tls(self, ca: &Path) -> TlsRaw {
+        assert!(self.reader.buffer().is_empty(), "plaintext left unread before TLS");
+        TlsRaw::over(self.writer, ca)
+    }
+}
+
+/// The base64 of a SASL PLAIN message.
+pub fn plain(authzid: &str, login: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{authzid}\0{login}\0{password}"))
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
