@@ -256,6 +256,7 @@ pub struct Options {
     pub failure_delay_ms: u64,
     pub max_connections: usize,
     pub login_timeout_secs: u64,
+    pub backend_timeout_secs: u64,
     pub extra: String,
 }
 
@@ -265,6 +266,7 @@ impl Default for Options {
             failure_delay_ms: 50,
             max_connections: 1000,
             login_timeout_secs: 30,
+            backend_timeout_secs: 5,
             extra: String::new(),
         }
     }
@@ -350,7 +352,7 @@ tls = "none"
 login = "master-user"
 master_user = "portcullis"
 master_password_file = "{root}/master.secret"
-timeout_secs = 5
+timeout_secs = {backend_timeout}
 
 [backend.submission]
 address = "127.0.0.1:{submission_backend}"
@@ -358,13 +360,14 @@ tls = "none"
 login = "master-user"
 master_user = "portcullis"
 master_password_file = "{root}/master.secret"
-timeout_secs = 5
+timeout_secs = {backend_timeout}
 "#,
                 root = root.display(),
                 extra = options.extra,
                 delay = options.failure_delay_ms,
                 maxconn = options.max_connections,
                 login_timeout = options.login_timeout_secs,
+                backend_timeout = options.backend_timeout_secs,
                 imap = ports.imap,
                 imaps = ports.imaps,
                 submission = ports.submission,
