@@ -152,3 +152,102 @@ fn main_password_refused_with_the_option_on_and_accepted_with_it_off() {
     let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
     assert!(out.contains("LOGIN-FAILED"), "{out}");
 }
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn curl_and_openssl_s_client_work_through_the_gateway() {
+    require("curl", "apt-get install curl");
+    require("openssl", "apt-get install openssl");
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "curl");
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let user = format!("alice:{secret}");
+    let p = w.gateway.ports;
+
+    // IMAP over STARTTLS (--ssl-reqd) and implicit TLS.
+    let (ok, out) = run(
+        "curl",
+        &["-sS", "--ssl-reqd", "--cacert", &ca, &format!("imap://localhost:{}/", p.imap), "-u", &user, "-X", "EXAMINE INBOX"],
+        None,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("UIDVALIDITY") || out.contains("FLAGS"), "{out}");
+    let (ok, out) = run("curl", &["-sS", "--cacert", &ca, &format!("imaps://localhost:{}/", p.imaps), "-u", &user], None);
+    assert!(ok && out.contains("INBOX"), "{out}");
+    // Wrong password: curl fails with a login error.
+    let (ok, out) = run(
+        "curl",
+        &["-sS", "--cacert", &ca, &format!("imaps://localhost:{}/", p.imaps), "-u", "alice:wrongwrongwrongw"],
+        None,
+    );
+    assert!(!ok && out.contains("Login denied"), "{out}");
+
+    // SMTP submission over STARTTLS.
+    let message = "From: alice@example.org\r\nTo: dave@example.net\r\nSubject: sent by curl\r\n\r\nhi\r\n";
+    let (ok, out) = run(
+        "curl",
+        &[
+            "-sS", "--ssl-reqd", "--cacert", &ca, &format!("smtp://localhost:{}", p.submission), "-u", &user,
+            "--mail-from", "alice@example.org", "--mail-rcpt", "dave@example.net", "--upload-file", "-",
+        ],
+        Some(message),
+    );
+    assert!(ok, "{out}");
+    w.sink.wait_for_message("sent by curl");
+
+    // openssl s_client with STARTTLS, commands on stdin.
+    let script = format!("a1 LOGIN alice {secret}\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n");
+    let (_, out) = run(
+        "openssl",
+        &["s_client", "-quiet", "-starttls", "imap", "-connect", &format!("127.0.0.1:{}", p.imap), "-CAfile", &ca, "-verify_return_error"],
+        Some(&script),
+    );
+    assert!(out.contains("a1 OK") && out.contains("a2 OK") && out.contains("a3 OK"), "{out}");
+    let (_, out) = run(
+        "openssl",
+        &["s_client", "-quiet", "-starttls", "smtp", "-connect", &format!("127.0.0.1:{}", p.submission), "-CAfile", &ca, "-verify_return_error"],
+        Some(&format!("EHLO x\r\nAUTH PLAIN {}\r\nQUIT\r\n", plain("", "alice", &secret))),
+    );
+    assert!(out.contains("235 2.7.0") && out.contains("221"), "{out}");
+}
+
+#[test]
+fn last_use_is_recorded_per_app_password() {
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Tablet");
+    let out = imap(&w, w.gateway.ports.imaps, "alice", &secret, "implicit");
+    assert!(out.contains("LOGIN OK"), "{out}");
+    let start = Instant::now();
+    loop {
+        let listed = w.gateway.cli_ok(&["app-password", "list", "alice", "--json"], None);
+        let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        if list[0]["last_used_protocol"] == "imap" {
+            assert_eq!(list[0]["last_used_ip"], "127.0.0.1");
+            assert!(list[0]["last_used_at"].as_i64().is_some());
+            // The secret is never listed.
+            assert!(!listed.contains(&secret));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "last use not recorded: {listed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,153 @@
+//! The operator's contract: the CLI's verbs, outputs, errors and exit codes.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"default_domain = "example.org"
+[store]
+url = "sqlite://{root}/p.db"
+[tls]
+certificate = "{root}/c.crt"
+private_key = "{root}/c.key"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+tls = "starttls"
+backend = "b"
+[backend.b]
+address = "127.0.0.1:143"
+tls = "none"
+login = "master-user"
+master_user = "m"
+master_password_file = "{root}/m.secret"
+{extra}
+"#,
+            root = dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn cli(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn account_and_app_password_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let (code, _, err) = cli(&cfg, &["check-config"], "");
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = cli(&cfg, &["account", "create", "Alice"], "correct horse battery\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty() && err.contains("alice@example.org"), "{out} / {err}");
+    let (code, _, err) = cli(&cfg, &["account", "create", "alice@example.org"], "x\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = cli(&cfg, &["account", "create", "bob"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no password on standard input"), "{err}");
+
+    let (code, out, err) = cli(&cfg, &["app-password", "create", "alice", "--service", "mail", "--name", "Thunderbird at home"], "");
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim();
+    assert_eq!(out.lines().count(), 1, "the secret is the only line on stdout: {out:?}");
+    assert!(secret.len() == 16 && secret.bytes().all(|b| b.is_ascii_lowercase()), "{secret}");
+    assert!(err.contains("will not be shown again"));
+
+    let (code, out, _) = cli(&cfg, &["app-password", "list", "alice"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("Thunderbird at home") && out.contains("mail") && out.contains("alive"), "{out}");
+    assert!(!out.contains(secret));
+    let (_, json, _) = cli(&cfg, &["app-password", "list", "alice", "--json"], "");
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let id = list[0]["id"].as_i64().unwrap().to_string();
+
+    // The database holds no secret in clear.
+    let db = std::fs::read(dir.path().join("p.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("p.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        assert!(!bytes.windows(21).any(|w| w == b"correct horse battery"));
+    }
+
+    let (code, _, err) = cli(&cfg, &["app-password", "revoke", "alice", &id], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&cfg, &["app-password", "revoke", "alice", "999"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no app password with id 999"), "{err}");
+
+    let (code, out, _) = cli(&cfg, &["account", "show", "alice"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("app passwords only:     on"), "{out}");
+    let (code, _, err) = cli(&cfg, &["account", "logout-everywhere", "alice"], "");
+    assert_eq!(code, 0);
+    assert!(err.contains("generation is now 2"), "{err}");
+    let (code, _, err) = cli(&cfg, &["account", "two-factor", "alice", "on"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&cfg, &["account", "app-passwords", "alice", "off"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("two-factor"), "{err}");
+}
+
+#[test]
+fn errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let (code, _, err) = cli(&cfg, &["account", "show", "nobody"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown account nobody@example.org"), "{err}");
+    let (code, _, err) = cli(&cfg, &["app-password", "create", "nobody", "--service", "webmail", "--name", "x"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown service \"webmail\""), "{err}");
+    let (code, _, err) = cli(&cfg, &["account", "create", "a b"], "pw\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid login"), "{err}");
+
+    let bad = config(dir.path(), "frobnicate = true");
+    let (code, _, err) = cli(&bad, &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("frobnicate") && err.contains("line 18"), "{err}");
+    let (code, _, err) = cli(&dir.path().join("missing.toml"), &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn the_example_config_checks_and_the_default_path_is_used() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(binary())
+        .arg("check-config")
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config/portcullis.toml: ok (4 listeners, 2 backends)"));
+}
