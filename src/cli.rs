@@ -21,7 +21,12 @@ use crate::store::{Outcome, Store};
 #[command(name = "portcullis", version, about)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", default_value = "config/portcullis.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_CONFIG",
+        default_value = "config/portcullis.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -155,7 +160,10 @@ async fn serve(config: Config) -> Result<(), CliError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
@@ -166,7 +174,8 @@ async fn wait_for_signal() {
 }
 
 fn parse_login(config: &Config, raw: &str) -> Result<Login, CliError> {
-    Login::parse(raw, config.default_domain.as_deref()).map_err(|e| CliError(format!("invalid login {raw:?}: {e}")))
+    Login::parse(raw, config.default_domain.as_deref())
+        .map_err(|e| CliError(format!("invalid login {raw:?}: {e}")))
 }
 
 /// Reads one line from stdin as a password; a prompt goes to stderr when stdin is a terminal.
@@ -184,7 +193,9 @@ fn read_password(prompt: &str) -> Result<Secret, CliError> {
     let secret = Secret::from(line.trim_end_matches(['\r', '\n']));
     zeroize::Zeroize::zeroize(&mut line);
     if secret.is_empty() {
-        return Err(CliError("no password on standard input (expected one line)".into()));
+        return Err(CliError(
+            "no password on standard input (expected one line)".into(),
+        ));
     }
     if secret.expose().len() > crate::protocol::sasl::MAX_FIELD {
         return Err(CliError(format!(
@@ -198,7 +209,10 @@ fn read_password(prompt: &str) -> Result<Secret, CliError> {
 fn report(outcome: Outcome, what: &str) {
     match outcome {
         Outcome::Changed(Some(generation)) => {
-            eprintln!("{what}; credential generation is now {}: every older app password is dead", generation.0)
+            eprintln!(
+                "{what}; credential generation is now {}: every older app password is dead",
+                generation.0
+            )
         }
         Outcome::Changed(None) => eprintln!("{what}"),
         Outcome::Unchanged => eprintln!("nothing to do: already so"),
@@ -221,21 +235,32 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
             store.require_account(&login).await?;
             let password = read_password("New main password")?;
             let hash = hasher.hash(&password).await?;
-            report(store.set_password(&login, &hash).await?, "main password changed");
+            report(
+                store.set_password(&login, &hash).await?,
+                "main password changed",
+            );
         }
         AccountCommand::TwoFactor { login, state } => {
             let login = parse_login(config, &login)?;
-            let what = if state.on() { "two-factor authentication on" } else { "two-factor authentication off" };
+            let what = if state.on() {
+                "two-factor authentication on"
+            } else {
+                "two-factor authentication off"
+            };
             report(store.set_two_factor(&login, state.on()).await?, what);
         }
         AccountCommand::Restore { login } => {
             let login = parse_login(config, &login)?;
-            let generation = store.bump_generation(&login, GenerationBump::AccessRestored).await?;
+            let generation = store
+                .bump_generation(&login, GenerationBump::AccessRestored)
+                .await?;
             report(Outcome::Changed(Some(generation)), "access restored");
         }
         AccountCommand::LogoutEverywhere { login } => {
             let login = parse_login(config, &login)?;
-            let generation = store.bump_generation(&login, GenerationBump::LogoutEverywhere).await?;
+            let generation = store
+                .bump_generation(&login, GenerationBump::LogoutEverywhere)
+                .await?;
             report(Outcome::Changed(Some(generation)), "logged out everywhere");
         }
         AccountCommand::AppPasswords { login, state } => {
@@ -245,7 +270,10 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
             } else {
                 "legacy mode: the main password opens every protocol"
             };
-            report(store.set_app_passwords_only(&login, state.on()).await?, what);
+            report(
+                store.set_app_passwords_only(&login, state.on()).await?,
+                what,
+            );
         }
         AccountCommand::Show { login, json } => {
             let login = parse_login(config, &login)?;
@@ -267,9 +295,18 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
                 println!("login:                  {}", state.login);
                 println!("credential generation:  {}", state.generation.0);
                 println!("two-factor:             {}", on_off(state.two_factor));
-                println!("app passwords only:     {}", on_off(state.app_passwords_only));
-                println!("main password accepted: {}", yes_no(state.main_password_allowed()));
-                println!("app passwords:          {alive} alive, {} in all", passwords.len());
+                println!(
+                    "app passwords only:     {}",
+                    on_off(state.app_passwords_only)
+                );
+                println!(
+                    "main password accepted: {}",
+                    yes_no(state.main_password_allowed())
+                );
+                println!(
+                    "app passwords:          {alive} alive, {} in all",
+                    passwords.len()
+                );
             }
         }
     }
@@ -279,20 +316,29 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
 async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<(), CliError> {
     let store = Store::open(&config.store.url).await?;
     match command {
-        AppPasswordCommand::Create { login, service, name } => {
+        AppPasswordCommand::Create {
+            login,
+            service,
+            name,
+        } => {
             let login = parse_login(config, &login)?;
             let service: Service = service.parse()?;
             let name = name.trim();
             if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-                return Err(CliError("the name must be 1 to 100 printable characters".into()));
+                return Err(CliError(
+                    "the name must be 1 to 100 printable characters".into(),
+                ));
             }
             let secret = generate_app_password();
             let id = store
                 .create_app_password(&login, service, name, &app_password_digest(&secret))
                 .await?;
-            let text = std::str::from_utf8(secret.expose()).map_err(|_| CliError("internal: non-ASCII secret".into()))?;
+            let text = std::str::from_utf8(secret.expose())
+                .map_err(|_| CliError("internal: non-ASCII secret".into()))?;
             println!("{text}");
-            eprintln!("app password {id} \"{name}\" for {service} created for {login}; it will not be shown again");
+            eprintln!(
+                "app password {id} \"{name}\" for {service} created for {login}; it will not be shown again"
+            );
         }
         AppPasswordCommand::List { login, json } => {
             let login = parse_login(config, &login)?;
@@ -300,7 +346,10 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
             if json {
                 println!("{}", serde_json::to_string(&passwords)?);
             } else {
-                println!("{:>5}  {:<9} {:<8} {:<22} {:<22} NAME", "ID", "SERVICE", "STATE", "CREATED", "LAST USED");
+                println!(
+                    "{:>5}  {:<9} {:<8} {:<22} {:<22} NAME",
+                    "ID", "SERVICE", "STATE", "CREATED", "LAST USED"
+                );
                 for p in &passwords {
                     let state = match (p.alive, p.revoked_at) {
                         (true, _) => "alive",
@@ -308,7 +357,9 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         (false, None) => "expired",
                     };
                     let last = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
-                        (Some(at), Some(ip), Some(proto)) => format!("{} {ip} {proto}", timestamp(*at)),
+                        (Some(at), Some(ip), Some(proto)) => {
+                            format!("{} {ip} {proto}", timestamp(*at))
+                        }
                         _ => "never".to_owned(),
                     };
                     println!(
@@ -381,12 +432,33 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
-            "portcullis", "--config", "x.toml", "app-password", "create", "alice", "--service", "mail", "--name", "TB",
+            "portcullis",
+            "--config",
+            "x.toml",
+            "app-password",
+            "create",
+            "alice",
+            "--service",
+            "mail",
+            "--name",
+            "TB",
         ])
         .unwrap();
-        assert!(matches!(cli.command, Command::AppPassword(AppPasswordCommand::Create { .. })));
-        let cli = Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "on"]).unwrap();
-        assert!(matches!(cli.command, Command::Account(AccountCommand::TwoFactor { state: Switch::On, .. })));
-        assert!(Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "maybe"]).is_err());
+        assert!(matches!(
+            cli.command,
+            Command::AppPassword(AppPasswordCommand::Create { .. })
+        ));
+        let cli =
+            Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "on"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Account(AccountCommand::TwoFactor {
+                state: Switch::On,
+                ..
+            })
+        ));
+        assert!(
+            Cli::try_parse_from(["portcullis", "account", "two-factor", "alice", "maybe"]).is_err()
+        );
     }
 }

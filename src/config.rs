@@ -288,8 +288,8 @@ impl Config {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ParseFailure> {
         // toml's error text names the line, the column and the offending key.
-        let config: Config =
-            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string().trim().to_owned()))?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ParseFailure::Syntax(e.to_string().trim().to_owned()))?;
         config.validate().map_err(ParseFailure::Invalid)?;
         Ok(config)
     }
@@ -438,14 +438,27 @@ mod tests {
     #[test]
     fn semantic_errors_are_explained() {
         let cases = [
-            (MINIMAL.replace("backend = \"b\"", "backend = \"nope\""), "no [backend.nope]"),
-            (MINIMAL.replace("master_user = \"m\"", ""), "needs master_user"),
             (
-                MINIMAL.replace("tls = \"starttls\"", "tls = \"starttls\"\nallow_plaintext_auth_on_loopback = true")
+                MINIMAL.replace("backend = \"b\"", "backend = \"nope\""),
+                "no [backend.nope]",
+            ),
+            (
+                MINIMAL.replace("master_user = \"m\"", ""),
+                "needs master_user",
+            ),
+            (
+                MINIMAL
+                    .replace(
+                        "tls = \"starttls\"",
+                        "tls = \"starttls\"\nallow_plaintext_auth_on_loopback = true",
+                    )
                     .replace("127.0.0.1:1143", "0.0.0.0:1143"),
                 "loopback",
             ),
-            (MINIMAL.replace("login = \"master-user\"", "login = \"xclient\""), "only SMTP"),
+            (
+                MINIMAL.replace("login = \"master-user\"", "login = \"xclient\""),
+                "only SMTP",
+            ),
         ];
         for (text, expected) in cases {
             let err = Config::parse(&text).unwrap_err().to_string();

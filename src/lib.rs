@@ -22,8 +22,8 @@
 
 pub mod cli;
 pub mod config;
-pub mod io;
 pub mod credentials;
+pub mod io;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -48,7 +48,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// The server configuration: the certificate chain and key from the `[tls]` section.
-pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    certificate: &Path,
+    private_key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(certificate)?;
     let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| TlsError::PrivateKey {
         path: private_key.display().to_string(),
@@ -82,9 +85,13 @@ pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>
 /// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` and its key (mode
 /// 0600). For development and tests only: clients must be told to trust it (`--cacert`).
 pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(), TlsError> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for path in [certificate, private_key] {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
@@ -96,7 +103,11 @@ pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(
         }
     }
     write_file(certificate, generated.cert.pem().as_bytes(), 0o644)?;
-    write_file(private_key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        private_key,
+        generated.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -131,7 +142,10 @@ mod tests {
         backend_client_config(Some(&cert)).unwrap();
         backend_client_config(None).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let missing = server_config(&dir.path().join("nope"), &key).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }

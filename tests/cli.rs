@@ -49,7 +49,12 @@ fn cli(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, St
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -65,9 +70,16 @@ fn account_and_app_password_lifecycle() {
     let (code, _, err) = cli(&cfg, &["check-config"], "");
     assert_eq!(code, 0, "{err}");
 
-    let (code, out, err) = cli(&cfg, &["account", "create", "Alice"], "correct horse battery\n");
+    let (code, out, err) = cli(
+        &cfg,
+        &["account", "create", "Alice"],
+        "correct horse battery\n",
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.is_empty() && err.contains("alice@example.org"), "{out} / {err}");
+    assert!(
+        out.is_empty() && err.contains("alice@example.org"),
+        "{out} / {err}"
+    );
     let (code, _, err) = cli(&cfg, &["account", "create", "alice@example.org"], "x\n");
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
@@ -75,16 +87,38 @@ fn account_and_app_password_lifecycle() {
     assert_eq!(code, 1);
     assert!(err.contains("no password on standard input"), "{err}");
 
-    let (code, out, err) = cli(&cfg, &["app-password", "create", "alice", "--service", "mail", "--name", "Thunderbird at home"], "");
+    let (code, out, err) = cli(
+        &cfg,
+        &[
+            "app-password",
+            "create",
+            "alice",
+            "--service",
+            "mail",
+            "--name",
+            "Thunderbird at home",
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     let secret = out.trim();
-    assert_eq!(out.lines().count(), 1, "the secret is the only line on stdout: {out:?}");
-    assert!(secret.len() == 16 && secret.bytes().all(|b| b.is_ascii_lowercase()), "{secret}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "the secret is the only line on stdout: {out:?}"
+    );
+    assert!(
+        secret.len() == 16 && secret.bytes().all(|b| b.is_ascii_lowercase()),
+        "{secret}"
+    );
     assert!(err.contains("will not be shown again"));
 
     let (code, out, _) = cli(&cfg, &["app-password", "list", "alice"], "");
     assert_eq!(code, 0);
-    assert!(out.contains("Thunderbird at home") && out.contains("mail") && out.contains("alive"), "{out}");
+    assert!(
+        out.contains("Thunderbird at home") && out.contains("mail") && out.contains("alive"),
+        "{out}"
+    );
     assert!(!out.contains(secret));
     let (_, json, _) = cli(&cfg, &["app-password", "list", "alice", "--json"], "");
     let list: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -124,7 +158,19 @@ fn errors_are_clear_and_exit_non_zero() {
     let (code, _, err) = cli(&cfg, &["account", "show", "nobody"], "");
     assert_eq!(code, 1);
     assert!(err.contains("unknown account nobody@example.org"), "{err}");
-    let (code, _, err) = cli(&cfg, &["app-password", "create", "nobody", "--service", "webmail", "--name", "x"], "");
+    let (code, _, err) = cli(
+        &cfg,
+        &[
+            "app-password",
+            "create",
+            "nobody",
+            "--service",
+            "webmail",
+            "--name",
+            "x",
+        ],
+        "",
+    );
     assert_eq!(code, 1);
     assert!(err.contains("unknown service \"webmail\""), "{err}");
     let (code, _, err) = cli(&cfg, &["account", "create", "a b"], "pw\n");
@@ -134,7 +180,10 @@ fn errors_are_clear_and_exit_non_zero() {
     let bad = config(dir.path(), "frobnicate = true");
     let (code, _, err) = cli(&bad, &["check-config"], "");
     assert_eq!(code, 1);
-    assert!(err.contains("frobnicate") && err.contains("line 18"), "{err}");
+    assert!(
+        err.contains("frobnicate") && err.contains("line 18"),
+        "{err}"
+    );
     let (code, _, err) = cli(&dir.path().join("missing.toml"), &["check-config"], "");
     assert_eq!(code, 1);
     assert!(err.contains("missing.toml"), "{err}");
@@ -148,6 +197,13 @@ fn the_example_config_checks_and_the_default_path_is_used() {
         .current_dir(repo)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("config/portcullis.toml: ok (4 listeners, 2 backends)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config/portcullis.toml: ok (4 listeners, 2 backends)")
+    );
 }

@@ -64,7 +64,11 @@ fn imap_hostile_input() {
     assert_eq!(c.line(), "a1 OK Begin TLS negotiation now\r\n");
     let mut t = c.into_tls(&gw.ca);
     t.send(b"a3 NOOP\r\n");
-    assert_eq!(t.line(), "a3 OK NOOP completed\r\n", "the injected LOGIN was executed");
+    assert_eq!(
+        t.line(),
+        "a3 OK NOOP completed\r\n",
+        "the injected LOGIN was executed"
+    );
 
     // Over TLS: invalid base64, NUL inside SASL fields, non-UTF-8 login, another authzid.
     let mut t = TlsRaw::connect(gw.ports.imaps, &gw.ca);
@@ -73,10 +77,17 @@ fn imap_hostile_input() {
     assert_eq!(t.line(), "+ \r\n");
     t.send(b"%%%not base64%%%\r\n");
     assert!(t.line().starts_with("b1 BAD"));
-    for (tag, ir) in [("b2", "AGEAYgBj"), ("b3", "AP/+AHB3"), ("b4", "Ym9iAGFsaWNlAHB3")] {
+    for (tag, ir) in [
+        ("b2", "AGEAYgBj"),
+        ("b3", "AP/+AHB3"),
+        ("b4", "Ym9iAGFsaWNlAHB3"),
+    ] {
         t.send(format!("{tag} AUTHENTICATE PLAIN {ir}\r\n").as_bytes());
         let line = t.line();
-        assert!(line.starts_with(&format!("{tag} BAD Invalid SASL PLAIN response")), "{line}");
+        assert!(
+            line.starts_with(&format!("{tag} BAD Invalid SASL PLAIN response")),
+            "{line}"
+        );
     }
     t.send(b"b5 LOGIN {2+}\r\n\xff\xfe pw\r\n");
     assert!(t.line().starts_with("b5 BAD"));
@@ -90,16 +101,29 @@ fn imap_hostile_input() {
     // Failures: one reply for all, closed after three.
     let mut t = TlsRaw::connect(gw.ports.imaps, &gw.ca);
     t.line();
-    for (i, (user, pass)) in [("nobody", secret.as_str()), ("alice", "wrongwrongwrongw"), ("alice", MAIN_PASSWORD)].iter().enumerate() {
+    for (i, (user, pass)) in [
+        ("nobody", secret.as_str()),
+        ("alice", "wrongwrongwrongw"),
+        ("alice", MAIN_PASSWORD),
+    ]
+    .iter()
+    .enumerate()
+    {
         t.send(format!("f{i} LOGIN {user} {pass}\r\n").as_bytes());
-        assert_eq!(t.line(), format!("f{i} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"));
+        assert_eq!(
+            t.line(),
+            format!("f{i} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        );
     }
     assert_eq!(t.line(), "* BYE Too many authentication failures\r\n");
     assert!(t.closed());
 
     still_serving(&gw, &secret);
     assert!(!gw.log().contains(&secret), "a secret reached the log");
-    assert!(!gw.log().contains(MAIN_PASSWORD), "a secret reached the log");
+    assert!(
+        !gw.log().contains(MAIN_PASSWORD),
+        "a secret reached the log"
+    );
 }
 
 #[test]
@@ -118,7 +142,10 @@ fn smtp_hostile_input() {
             break;
         }
     }
-    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     c.send(format!("AUTH PLAIN {}\r\n", plain("", "alice", &secret)).as_bytes());
     assert!(c.line().starts_with("530 5.7.0"));
     c.send(b"MAIL FROM:<alice@example.org>\r\n");
@@ -137,7 +164,11 @@ fn smtp_hostile_input() {
     assert!(c.line().starts_with("220 2.0.0"));
     let mut t = c.into_tls(&gw.ca);
     t.send(b"NOOP\r\n");
-    assert_eq!(t.line(), "250 2.0.0 OK\r\n", "the injected AUTH was executed");
+    assert_eq!(
+        t.line(),
+        "250 2.0.0 OK\r\n",
+        "the injected AUTH was executed"
+    );
 
     let mut t = TlsRaw::connect(gw.ports.submissions, &gw.ca);
     t.line();
@@ -147,7 +178,10 @@ fn smtp_hostile_input() {
     assert!(t.line().starts_with("501 5.5.2 Invalid base64"));
     for ir in ["AGEAYgBj", "AP/+AHB3"] {
         t.send(format!("AUTH PLAIN {ir}\r\n").as_bytes());
-        assert!(t.line().starts_with("501 5.5.2 Invalid authentication data"));
+        assert!(
+            t.line()
+                .starts_with("501 5.5.2 Invalid authentication data")
+        );
     }
     t.send(b"AUTH LOGIN\r\n");
     assert_eq!(t.line(), "334 VXNlcm5hbWU6\r\n");
@@ -158,10 +192,19 @@ fn smtp_hostile_input() {
     t.send(b"AUTH LOGIN YWxpY2U=\r\n");
     assert_eq!(t.line(), "334 UGFzc3dvcmQ6\r\n");
     use base64::Engine as _;
-    t.send(format!("{}\r\n", base64::engine::general_purpose::STANDARD.encode(&secret)).as_bytes());
+    t.send(
+        format!(
+            "{}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(&secret)
+        )
+        .as_bytes(),
+    );
     assert!(t.line().starts_with("235 2.7.0"));
     t.send(b"QUIT\r\n");
-    assert!(t.line().starts_with("221"), "relayed QUIT answered by the backend");
+    assert!(
+        t.line().starts_with("221"),
+        "relayed QUIT answered by the backend"
+    );
 }
 
 #[test]
@@ -194,7 +237,11 @@ fn thousands_of_half_open_connections_hit_the_limit_without_growing_memory() {
     let before = rss_kib(gw.pid());
     let mut held = Vec::new();
     for i in 0..2000 {
-        let port = if i % 2 == 0 { gw.ports.imap } else { gw.ports.imaps };
+        let port = if i % 2 == 0 {
+            gw.ports.imap
+        } else {
+            gw.ports.imaps
+        };
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => held.push(s),
             Err(e) => panic!("connect {i}: {e}"),
@@ -207,7 +254,10 @@ fn thousands_of_half_open_connections_hit_the_limit_without_growing_memory() {
     assert!(rest.contains("* BYE Too many connections"), "{rest:?}");
     let during = rss_kib(gw.pid());
     eprintln!("gateway RSS: {before} KiB idle, {during} KiB with 2000 half-open connections");
-    assert!(during < before + 100 * 1024, "memory grew from {before} to {during} KiB");
+    assert!(
+        during < before + 100 * 1024,
+        "memory grew from {before} to {during} KiB"
+    );
     drop(held);
     // Permits come back as connections close.
     let start = Instant::now();
@@ -216,7 +266,10 @@ fn thousands_of_half_open_connections_hit_the_limit_without_growing_memory() {
         if c.line().starts_with("* OK") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "limit never released");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "limit never released"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     still_serving(&gw, &secret);
@@ -262,10 +315,14 @@ fn a_silent_or_rude_backend_gives_a_temporary_failure_not_a_hang() {
             let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
         }
     });
-    let gw = Gateway::start(silent_port, rude_port, Options {
-        backend_timeout_secs: 1,
-        ..Options::default()
-    });
+    let gw = Gateway::start(
+        silent_port,
+        rude_port,
+        Options {
+            backend_timeout_secs: 1,
+            ..Options::default()
+        },
+    );
     gw.create_account("alice", MAIN_PASSWORD);
     let secret = gw.app_password("alice", "mail", "t");
     let start = Instant::now();
@@ -273,7 +330,11 @@ fn a_silent_or_rude_backend_gives_a_temporary_failure_not_a_hang() {
     t.line();
     t.send(format!("a1 LOGIN alice {secret}\r\n").as_bytes());
     assert!(t.line().starts_with("a1 NO [UNAVAILABLE]"));
-    assert!(start.elapsed() < Duration::from_secs(4), "waited {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "waited {:?}",
+        start.elapsed()
+    );
     let mut s = TlsRaw::connect(gw.ports.submissions, &gw.ca);
     s.line();
     s.send(b"EHLO x\r\n");

@@ -18,7 +18,11 @@ fn world(options: Options) -> World {
     let dovecot = Dovecot::start(sink.port, &["alice@example.org", "bob@example.org"]);
     let gateway = Gateway::start(dovecot.imap_port, dovecot.submission_port, options);
     gateway.create_account("alice", "alice main password");
-    World { sink, dovecot, gateway }
+    World {
+        sink,
+        dovecot,
+        gateway,
+    }
 }
 
 const IMAP_SESSION: &str = r#"
@@ -72,12 +76,18 @@ smtp.quit()
 
 fn imap(world: &World, port: u16, user: &str, password: &str, mode: &str) -> String {
     let ca = world.gateway.ca.to_string_lossy().into_owned();
-    python_ok(IMAP_SESSION, &[&port.to_string(), &ca, user, password, mode])
+    python_ok(
+        IMAP_SESSION,
+        &[&port.to_string(), &ca, user, password, mode],
+    )
 }
 
 fn smtp(world: &World, port: u16, user: &str, password: &str, mode: &str, subject: &str) -> String {
     let ca = world.gateway.ca.to_string_lossy().into_owned();
-    python_ok(SMTP_SEND, &[&port.to_string(), &ca, user, password, mode, subject])
+    python_ok(
+        SMTP_SEND,
+        &[&port.to_string(), &ca, user, password, mode, subject],
+    )
 }
 
 #[test]
@@ -87,17 +97,31 @@ fn imap_login_and_select_inbox_over_starttls_and_implicit_tls() {
     let p = w.gateway.ports;
     for (port, mode) in [(p.imap, "starttls"), (p.imaps, "implicit")] {
         let out = imap(&w, port, "alice", &secret, mode);
-        assert!(out.contains("LOGIN OK"), "{mode}: {out}\n{}", w.gateway.log());
+        assert!(
+            out.contains("LOGIN OK"),
+            "{mode}: {out}\n{}",
+            w.gateway.log()
+        );
         assert!(out.contains("SELECT OK"), "{mode}: {out}");
         // The capabilities after login are Dovecot's, not the gateway's pre-auth list.
         assert!(out.contains("IDLE"), "{mode}: {out}");
     }
     // The full address form and typed spaces work too.
-    let spaced = format!("{} {} {} {}", &secret[..4], &secret[4..8], &secret[8..12], &secret[12..]);
+    let spaced = format!(
+        "{} {} {} {}",
+        &secret[..4],
+        &secret[4..8],
+        &secret[8..12],
+        &secret[12..]
+    );
     let out = imap(&w, p.imaps, "Alice@Example.org", &spaced, "implicit");
     assert!(out.contains("SELECT OK"), "{out}");
     // Dovecot saw the real client address through ID.
-    assert!(w.dovecot.log().contains("alice@example.org"), "{}", w.dovecot.log());
+    assert!(
+        w.dovecot.log().contains("alice@example.org"),
+        "{}",
+        w.dovecot.log()
+    );
 }
 
 #[test]
@@ -120,7 +144,10 @@ fn a_disk_password_is_refused_on_imap_and_smtp() {
     let disk = w.gateway.app_password("alice", "disk", "Files");
     let p = w.gateway.ports;
     let out = imap(&w, p.imaps, "alice", &disk, "implicit");
-    assert!(out.contains("LOGIN-FAILED") && out.contains("AUTHENTICATIONFAILED"), "{out}");
+    assert!(
+        out.contains("LOGIN-FAILED") && out.contains("AUTHENTICATIONFAILED"),
+        "{out}"
+    );
     let out = smtp(&w, p.submissions, "alice", &disk, "implicit", "never");
     assert!(out.contains("LOGIN-FAILED 535"), "{out}");
 }
@@ -131,7 +158,8 @@ fn main_password_refused_with_the_option_on_and_accepted_with_it_off() {
     let p = w.gateway.ports;
     let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
     assert!(out.contains("LOGIN-FAILED"), "{out}");
-    w.gateway.cli_ok(&["account", "app-passwords", "alice", "off"], None);
+    w.gateway
+        .cli_ok(&["account", "app-passwords", "alice", "off"], None);
     // The gateway learns of the CLI's change through the feed.
     let start = Instant::now();
     loop {
@@ -139,15 +167,31 @@ fn main_password_refused_with_the_option_on_and_accepted_with_it_off() {
         if out.contains("SELECT OK") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(3), "main password still refused: {out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "main password still refused: {out}"
+        );
     }
-    let out = smtp(&w, p.submissions, "alice", "alice main password", "implicit", "legacy mode");
+    let out = smtp(
+        &w,
+        p.submissions,
+        "alice",
+        "alice main password",
+        "implicit",
+        "legacy mode",
+    );
     assert!(out.contains("SENT"), "{out}");
     // 2FA forces app passwords again, and the option cannot be turned off under 2FA.
-    w.gateway.cli_ok(&["account", "two-factor", "alice", "on"], None);
-    let refused = w.gateway.cli(&["account", "app-passwords", "alice", "off"], None);
+    w.gateway
+        .cli_ok(&["account", "two-factor", "alice", "on"], None);
+    let refused = w
+        .gateway
+        .cli(&["account", "app-passwords", "alice", "off"], None);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("two-factor"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("two-factor"),
+        "{refused:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let out = imap(&w, p.imaps, "alice", "alice main password", "implicit");
     assert!(out.contains("LOGIN-FAILED"), "{out}");
@@ -169,7 +213,11 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let out = child.wait_with_output().expect("wait");
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -186,28 +234,71 @@ fn curl_and_openssl_s_client_work_through_the_gateway() {
     // IMAP over STARTTLS (--ssl-reqd) and implicit TLS.
     let (ok, out) = run(
         "curl",
-        &["-sS", "--ssl-reqd", "--cacert", &ca, &format!("imap://localhost:{}/", p.imap), "-u", &user, "-X", "EXAMINE INBOX"],
+        &[
+            "-sS",
+            "--ssl-reqd",
+            "--cacert",
+            &ca,
+            &format!("imap://localhost:{}/", p.imap),
+            "-u",
+            &user,
+            "-X",
+            "EXAMINE INBOX",
+        ],
         None,
     );
     assert!(ok, "{out}");
-    assert!(out.contains("UIDVALIDITY") || out.contains("FLAGS"), "{out}");
-    let (ok, out) = run("curl", &["-sS", "--cacert", &ca, &format!("imaps://localhost:{}/", p.imaps), "-u", &user], None);
+    assert!(
+        out.contains("UIDVALIDITY") || out.contains("FLAGS"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            &ca,
+            &format!("imaps://localhost:{}/", p.imaps),
+            "-u",
+            &user,
+        ],
+        None,
+    );
     assert!(ok && out.contains("INBOX"), "{out}");
     // Wrong password: curl fails with a login error.
     let (ok, out) = run(
         "curl",
-        &["-sS", "--cacert", &ca, &format!("imaps://localhost:{}/", p.imaps), "-u", "alice:wrongwrongwrongw"],
+        &[
+            "-sS",
+            "--cacert",
+            &ca,
+            &format!("imaps://localhost:{}/", p.imaps),
+            "-u",
+            "alice:wrongwrongwrongw",
+        ],
         None,
     );
     assert!(!ok && out.contains("Login denied"), "{out}");
 
     // SMTP submission over STARTTLS.
-    let message = "From: alice@example.org\r\nTo: dave@example.net\r\nSubject: sent by curl\r\n\r\nhi\r\n";
+    let message =
+        "From: alice@example.org\r\nTo: dave@example.net\r\nSubject: sent by curl\r\n\r\nhi\r\n";
     let (ok, out) = run(
         "curl",
         &[
-            "-sS", "--ssl-reqd", "--cacert", &ca, &format!("smtp://localhost:{}", p.submission), "-u", &user,
-            "--mail-from", "alice@example.org", "--mail-rcpt", "dave@example.net", "--upload-file", "-",
+            "-sS",
+            "--ssl-reqd",
+            "--cacert",
+            &ca,
+            &format!("smtp://localhost:{}", p.submission),
+            "-u",
+            &user,
+            "--mail-from",
+            "alice@example.org",
+            "--mail-rcpt",
+            "dave@example.net",
+            "--upload-file",
+            "-",
         ],
         Some(message),
     );
@@ -218,14 +309,40 @@ fn curl_and_openssl_s_client_work_through_the_gateway() {
     let script = format!("a1 LOGIN alice {secret}\r\na2 SELECT INBOX\r\na3 LOGOUT\r\n");
     let (_, out) = run(
         "openssl",
-        &["s_client", "-quiet", "-starttls", "imap", "-connect", &format!("127.0.0.1:{}", p.imap), "-CAfile", &ca, "-verify_return_error"],
+        &[
+            "s_client",
+            "-quiet",
+            "-starttls",
+            "imap",
+            "-connect",
+            &format!("127.0.0.1:{}", p.imap),
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+        ],
         Some(&script),
     );
-    assert!(out.contains("a1 OK") && out.contains("a2 OK") && out.contains("a3 OK"), "{out}");
+    assert!(
+        out.contains("a1 OK") && out.contains("a2 OK") && out.contains("a3 OK"),
+        "{out}"
+    );
     let (_, out) = run(
         "openssl",
-        &["s_client", "-quiet", "-starttls", "smtp", "-connect", &format!("127.0.0.1:{}", p.submission), "-CAfile", &ca, "-verify_return_error"],
-        Some(&format!("EHLO x\r\nAUTH PLAIN {}\r\nQUIT\r\n", plain("", "alice", &secret))),
+        &[
+            "s_client",
+            "-quiet",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &format!("127.0.0.1:{}", p.submission),
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+        ],
+        Some(&format!(
+            "EHLO x\r\nAUTH PLAIN {}\r\nQUIT\r\n",
+            plain("", "alice", &secret)
+        )),
     );
     assert!(out.contains("235 2.7.0") && out.contains("221"), "{out}");
 }
@@ -238,7 +355,9 @@ fn last_use_is_recorded_per_app_password() {
     assert!(out.contains("LOGIN OK"), "{out}");
     let start = Instant::now();
     loop {
-        let listed = w.gateway.cli_ok(&["app-password", "list", "alice", "--json"], None);
+        let listed = w
+            .gateway
+            .cli_ok(&["app-password", "list", "alice", "--json"], None);
         let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
         if list[0]["last_used_protocol"] == "imap" {
             assert_eq!(list[0]["last_used_ip"], "127.0.0.1");
@@ -247,7 +366,10 @@ fn last_use_is_recorded_per_app_password() {
             assert!(!listed.contains(&secret));
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "last use not recorded: {listed}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "last use not recorded: {listed}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

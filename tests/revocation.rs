@@ -88,14 +88,21 @@ impl Drop for Held {
 
 fn login(gateway: &Gateway, user: &str, password: &str) -> String {
     let ca = gateway.ca.to_string_lossy().into_owned();
-    python_ok(IMAP_LOGIN, &[&gateway.ports.imaps.to_string(), &ca, user, password])
+    python_ok(
+        IMAP_LOGIN,
+        &[&gateway.ports.imaps.to_string(), &ca, user, password],
+    )
 }
 
 #[test]
 fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_second() {
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start(sink.port, &["alice@example.org"]);
-    let gateway = Gateway::start(dovecot.imap_port, dovecot.submission_port, Options::default());
+    let gateway = Gateway::start(
+        dovecot.imap_port,
+        dovecot.submission_port,
+        Options::default(),
+    );
     gateway.create_account("alice", "main");
     let doomed = gateway.app_password("alice", "mail", "Old phone");
     let doomed_id = gateway.newest_app_password_id("alice");
@@ -108,41 +115,66 @@ fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_
     let smtp = Held::start(SMTP_HOLD, gateway.ports.submissions, &ca, "alice", &doomed);
     let bystander = Held::start(IMAP_HOLD, gateway.ports.imaps, &ca, "alice", &kept);
 
-    gateway.cli_ok(&["app-password", "revoke", "alice", &doomed_id.to_string()], None);
+    gateway.cli_ok(
+        &["app-password", "revoke", "alice", &doomed_id.to_string()],
+        None,
+    );
     let revoked_at = Instant::now();
     let imap_goodbye = imap.next(Duration::from_secs(3));
     let imap_window = revoked_at.elapsed();
     let smtp_goodbye = smtp.next(Duration::from_secs(3));
     let smtp_window = revoked_at.elapsed();
-    eprintln!("revocation window (CLI exit to client goodbye): imap {imap_window:?}, smtp {smtp_window:?}");
+    eprintln!(
+        "revocation window (CLI exit to client goodbye): imap {imap_window:?}, smtp {smtp_window:?}"
+    );
 
     let imap_goodbye = imap_goodbye.expect("the IMAP session was not cut");
     assert!(imap_goodbye.starts_with("GOT * BYE"), "{imap_goodbye}");
     assert_eq!(imap.next(Duration::from_secs(3)).as_deref(), Some("EOF"));
     let smtp_goodbye = smtp_goodbye.expect("the SMTP session was not cut");
     assert!(smtp_goodbye.starts_with("GOT 421"), "{smtp_goodbye}");
-    assert!(imap_window < Duration::from_secs(1), "IMAP cut after {imap_window:?}");
-    assert!(smtp_window < Duration::from_secs(1), "SMTP cut after {smtp_window:?}");
+    assert!(
+        imap_window < Duration::from_secs(1),
+        "IMAP cut after {imap_window:?}"
+    );
+    assert!(
+        smtp_window < Duration::from_secs(1),
+        "SMTP cut after {smtp_window:?}"
+    );
 
     // The next login with it is refused; the other app password and its session live on.
     assert!(login(&gateway, "alice", &doomed).contains("LOGIN-FAILED"));
-    assert_eq!(bystander.next(Duration::from_millis(300)), None, "the other session was cut");
+    assert_eq!(
+        bystander.next(Duration::from_millis(300)),
+        None,
+        "the other session was cut"
+    );
     assert!(login(&gateway, "alice", &kept).contains("LOGIN OK"));
     let listed = gateway.cli_ok(&["app-password", "list", "alice"], None);
-    assert!(listed.contains("revoked") && listed.contains("Old phone"), "{listed}");
+    assert!(
+        listed.contains("revoked") && listed.contains("Old phone"),
+        "{listed}"
+    );
 }
 
 #[test]
 fn every_generation_bump_from_the_cli_kills_sessions_and_passwords() {
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start(sink.port, &["alice@example.org"]);
-    let gateway = Gateway::start(dovecot.imap_port, dovecot.submission_port, Options::default());
+    let gateway = Gateway::start(
+        dovecot.imap_port,
+        dovecot.submission_port,
+        Options::default(),
+    );
     gateway.create_account("alice", "main");
     let ca = gateway.ca.to_string_lossy().into_owned();
     let bumps: [(&[&str], Option<&str>); 4] = [
         (&["account", "logout-everywhere", "alice"], None),
         (&["account", "restore", "alice"], None),
-        (&["account", "password", "alice"], Some("a new main password\n")),
+        (
+            &["account", "password", "alice"],
+            Some("a new main password\n"),
+        ),
         (&["account", "two-factor", "alice", "on"], None),
     ];
     for (args, stdin) in bumps {
@@ -150,8 +182,14 @@ fn every_generation_bump_from_the_cli_kills_sessions_and_passwords() {
         let held = Held::start(IMAP_HOLD, gateway.ports.imaps, &ca, "alice", &secret);
         gateway.cli_ok(args, stdin);
         let bye = held.next(Duration::from_secs(2));
-        assert!(bye.as_deref().is_some_and(|l| l.starts_with("GOT * BYE")), "{args:?}: {bye:?}");
-        assert!(login(&gateway, "alice", &secret).contains("LOGIN-FAILED"), "{args:?}");
+        assert!(
+            bye.as_deref().is_some_and(|l| l.starts_with("GOT * BYE")),
+            "{args:?}: {bye:?}"
+        );
+        assert!(
+            login(&gateway, "alice", &secret).contains("LOGIN-FAILED"),
+            "{args:?}"
+        );
     }
     // With 2FA on now, a password change leaves app passwords (and their sessions) alone.
     let secret = gateway.app_password("alice", "mail", "Phone");

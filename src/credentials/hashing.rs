@@ -146,15 +146,27 @@ mod tests {
     #[test]
     fn typed_spaces_and_capitals_are_forgiven_other_bytes_are_not() {
         let canonical = Secret::from("abcdefghijklmnop");
-        for typed in ["abcd efgh ijkl mnop", "Abcdefghijklmnop", " abcdefghijklmnop "] {
+        for typed in [
+            "abcd efgh ijkl mnop",
+            "Abcdefghijklmnop",
+            " abcdefghijklmnop ",
+        ] {
             assert_eq!(
                 normalize_app_password(&Secret::from(typed)).as_ref(),
                 Some(&canonical),
                 "{typed}"
             );
         }
-        for typed in ["abcdefghijklmno", "abcdefghijklmnopq", "abcdefghijklmno1", "correct horse"] {
-            assert!(normalize_app_password(&Secret::from(typed)).is_none(), "{typed}");
+        for typed in [
+            "abcdefghijklmno",
+            "abcdefghijklmnopq",
+            "abcdefghijklmno1",
+            "correct horse",
+        ] {
+            assert!(
+                normalize_app_password(&Secret::from(typed)).is_none(),
+                "{typed}"
+            );
         }
     }
 
@@ -172,8 +184,23 @@ mod tests {
         let hash = hasher.hash(&Secret::from("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(!hash.contains("correct"));
-        assert!(hasher.verify(&Secret::from("correct horse"), &hash).await.unwrap());
-        assert!(!hasher.verify(&Secret::from("wrong horse"), &hash).await.unwrap());
-        assert!(!hasher.verify(&Secret::from("x"), "not a phc string").await.unwrap());
+        assert!(
+            hasher
+                .verify(&Secret::from("correct horse"), &hash)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(&Secret::from("wrong horse"), &hash)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(&Secret::from("x"), "not a phc string")
+                .await
+                .unwrap()
+        );
     }
 }

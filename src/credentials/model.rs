@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn login_is_canonical_and_takes_the_default_domain() {
         let d = Some("Example.org");
-        assert_eq!(Login::parse("Alice", d).unwrap().as_str(), "alice@example.org");
+        assert_eq!(
+            Login::parse("Alice", d).unwrap().as_str(),
+            "alice@example.org"
+        );
         assert_eq!(
             Login::parse("ALICE@Example.ORG", None).unwrap().as_str(),
             "alice@example.org"
@@ -265,7 +268,10 @@ mod tests {
         assert_eq!(Login::parse("alice", None), Err(LoginError::NoDomain));
         assert_eq!(Login::parse("", d), Err(LoginError::Empty));
         assert_eq!(Login::parse("al ice", d), Err(LoginError::BadCharacter));
-        assert_eq!(Login::parse("alice*master", d), Err(LoginError::BadCharacter));
+        assert_eq!(
+            Login::parse("alice*master", d),
+            Err(LoginError::BadCharacter)
+        );
         assert_eq!(Login::parse("a\0b", d), Err(LoginError::BadCharacter));
         assert_eq!(Login::parse("@example.org", d), Err(LoginError::Malformed));
         assert_eq!(Login::parse("a@b@c", d), Err(LoginError::Malformed));

@@ -117,35 +117,58 @@ mod tests {
         let c = parse_plain(b"\0tim\0tanstaaftanstaaf").unwrap();
         assert_eq!(c.login, "tim");
         assert_eq!(c.secret.expose(), b"tanstaaftanstaaf");
-        assert_eq!(parse_plain(b"Ursel\0Kurt\0xipj3plmq").unwrap_err(), SaslError::Authzid);
+        assert_eq!(
+            parse_plain(b"Ursel\0Kurt\0xipj3plmq").unwrap_err(),
+            SaslError::Authzid
+        );
         let same = parse_plain(b"tim\0tim\0pw").unwrap();
         assert_eq!(same.login, "tim");
     }
 
     #[test]
     fn malformed_plain_messages() {
-        for bad in [&b""[..], b"\0", b"\0\0", b"\0tim\0", b"\0\0pw", b"a\0b\0c\0d", b"tim\0pw"] {
+        for bad in [
+            &b""[..],
+            b"\0",
+            b"\0\0",
+            b"\0tim\0",
+            b"\0\0pw",
+            b"a\0b\0c\0d",
+            b"tim\0pw",
+        ] {
             assert!(parse_plain(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_plain(b"\0\xff\xfe\0pw").unwrap_err(), SaslError::NotUtf8);
+        assert_eq!(
+            parse_plain(b"\0\xff\xfe\0pw").unwrap_err(),
+            SaslError::NotUtf8
+        );
         let long = [b"\0".as_slice(), &[b'a'; 2000], b"\0pw"].concat();
         assert_eq!(parse_plain(&long).unwrap_err(), SaslError::TooLong);
     }
 
     #[test]
     fn base64_round_trip_and_rejects() {
-        assert_eq!(decode_base64(b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm").unwrap(), b"\0tim\0tanstaaftanstaaf");
+        assert_eq!(
+            decode_base64(b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm").unwrap(),
+            b"\0tim\0tanstaaftanstaaf"
+        );
         assert_eq!(decode_base64(b"dGVzdA==\r\n").unwrap(), b"test");
         assert_eq!(decode_base64(b"dGVzdA").unwrap_err(), SaslError::Base64);
         assert_eq!(decode_base64(b"!!!!").unwrap_err(), SaslError::Base64);
         let msg = plain_message("alice", "portcullis", &Secret::from("pw"));
-        assert_eq!(decode_base64(msg.expose()).unwrap(), b"alice\0portcullis\0pw");
+        assert_eq!(
+            decode_base64(msg.expose()).unwrap(),
+            b"alice\0portcullis\0pw"
+        );
     }
 
     #[test]
     fn login_fields() {
         assert_eq!(parse_login_field(b"alice").unwrap(), "alice");
-        assert_eq!(parse_login_field(b"al\0ice").unwrap_err(), SaslError::Malformed);
+        assert_eq!(
+            parse_login_field(b"al\0ice").unwrap_err(),
+            SaslError::Malformed
+        );
         assert_eq!(parse_login_field(b"\xff").unwrap_err(), SaslError::NotUtf8);
         assert!(parse_password_field(b"p\0w").is_err());
     }

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::ListenerContext;
-use super::session::{PreAuthEnd, Session, write};
+use super::session::{PreAuthEnd, Session};
 use crate::credentials::Protocol;
 use crate::protocol::imap::{PreAuth, Settings};
-use crate::upstream::relay::{Boundary, Goodbyes, ImapBoundary, relay};
+use crate::upstream::relay::{Goodbyes, ImapBoundary};
 use crate::upstream::{ClientInfo, imap as backend_imap};
 
 const GOODBYES: Goodbyes = Goodbyes {
@@ -34,49 +33,45 @@ pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerCon
         plaintext_auth: context.config.allow_plaintext_auth_on_loopback,
     });
     let mut greet = true;
-    loop {
-        let (client_stream, tag, grant) = match session.pre_auth(stream, &mut machine, greet).await {
-            PreAuthEnd::LoggedIn { stream, tag, grant } => (stream, tag, grant),
-            PreAuthEnd::Closed => return,
+    // Each turn is one login that passed the credential check; a backend failure answers it
+    // with a temporary error and lets the client try again on the same connection.
+    let (stream, backend, tag, grant) = loop {
+        let PreAuthEnd::LoggedIn {
+            stream: mut client_stream,
+            tag,
+            grant,
+        } = session.pre_auth(stream, &mut machine, greet).await
+        else {
+            return;
         };
-        stream = client_stream;
         greet = false;
-        let mut backend = match backend_imap::login(&context.backend, &grant.login, client).await {
-            Ok(backend) => backend,
+        match backend_imap::login(&context.backend, &grant.login, client).await {
+            Ok(backend) => break (client_stream, backend, tag, grant),
             Err(e) => {
-                tracing::warn!(error = %e, backend = %context.backend.name, "backend login failed");
-                if let crate::protocol::Action::Write(reply) = machine.login_unavailable(&tag) {
-                    if !write(&mut stream, &reply).await {
-                        return;
-                    }
+                if !session
+                    .backend_failed(&mut client_stream, &mut machine, &tag, e)
+                    .await
+                {
+                    return;
                 }
-                continue;
+                stream = client_stream;
             }
-        };
-        let (reply, pipelined) = machine.login_accepted(&tag, &backend.capabilities);
-        let mut boundary = ImapBoundary::default();
-        let mut to_client = reply;
-        to_client.extend_from_slice(&backend.leftover);
-        boundary.observe(&to_client);
-        if !write(&mut stream, &to_client).await {
-            return;
         }
-        if !pipelined.is_empty() && backend.stream.write_all(&pipelined).await.is_err() {
-            return;
-        }
-        let idle = Duration::from_secs(shared.limits.imap_idle_timeout_secs);
-        let end = relay(
-            &mut stream,
-            &mut backend.stream,
+    };
+    let (reply, pipelined) = machine.login_accepted(&tag, &backend.capabilities);
+    let mut to_client = reply;
+    to_client.extend_from_slice(&backend.leftover);
+    let idle = Duration::from_secs(shared.limits.imap_idle_timeout_secs);
+    session
+        .relay(
+            stream,
+            backend.stream,
             &grant,
-            &mut boundary,
+            to_client,
+            pipelined,
+            &mut ImapBoundary::default(),
             &GOODBYES,
             idle,
-            &shared.shutdown,
         )
         .await;
-        tracing::info!(?end, login = %grant.login, "session ended");
-        let _ = backend.stream.shutdown().await;
-        return;
-    }
 }

@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{AuthConfig, Config, Limits, ListenerConfig, ListenerProtocol};
-use crate::credentials::index::{IndexSettings, spawn_use_writer};
 use crate::credentials::CredentialIndex;
+use crate::credentials::index::{IndexSettings, spawn_use_writer};
 use crate::store::Store;
 use crate::upstream::Backend;
 
@@ -96,14 +96,20 @@ impl Gateway {
             tls: TlsAcceptor::from(tls),
             auth: config.auth.clone(),
             limits: config.limits.clone(),
-            hostname: config.hostname.clone().unwrap_or_else(|| "localhost".to_owned()),
+            hostname: config
+                .hostname
+                .clone()
+                .unwrap_or_else(|| "localhost".to_owned()),
             shutdown: shutdown.clone(),
             session_ids: AtomicU64::new(1),
         });
 
         let mut backends = HashMap::new();
         for (name, backend) in &config.backends {
-            backends.insert(name.clone(), Arc::new(Backend::new(name, backend).map_err(StartError::Backend)?));
+            backends.insert(
+                name.clone(),
+                Arc::new(Backend::new(name, backend).map_err(StartError::Backend)?),
+            );
         }
 
         let mut bound = Vec::new();
@@ -159,7 +165,12 @@ impl Gateway {
                 smtp_extensions,
             });
             tracing::info!(address = %local, protocol = ?listener.protocol, tls = ?listener.tls, backend = %listener.backend, "listening");
-            tracker.spawn(accept_loop(socket, context, connections.clone(), tracker.clone()));
+            tracker.spawn(accept_loop(
+                socket,
+                context,
+                connections.clone(),
+                tracker.clone(),
+            ));
         }
         Ok(Self {
             shared,
@@ -175,8 +186,14 @@ impl Gateway {
         tracing::info!("shutting down");
         self.tracker.close();
         let grace = Duration::from_secs(self.shared.limits.shutdown_grace_secs);
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(remaining = self.tracker.len(), "sessions still open after the grace period");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tracker.len(),
+                "sessions still open after the grace period"
+            );
         }
         for task in self.background {
             task.abort();
@@ -192,7 +209,9 @@ fn spawn_probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<St
                     *slot = extensions;
                 }
             }
-            Err(e) => tracing::warn!(backend = %backend.name, error = %e, "could not learn the backend's SMTP extensions yet"),
+            Err(e) => {
+                tracing::warn!(backend = %backend.name, error = %e, "could not learn the backend's SMTP extensions yet")
+            }
         }
     });
 }
@@ -224,7 +243,8 @@ async fn accept_loop(
         };
         let context = context.clone();
         let id = context.shared.session_ids.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol);
+        let span =
+            tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol);
         tracker.spawn(
             async move {
                 let _permit = permit;

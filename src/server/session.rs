@@ -17,7 +17,8 @@ use crate::config::ListenerTls;
 use crate::credentials::{AuthError, Grant, Protocol};
 use crate::io::Stream;
 use crate::protocol::{Action, LoginRequest, PreAuth};
-use crate::upstream::ClientInfo;
+use crate::upstream::relay::{Boundary, Goodbyes, relay};
+use crate::upstream::{BackendError, ClientInfo};
 
 /// How a pre-auth phase ended.
 pub enum PreAuthEnd {
@@ -75,7 +76,12 @@ impl<'a> Session<'a> {
 
     /// Runs the machine until a login passes the credential check or the connection ends.
     /// `greet` is false when resuming after a backend failure.
-    pub async fn pre_auth(&self, mut stream: Stream, machine: &mut dyn PreAuth, greet: bool) -> PreAuthEnd {
+    pub async fn pre_auth(
+        &self,
+        mut stream: Stream,
+        machine: &mut dyn PreAuth,
+        greet: bool,
+    ) -> PreAuthEnd {
         if greet && !write(&mut stream, &machine.greeting()).await {
             return PreAuthEnd::Closed;
         }
@@ -148,7 +154,11 @@ impl<'a> Session<'a> {
 
     /// The credential check. A refusal is answered `failure_delay` after the request arrived,
     /// whatever failed, so unknown users, wrong secrets and wrong services look alike.
-    async fn check(&self, request: LoginRequest, machine: &mut dyn PreAuth) -> Result<(String, Grant), Action> {
+    async fn check(
+        &self,
+        request: LoginRequest,
+        machine: &mut dyn PreAuth,
+    ) -> Result<(String, Grant), Action> {
         let arrived = Instant::now();
         let LoginRequest { tag, credentials } = request;
         let shared = &self.context.shared;
@@ -170,7 +180,10 @@ impl<'a> Session<'a> {
             }
             Err(AuthError::Rejected) => {
                 tracing::info!(login = %printable(&credentials.login), "login refused");
-                tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms)).await;
+                tokio::time::sleep_until(
+                    arrived + Duration::from_millis(shared.auth.failure_delay_ms),
+                )
+                .await;
                 Err(machine.login_rejected(&tag))
             }
             Err(AuthError::Unavailable(reason)) => {
@@ -178,6 +191,59 @@ impl<'a> Session<'a> {
                 Err(machine.login_unavailable(&tag))
             }
         }
+    }
+}
+
+impl Session<'_> {
+    /// The backend could not be logged in to: tell the client it is temporary. False when the
+    /// client is gone.
+    pub async fn backend_failed(
+        &self,
+        stream: &mut Stream,
+        machine: &mut dyn PreAuth,
+        tag: &str,
+        error: BackendError,
+    ) -> bool {
+        tracing::warn!(error = %error, backend = %self.context.backend.name, "backend login failed");
+        match machine.login_unavailable(tag) {
+            Action::Write(reply) => write(stream, &reply).await,
+            _ => false,
+        }
+    }
+
+    /// Hands the session over: the login reply (and anything the backend sent past its own
+    /// login) to the client, anything the client pipelined to the backend, then the relay.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay(
+        &self,
+        mut client: Stream,
+        mut backend: Stream,
+        grant: &Grant,
+        to_client: Vec<u8>,
+        to_backend: Vec<u8>,
+        boundary: &mut dyn Boundary,
+        goodbyes: &Goodbyes,
+        idle: Duration,
+    ) {
+        boundary.observe(&to_client);
+        if !write(&mut client, &to_client).await {
+            return;
+        }
+        if !to_backend.is_empty() && !write(&mut backend, &to_backend).await {
+            return;
+        }
+        let end = relay(
+            &mut client,
+            &mut backend,
+            grant,
+            boundary,
+            goodbyes,
+            idle,
+            &self.context.shared.shutdown,
+        )
+        .await;
+        tracing::info!(?end, login = %grant.login, "session ended");
+        let _ = backend.shutdown().await;
     }
 }
 

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::ListenerContext;
-use super::session::{PreAuthEnd, Session, write};
+use super::session::{PreAuthEnd, Session};
 use crate::credentials::Protocol;
 use crate::protocol::smtp::{PreAuth, Settings};
-use crate::upstream::relay::{Boundary, Goodbyes, LineBoundary, relay};
+use crate::upstream::relay::{Goodbyes, LineBoundary};
 use crate::upstream::{ClientInfo, smtp as backend_smtp};
 
 const GOODBYES: Goodbyes = Goodbyes {
@@ -40,53 +39,49 @@ pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerCon
         backend_extensions: extensions,
     });
     let mut greet = true;
-    loop {
-        let (client_stream, tag, grant) = match session.pre_auth(stream, &mut machine, greet).await {
-            PreAuthEnd::LoggedIn { stream, tag, grant } => (stream, tag, grant),
-            PreAuthEnd::Closed => return,
+    // As in IMAP: a backend failure is a temporary error, and the client may try again.
+    let (stream, backend, grant) = loop {
+        let PreAuthEnd::LoggedIn {
+            stream: mut client_stream,
+            tag,
+            grant,
+        } = session.pre_auth(stream, &mut machine, greet).await
+        else {
+            return;
         };
-        stream = client_stream;
         greet = false;
         let helo = machine.helo_name().unwrap_or(&shared.hostname).to_owned();
-        let mut backend = match backend_smtp::login(&context.backend, &grant.login, client, &helo).await {
-            Ok(backend) => backend,
+        match backend_smtp::login(&context.backend, &grant.login, client, &helo).await {
+            Ok(backend) => break (client_stream, backend, grant),
             Err(e) => {
-                tracing::warn!(error = %e, backend = %context.backend.name, "backend login failed");
-                if let crate::protocol::Action::Write(reply) = machine.login_unavailable(&tag) {
-                    if !write(&mut stream, &reply).await {
-                        return;
-                    }
+                if !session
+                    .backend_failed(&mut client_stream, &mut machine, &tag, e)
+                    .await
+                {
+                    return;
                 }
-                continue;
+                stream = client_stream;
             }
-        };
-        if let Ok(mut cached) = context.smtp_extensions.write() {
-            cached.clone_from(&backend.extensions);
         }
-        let (reply, pipelined) = machine.login_accepted();
-        let mut boundary = LineBoundary::default();
-        let mut to_client = reply;
-        to_client.extend_from_slice(&backend.leftover);
-        boundary.observe(&to_client);
-        if !write(&mut stream, &to_client).await {
-            return;
-        }
-        if !pipelined.is_empty() && backend.stream.write_all(&pipelined).await.is_err() {
-            return;
-        }
-        let idle = Duration::from_secs(shared.limits.smtp_idle_timeout_secs);
-        let end = relay(
-            &mut stream,
-            &mut backend.stream,
+    };
+    // The next client is offered what this backend offers now.
+    if let Ok(mut cached) = context.smtp_extensions.write() {
+        cached.clone_from(&backend.extensions);
+    }
+    let (reply, pipelined) = machine.login_accepted();
+    let mut to_client = reply;
+    to_client.extend_from_slice(&backend.leftover);
+    let idle = Duration::from_secs(shared.limits.smtp_idle_timeout_secs);
+    session
+        .relay(
+            stream,
+            backend.stream,
             &grant,
-            &mut boundary,
+            to_client,
+            pipelined,
+            &mut LineBoundary::default(),
             &GOODBYES,
             idle,
-            &shared.shutdown,
         )
         .await;
-        tracing::info!(?end, login = %grant.login, "session ended");
-        let _ = backend.stream.shutdown().await;
-        return;
-    }
 }

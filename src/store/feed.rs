@@ -61,7 +61,11 @@ pub async fn poll_once(
         if seen.insert(account) && index.knows(account) {
             // A failed reload leaves the cursor before this change, so the next poll retries it.
             index.refresh_account(account).await?;
-            tracing::debug!(account = account.0, change = id, "account reloaded from feed");
+            tracing::debug!(
+                account = account.0,
+                change = id,
+                "account reloaded from feed"
+            );
         }
         next = id;
     }

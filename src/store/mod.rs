@@ -111,7 +111,7 @@ impl Store {
             if let Some(parent) = Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(parent).map_err(|e| sqlx::Error::Io(e))?;
+                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
             }
             SqliteConnectOptions::new().filename(path)
         };
@@ -231,7 +231,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some((account, ids.into_iter().map(AppPasswordId).collect())))
+        Ok(Some((
+            account,
+            ids.into_iter().map(AppPasswordId).collect(),
+        )))
     }
 
     /// Records last uses, one transaction for the batch.
@@ -496,11 +499,12 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AccountId)>, StoreError> {
-        let rows = sqlx::query("SELECT id, account_id FROM changes WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, account_id FROM changes WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("id")?, AccountId(row.try_get("account_id")?))))
             .collect()

@@ -12,7 +12,10 @@ fn alice() -> Login {
 #[tokio::test]
 async fn account_lifecycle_and_generation_rules() {
     let store = store().await;
-    let id = store.create_account(&alice(), "$argon2id$fake").await.unwrap();
+    let id = store
+        .create_account(&alice(), "$argon2id$fake")
+        .await
+        .unwrap();
     assert!(matches!(
         store.create_account(&alice(), "x").await,
         Err(StoreError::AccountExists(_))
@@ -20,7 +23,10 @@ async fn account_lifecycle_and_generation_rules() {
     let state = store.require_account(&alice()).await.unwrap();
     assert_eq!(state.id, id);
     assert_eq!(state.generation, Generation(1));
-    assert!(state.app_passwords_only, "new accounts accept app passwords only");
+    assert!(
+        state.app_passwords_only,
+        "new accounts accept app passwords only"
+    );
     assert!(!state.two_factor);
 
     // Password change with 2FA off bumps the generation.
@@ -34,15 +40,27 @@ async fn account_lifecycle_and_generation_rules() {
         store.set_two_factor(&alice(), true).await.unwrap(),
         Outcome::Changed(Some(Generation(3)))
     );
-    assert!(store.require_account(&alice()).await.unwrap().app_passwords_only);
+    assert!(
+        store
+            .require_account(&alice())
+            .await
+            .unwrap()
+            .app_passwords_only
+    );
     assert!(matches!(
         store.set_app_passwords_only(&alice(), false).await,
         Err(StoreError::AppPasswordsRequired(_))
     ));
-    assert_eq!(store.set_two_factor(&alice(), true).await.unwrap(), Outcome::Unchanged);
+    assert_eq!(
+        store.set_two_factor(&alice(), true).await.unwrap(),
+        Outcome::Unchanged
+    );
     // Password change with 2FA on leaves the generation alone but moves the password version.
     let before = store.require_account(&alice()).await.unwrap();
-    assert_eq!(store.set_password(&alice(), "h3").await.unwrap(), Outcome::Changed(None));
+    assert_eq!(
+        store.set_password(&alice(), "h3").await.unwrap(),
+        Outcome::Changed(None)
+    );
     let after = store.require_account(&alice()).await.unwrap();
     assert_eq!(after.generation, before.generation);
     assert_eq!(after.password_version, before.password_version + 1);
@@ -52,15 +70,23 @@ async fn account_lifecycle_and_generation_rules() {
         Outcome::Changed(Some(Generation(4)))
     );
     assert_eq!(
-        store.bump_generation(&alice(), GenerationBump::AccessRestored).await.unwrap(),
+        store
+            .bump_generation(&alice(), GenerationBump::AccessRestored)
+            .await
+            .unwrap(),
         Generation(5)
     );
     assert_eq!(
-        store.bump_generation(&alice(), GenerationBump::LogoutEverywhere).await.unwrap(),
+        store
+            .bump_generation(&alice(), GenerationBump::LogoutEverywhere)
+            .await
+            .unwrap(),
         Generation(6)
     );
     assert!(matches!(
-        store.require_account(&Login::parse("bob@example.org", None).unwrap()).await,
+        store
+            .require_account(&Login::parse("bob@example.org", None).unwrap())
+            .await,
         Err(StoreError::UnknownAccount(_))
     ));
 }
@@ -76,27 +102,50 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
         .await
         .unwrap();
     let other = store
-        .create_app_password(&alice(), Service::Disk, "Files", &app_password_digest(&generate_app_password()))
+        .create_app_password(
+            &alice(),
+            Service::Disk,
+            "Files",
+            &app_password_digest(&generate_app_password()),
+        )
         .await
         .unwrap();
 
-    let record = store.app_password_by_digest(&digest).await.unwrap().unwrap();
-    assert_eq!((record.id, record.account_id, record.service), (id, account, Service::Mail));
+    let record = store
+        .app_password_by_digest(&digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.id, record.account_id, record.service),
+        (id, account, Service::Mail)
+    );
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
     assert_eq!(live.len(), 2);
 
     // Revoking one leaves the other.
-    assert_eq!(store.revoke_app_password(&alice(), id).await.unwrap(), Outcome::Changed(None));
-    assert_eq!(store.revoke_app_password(&alice(), id).await.unwrap(), Outcome::Unchanged);
+    assert_eq!(
+        store.revoke_app_password(&alice(), id).await.unwrap(),
+        Outcome::Changed(None)
+    );
+    assert_eq!(
+        store.revoke_app_password(&alice(), id).await.unwrap(),
+        Outcome::Unchanged
+    );
     assert!(matches!(
-        store.revoke_app_password(&alice(), AppPasswordId(999)).await,
+        store
+            .revoke_app_password(&alice(), AppPasswordId(999))
+            .await,
         Err(StoreError::UnknownAppPassword { .. })
     ));
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
     assert_eq!(live, vec![other]);
 
     // A bump kills the rest.
-    store.bump_generation(&alice(), GenerationBump::LogoutEverywhere).await.unwrap();
+    store
+        .bump_generation(&alice(), GenerationBump::LogoutEverywhere)
+        .await
+        .unwrap();
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
     assert!(live.is_empty());
     let listed = store.list_app_passwords(&alice()).await.unwrap();
@@ -120,7 +169,12 @@ async fn every_mutation_appends_to_the_change_feed_and_bumps_the_revision() {
     let account = store.create_account(&alice(), "h").await.unwrap();
     let r1 = store.require_account(&alice()).await.unwrap().revision;
     store
-        .create_app_password(&alice(), Service::Mail, "x", &app_password_digest(&generate_app_password()))
+        .create_app_password(
+            &alice(),
+            Service::Mail,
+            "x",
+            &app_password_digest(&generate_app_password()),
+        )
         .await
         .unwrap();
     store.set_two_factor(&alice(), true).await.unwrap();
@@ -128,8 +182,14 @@ async fn every_mutation_appends_to_the_change_feed_and_bumps_the_revision() {
     assert_eq!(changes.len(), 3);
     assert!(changes.iter().all(|(_, a)| *a == account));
     assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
-    assert_eq!(store.require_account(&alice()).await.unwrap().revision, r1 + 2);
-    assert_eq!(store.changes_since(changes[2].0, 100).await.unwrap(), vec![]);
+    assert_eq!(
+        store.require_account(&alice()).await.unwrap().revision,
+        r1 + 2
+    );
+    assert_eq!(
+        store.changes_since(changes[2].0, 100).await.unwrap(),
+        vec![]
+    );
 }
 
 #[tokio::test]
@@ -142,7 +202,13 @@ async fn a_file_database_is_created_with_its_folder_and_survives_reopening() {
     }
     let store = Store::open(&url).await.unwrap();
     assert!(store.require_account(&alice()).await.is_ok());
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
     assert_eq!(mode, "wal");
-    assert!(matches!(Store::open("postgres://x").await, Err(StoreError::UnsupportedUrl(_))));
+    assert!(matches!(
+        Store::open("postgres://x").await,
+        Err(StoreError::UnsupportedUrl(_))
+    ));
 }

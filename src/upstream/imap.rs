@@ -25,25 +25,42 @@ pub struct Session {
 }
 
 /// Connects and logs in as `login`, within the backend's timeout.
-pub async fn login(backend: &Backend, login: &Login, client: ClientInfo) -> Result<Session, BackendError> {
-    tokio::time::timeout(backend.config.timeout(), login_inner(backend, login, client))
-        .await
-        .map_err(|_| BackendError::Timeout {
-            address: backend.config.address.clone(),
-        })?
+pub async fn login(
+    backend: &Backend,
+    login: &Login,
+    client: ClientInfo,
+) -> Result<Session, BackendError> {
+    tokio::time::timeout(
+        backend.config.timeout(),
+        login_inner(backend, login, client),
+    )
+    .await
+    .map_err(|_| BackendError::Timeout {
+        address: backend.config.address.clone(),
+    })?
 }
 
-async fn login_inner(backend: &Backend, login: &Login, client: ClientInfo) -> Result<Session, BackendError> {
+async fn login_inner(
+    backend: &Backend,
+    login: &Login,
+    client: ClientInfo,
+) -> Result<Session, BackendError> {
     let mut stream = backend.connect().await?;
     let mut reader = LineReader::new(MAX_BACKEND_LINE);
-    let greeting = reader.read_line(&mut stream).await.map_err(|e| backend.io_error(e))?;
+    let greeting = reader
+        .read_line(&mut stream)
+        .await
+        .map_err(|e| backend.io_error(e))?;
     if !greeting.starts_with("* OK") {
         return Err(backend.refused(&greeting));
     }
     let mut capabilities = capability_code(&greeting);
 
     if backend.config.tls == BackendTls::Starttls {
-        stream.write_all(b"P0 STARTTLS\r\n").await.map_err(|e| backend.io_error(e))?;
+        stream
+            .write_all(b"P0 STARTTLS\r\n")
+            .await
+            .map_err(|e| backend.io_error(e))?;
         let (reply, _) = read_tagged(backend, &mut stream, &mut reader, "P0").await?;
         if !reply.starts_with("P0 OK") {
             return Err(backend.refused(&reply));
@@ -79,19 +96,28 @@ async fn login_inner(backend: &Backend, login: &Login, client: ClientInfo) -> Re
         request.extend_from_slice(plain.expose());
     }
     request.extend_from_slice(b"\r\n");
-    stream.write_all(&request).await.map_err(|e| backend.io_error(e))?;
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| backend.io_error(e))?;
     drop(request);
 
     let (id_reply, _) = read_tagged(backend, &mut stream, &mut reader, "P1").await?;
     tracing::trace!(reply = %id_reply, "backend ID");
     if !sasl_ir {
-        let line = reader.read_line(&mut stream).await.map_err(|e| backend.io_error(e))?;
+        let line = reader
+            .read_line(&mut stream)
+            .await
+            .map_err(|e| backend.io_error(e))?;
         if !line.starts_with('+') {
             return Err(backend.refused(&line));
         }
         let mut response = plain.expose().to_vec();
         response.extend_from_slice(b"\r\n");
-        stream.write_all(&response).await.map_err(|e| backend.io_error(e))?;
+        stream
+            .write_all(&response)
+            .await
+            .map_err(|e| backend.io_error(e))?;
     }
     let (reply, untagged_caps) = read_tagged(backend, &mut stream, &mut reader, "P2").await?;
     if !reply.starts_with("P2 OK") {
@@ -100,7 +126,10 @@ async fn login_inner(backend: &Backend, login: &Login, client: ClientInfo) -> Re
     let capabilities = match capability_code(&reply).or(untagged_caps) {
         Some(caps) => caps,
         None => {
-            stream.write_all(b"P3 CAPABILITY\r\n").await.map_err(|e| backend.io_error(e))?;
+            stream
+                .write_all(b"P3 CAPABILITY\r\n")
+                .await
+                .map_err(|e| backend.io_error(e))?;
             let (reply, caps) = read_tagged(backend, &mut stream, &mut reader, "P3").await?;
             match (reply.starts_with("P3 OK"), caps) {
                 (true, Some(caps)) => caps,
@@ -125,7 +154,10 @@ async fn read_tagged(
     let mut capabilities = None;
     // Bounded: a backend that talks forever without answering hits the login timeout.
     loop {
-        let line = reader.read_line(stream).await.map_err(|e| backend.io_error(e))?;
+        let line = reader
+            .read_line(stream)
+            .await
+            .map_err(|e| backend.io_error(e))?;
         if let Some(rest) = line.strip_prefix("* CAPABILITY ") {
             capabilities = Some(rest.trim().to_owned());
         } else if line.starts_with("* BYE") {
@@ -147,7 +179,9 @@ pub fn capability_code(line: &str) -> Option<String> {
 }
 
 fn has_capability(capabilities: &str, name: &str) -> bool {
-    capabilities.split(' ').any(|c| c.eq_ignore_ascii_case(name))
+    capabilities
+        .split(' ')
+        .any(|c| c.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -47,15 +47,21 @@ impl Backend {
             BackendTls::Starttls | BackendTls::Implicit => {
                 let client = crate::tls::backend_client_config(config.ca_file.as_deref())
                     .map_err(|e| format!("[backend.{name}]: {e}"))?;
-                let host = config.server_name.clone().unwrap_or_else(|| config.host().to_owned());
-                let server_name = ServerName::try_from(host.clone())
-                    .map_err(|_| format!("[backend.{name}]: {host:?} is not a valid server name"))?;
+                let host = config
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| config.host().to_owned());
+                let server_name = ServerName::try_from(host.clone()).map_err(|_| {
+                    format!("[backend.{name}]: {host:?} is not a valid server name")
+                })?;
                 Some((client, server_name))
             }
         };
         let master_password = match (&config.login, &config.master_password_file) {
             (BackendLogin::Xclient, _) | (_, None) => None,
-            (_, Some(path)) => Some(read_secret_file(path).map_err(|e| format!("[backend.{name}]: {e}"))?),
+            (_, Some(path)) => {
+                Some(read_secret_file(path).map_err(|e| format!("[backend.{name}]: {e}"))?)
+            }
         };
         Ok(Self {
             name: name.to_owned(),
@@ -120,7 +126,9 @@ impl Backend {
                 let authcid = format!("{user}{}{master}", self.config.master_separator);
                 crate::protocol::sasl::plain_message("", &authcid, password)
             }
-            BackendLogin::SaslAuthzid => crate::protocol::sasl::plain_message(user, master, password),
+            BackendLogin::SaslAuthzid => {
+                crate::protocol::sasl::plain_message(user, master, password)
+            }
             BackendLogin::Xclient => return None,
         })
     }

@@ -21,8 +21,12 @@ pub enum RelayEnd {
     BackendClosed,
     IdleTimeout,
     /// The credential died; the client was told if the stream allowed it.
-    Revoked { said_goodbye: bool },
-    Shutdown { said_goodbye: bool },
+    Revoked {
+        said_goodbye: bool,
+    },
+    Shutdown {
+        said_goodbye: bool,
+    },
     ClientError,
     BackendError,
 }
@@ -76,7 +80,9 @@ impl Boundary for ImapBoundary {
     fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.literal_left > 0 {
-                let take = usize::try_from(self.literal_left).unwrap_or(usize::MAX).min(bytes.len());
+                let take = usize::try_from(self.literal_left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 self.literal_left -= take as u64;
                 bytes = &bytes[take..];
                 continue;

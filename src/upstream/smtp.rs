@@ -33,11 +33,14 @@ pub async fn login(
     client: ClientInfo,
     helo: &str,
 ) -> Result<Session, BackendError> {
-    tokio::time::timeout(backend.config.timeout(), login_inner(backend, login, client, helo))
-        .await
-        .map_err(|_| BackendError::Timeout {
-            address: backend.config.address.clone(),
-        })?
+    tokio::time::timeout(
+        backend.config.timeout(),
+        login_inner(backend, login, client, helo),
+    )
+    .await
+    .map_err(|_| BackendError::Timeout {
+        address: backend.config.address.clone(),
+    })?
 }
 
 /// Learns the backend's EHLO keywords without logging in (greeting, EHLO, QUIT).
@@ -61,24 +64,28 @@ async fn login_inner(
     helo: &str,
 ) -> Result<Session, BackendError> {
     let (mut conn, mut extensions) = Conn::open(backend).await?.hello(helo).await?;
-    let offers_xclient = extensions
-        .iter()
-        .find(|e| keyword(e) == "XCLIENT")
-        .cloned();
+    let offers_xclient = extensions.iter().find(|e| keyword(e) == "XCLIENT").cloned();
     let user = backend.user_for(login);
 
     match backend.config.login {
         BackendLogin::Xclient => {
             let Some(_) = offers_xclient else {
-                return Err(backend.protocol_error("login = \"xclient\" but the backend does not offer XCLIENT"));
+                return Err(backend
+                    .protocol_error("login = \"xclient\" but the backend does not offer XCLIENT"));
             };
-            let command = format!("XCLIENT LOGIN={} ADDR={}\r\n", xtext(&user), client.peer.ip());
+            let command = format!(
+                "XCLIENT LOGIN={} ADDR={}\r\n",
+                xtext(&user),
+                client.peer.ip()
+            );
             conn.command(command.as_bytes(), 220).await?;
             (conn, extensions) = conn.hello(helo).await?;
         }
         BackendLogin::MasterUser | BackendLogin::SaslAuthzid => {
             if let Some(xclient) = offers_xclient
-                && xclient.split(' ').any(|attr| attr.eq_ignore_ascii_case("ADDR"))
+                && xclient
+                    .split(' ')
+                    .any(|attr| attr.eq_ignore_ascii_case("ADDR"))
             {
                 let command = format!("XCLIENT ADDR={}\r\n", client.peer.ip());
                 conn.command(command.as_bytes(), 220).await?;
@@ -127,7 +134,9 @@ impl<'a> Conn<'a> {
     /// EHLO, and when configured and not yet done, STARTTLS and a second EHLO. Consumes the
     /// connection because STARTTLS replaces its stream.
     async fn hello(mut self, helo: &str) -> Result<(Conn<'a>, Vec<String>), BackendError> {
-        let lines = self.command(format!("EHLO {helo}\r\n").as_bytes(), 250).await?;
+        let lines = self
+            .command(format!("EHLO {helo}\r\n").as_bytes(), 250)
+            .await?;
         if self.backend.config.tls != BackendTls::Starttls || self.stream.is_tls() {
             return Ok((self, parse_ehlo_keywords(&lines)));
         }
@@ -143,7 +152,9 @@ impl<'a> Conn<'a> {
             stream: backend.start_tls(tcp).await?,
             reader: LineReader::new(MAX_BACKEND_LINE),
         };
-        let lines = conn.command(format!("EHLO {helo}\r\n").as_bytes(), 250).await?;
+        let lines = conn
+            .command(format!("EHLO {helo}\r\n").as_bytes(), 250)
+            .await?;
         Ok((conn, parse_ehlo_keywords(&lines)))
     }
 
@@ -172,7 +183,10 @@ impl<'a> Conn<'a> {
             let code = line
                 .get(..3)
                 .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| self.backend.protocol_error(format!("bad reply line {line:?}")))?;
+                .ok_or_else(|| {
+                    self.backend
+                        .protocol_error(format!("bad reply line {line:?}"))
+                })?;
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
             if last {
@@ -186,7 +200,11 @@ impl<'a> Conn<'a> {
 }
 
 fn keyword(extension: &str) -> String {
-    extension.split(' ').next().unwrap_or("").to_ascii_uppercase()
+    extension
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
 }
 
 /// RFC 3461 xtext, as XCLIENT attribute values use it.

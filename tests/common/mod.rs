@@ -27,7 +27,10 @@ pub fn require(program: &str, install: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{program} is not installed; install it with: {install} (bash .ci/run does)");
+    assert!(
+        found,
+        "{program} is not installed; install it with: {install} (bash .ci/run does)"
+    );
 }
 
 pub fn require_python_module(module: &str, install: &str) {
@@ -36,7 +39,10 @@ pub fn require_python_module(module: &str, install: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "python module {module} is missing; install it with: {install} (bash .ci/run does)");
+    assert!(
+        ok,
+        "python module {module} is missing; install it with: {install} (bash .ci/run does)"
+    );
 }
 
 /// Waits until something accepts on `port`.
@@ -47,7 +53,10 @@ pub fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited ({status}) before listening:\n{}", read_log(log));
+            panic!(
+                "{what} exited ({status}) before listening:\n{}",
+                read_log(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -92,14 +101,27 @@ impl SmtpSink {
         let maildir = dir.path().join("maildir");
         let log = dir.path().join("sink.log");
         let mut child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
             .arg(&maildir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("start aiosmtpd");
         wait_for_port(port, "aiosmtpd", &mut child, &log);
-        Self { child, port, maildir, _dir: dir }
+        Self {
+            child,
+            port,
+            maildir,
+            _dir: dir,
+        }
     }
 
     /// Messages received so far.
@@ -144,7 +166,10 @@ pub struct Dovecot {
 
 impl Dovecot {
     pub fn start(relay_port: u16, users: &[&str]) -> Self {
-        require("dovecot", "apt-get install dovecot-imapd dovecot-submissiond");
+        require(
+            "dovecot",
+            "apt-get install dovecot-imapd dovecot-submissiond",
+        );
         let dir = open_tempdir();
         let root = dir.path();
         let imap_port = free_port();
@@ -153,10 +178,21 @@ impl Dovecot {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
         set_mode(&root.join("mail"), 0o777);
-        std::fs::write(root.join("master-users"), format!("portcullis:{{PLAIN}}{MASTER_PASSWORD}\n")).expect("write");
-        let users_file: String = users.iter().map(|u| format!("{u}:{{PLAIN}}not-used-behind-the-gateway\n")).collect();
+        std::fs::write(
+            root.join("master-users"),
+            format!("portcullis:{{PLAIN}}{MASTER_PASSWORD}\n"),
+        )
+        .expect("write");
+        let users_file: String = users
+            .iter()
+            .map(|u| format!("{u}:{{PLAIN}}not-used-behind-the-gateway\n"))
+            .collect();
         std::fs::write(root.join("users"), users_file).expect("write");
-        let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("t").replace('.', "");
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("t")
+            .replace('.', "");
         let conf = format!(
             r#"protocols = imap submission
 listen = 127.0.0.1
@@ -223,7 +259,13 @@ hostname = dovecot.test
             .expect("start dovecot");
         wait_for_port(imap_port, "dovecot", &mut child, &log);
         wait_for_port(submission_port, "dovecot submission", &mut child, &log);
-        Self { child, imap_port, submission_port, dir, log }
+        Self {
+            child,
+            imap_port,
+            submission_port,
+            dir,
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -384,7 +426,11 @@ timeout_secs = {backend_timeout}
             dir,
         };
         let out = gateway.cli(&["dev-cert"], None);
-        assert!(out.status.success(), "dev-cert failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dev-cert failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         gateway.spawn();
         gateway
     }
@@ -396,10 +442,21 @@ timeout_secs = {backend_timeout}
             .arg("serve")
             .env("RUST_LOG", "info,portcullis=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("log"),
+            )
             .spawn()
             .expect("start portcullis");
-        for port in [self.ports.imap, self.ports.imaps, self.ports.submission, self.ports.submissions] {
+        for port in [
+            self.ports.imap,
+            self.ports.imaps,
+            self.ports.submission,
+            self.ports.submissions,
+        ] {
             wait_for_port(port, "portcullis", &mut child, &self.log);
         }
         self.child = Some(child);
@@ -416,8 +473,13 @@ timeout_secs = {backend_timeout}
 
     /// Sends SIGTERM and waits for the exit; returns the exit status's success.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < within {
             if let Ok(Some(status)) = child.try_wait() {
@@ -457,12 +519,26 @@ timeout_secs = {backend_timeout}
     }
 
     pub fn create_account(&self, login: &str, password: &str) {
-        self.cli_ok(&["account", "create", login], Some(&format!("{password}\n")));
+        self.cli_ok(
+            &["account", "create", login],
+            Some(&format!("{password}\n")),
+        );
     }
 
     /// Makes an app password and returns it.
     pub fn app_password(&self, login: &str, service: &str, name: &str) -> String {
-        let out = self.cli_ok(&["app-password", "create", login, "--service", service, "--name", name], None);
+        let out = self.cli_ok(
+            &[
+                "app-password",
+                "create",
+                login,
+                "--service",
+                service,
+                "--name",
+                name,
+            ],
+            None,
+        );
         let secret = out.trim().to_owned();
         assert_eq!(secret.len(), 16, "unexpected app password output {out:?}");
         secret
@@ -515,7 +591,9 @@ pub struct Raw {
 impl Raw {
     pub fn connect(port: u16) -> Self {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         Self {
             writer: stream.try_clone().expect("clone"),
             reader: BufReader::new(stream),
@@ -559,11 +637,13 @@ pub fn tls_client_config(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
         roots.add(cert.expect("cert")).expect("add");
     }
     std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
     )
 }
 
@@ -576,7 +656,8 @@ impl TlsRaw {
 
     /// TLS over an already connected socket (after STARTTLS).
     pub fn over(tcp: TcpStream, ca: &Path) -> Self {
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let conn = rustls::ClientConnection::new(tls_client_config(ca), name).expect("tls");
         Self {
@@ -621,7 +702,10 @@ impl TlsRaw {
 impl Raw {
     /// Turns this plaintext connection into TLS (after the server accepted STARTTLS).
     pub fn into_tls(self, ca: &Path) -> TlsRaw {
-        assert!(self.reader.buffer().is_empty(), "plaintext left unread before TLS");
+        assert!(
+            self.reader.buffer().is_empty(),
+            "plaintext left unread before TLS"
+        );
         TlsRaw::over(self.writer, ca)
     }
 }

@@ -24,10 +24,17 @@ fn settings() -> IndexSettings {
 
 async fn fixture() -> Fixture {
     let store = Store::open("sqlite::memory:").await.unwrap();
-    let hash = PasswordHasher::new(1).hash(&Secret::from("main password")).await.unwrap();
+    let hash = PasswordHasher::new(1)
+        .hash(&Secret::from("main password"))
+        .await
+        .unwrap();
     let account = store.create_account(&login(), &hash).await.unwrap();
     let index = CredentialIndex::new(store.clone(), &settings());
-    Fixture { store, index, account }
+    Fixture {
+        store,
+        index,
+        account,
+    }
 }
 
 fn login() -> Login {
@@ -46,7 +53,12 @@ impl Fixture {
         (secret, id)
     }
 
-    async fn login(&self, service: Service, user: &str, secret: &Secret) -> Result<Grant, AuthError> {
+    async fn login(
+        &self,
+        service: Service,
+        user: &str,
+        secret: &Secret,
+    ) -> Result<Grant, AuthError> {
         self.index
             .authenticate(service, Protocol::Imap, user, secret, PEER)
             .await
@@ -75,9 +87,20 @@ async fn logins_are_normalised_and_typed_spaces_are_ignored() {
     let f = fixture().await;
     let (mail, _) = f.app_password(Service::Mail).await;
     let text = std::str::from_utf8(mail.expose()).unwrap();
-    let spaced = format!("{} {} {} {}", &text[..4], &text[4..8], &text[8..12], &text[12..]);
+    let spaced = format!(
+        "{} {} {} {}",
+        &text[..4],
+        &text[4..8],
+        &text[8..12],
+        &text[12..]
+    );
     for user in ["alice", "Alice", "alice@example.org", "ALICE@EXAMPLE.ORG"] {
-        assert!(f.login(Service::Mail, user, &Secret::from(spaced.as_str())).await.is_ok(), "{user}");
+        assert!(
+            f.login(Service::Mail, user, &Secret::from(spaced.as_str()))
+                .await
+                .is_ok(),
+            "{user}"
+        );
     }
     let grant = f.login(Service::Mail, "Alice", &mail).await.unwrap();
     assert_eq!(grant.login.as_str(), "alice@example.org");
@@ -89,7 +112,8 @@ async fn unknown_user_wrong_secret_and_wrong_service_are_the_same_rejection() {
     let (mail, _) = f.app_password(Service::Mail).await;
     let outcomes = [
         f.login(Service::Mail, "bob", &mail).await,
-        f.login(Service::Mail, "alice", &Secret::from("abcdefghijklmnop")).await,
+        f.login(Service::Mail, "alice", &Secret::from("abcdefghijklmnop"))
+            .await,
         f.login(Service::Disk, "alice", &mail).await,
         f.login(Service::Mail, "alice", &Secret::from("")).await,
         f.login(Service::Mail, "al ice", &mail).await,
@@ -105,17 +129,32 @@ async fn main_password_follows_the_option_and_two_factor() {
     let main = Secret::from("main password");
     // New accounts: app passwords only.
     assert!(!f.accepted(Service::Mail, &main).await);
-    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.store
+        .set_app_passwords_only(&login(), false)
+        .await
+        .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(f.accepted(Service::Mail, &main).await);
-    assert!(f.accepted(Service::Disk, &main).await, "legacy mode opens every protocol");
-    assert!(!f.accepted(Service::Mail, &Secret::from("main passwort")).await);
+    assert!(
+        f.accepted(Service::Disk, &main).await,
+        "legacy mode opens every protocol"
+    );
+    assert!(
+        !f.accepted(Service::Mail, &Secret::from("main passwort"))
+            .await
+    );
     // A cached main-password login dies when the option goes back on.
-    f.store.set_app_passwords_only(&login(), true).await.unwrap();
+    f.store
+        .set_app_passwords_only(&login(), true)
+        .await
+        .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!f.accepted(Service::Mail, &main).await);
     // 2FA forces app passwords.
-    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.store
+        .set_app_passwords_only(&login(), false)
+        .await
+        .unwrap();
     f.store.set_two_factor(&login(), true).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!f.accepted(Service::Mail, &main).await);
@@ -124,16 +163,25 @@ async fn main_password_follows_the_option_and_two_factor() {
 #[tokio::test]
 async fn a_changed_main_password_kills_the_cached_old_one_even_with_two_factor_history() {
     let f = fixture().await;
-    f.store.set_app_passwords_only(&login(), false).await.unwrap();
+    f.store
+        .set_app_passwords_only(&login(), false)
+        .await
+        .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     let old = Secret::from("main password");
     let grant = f.login(Service::Mail, "alice", &old).await.unwrap();
-    let new_hash = PasswordHasher::new(1).hash(&Secret::from("new password")).await.unwrap();
+    let new_hash = PasswordHasher::new(1)
+        .hash(&Secret::from("new password"))
+        .await
+        .unwrap();
     f.store.set_password(&login(), &new_hash).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!grant.is_alive());
     assert!(!f.accepted(Service::Mail, &old).await);
-    assert!(f.accepted(Service::Mail, &Secret::from("new password")).await);
+    assert!(
+        f.accepted(Service::Mail, &Secret::from("new password"))
+            .await
+    );
 }
 
 #[tokio::test]
@@ -146,7 +194,10 @@ async fn revocation_is_instant_in_process_and_spares_the_others() {
     f.store.revoke_app_password(&login(), a_id).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!grant.is_alive());
-    assert!(!f.accepted(Service::Mail, &a).await, "the very next attempt is refused");
+    assert!(
+        !f.accepted(Service::Mail, &a).await,
+        "the very next attempt is refused"
+    );
     assert!(f.accepted(Service::Mail, &b).await);
 }
 
@@ -220,7 +271,10 @@ async fn changes_from_another_writer_arrive_through_the_feed() {
     assert_eq!(count, 1);
     assert!(next > cursor);
     assert!(!grant.is_alive());
-    tokio::time::timeout(Duration::from_secs(1), dead).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(1), dead)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!f.accepted(Service::Mail, &mail).await);
 }
 
@@ -249,7 +303,13 @@ async fn a_wrong_app_password_guess_runs_no_slow_hash() {
     for guess in ["abcdefghijklmnop", "not even the right shape"] {
         let outcome = tokio::time::timeout(
             Duration::from_secs(2),
-            index.authenticate(Service::Mail, Protocol::Imap, "alice", &Secret::from(guess), PEER),
+            index.authenticate(
+                Service::Mail,
+                Protocol::Imap,
+                "alice",
+                &Secret::from(guess),
+                PEER,
+            ),
         )
         .await
         .expect("a wrong guess must not wait for the hasher");

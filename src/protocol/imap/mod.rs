@@ -6,7 +6,9 @@
 //! mistaken for a command. The driver (`server::imap`) owns the sockets, the credential check
 //! and the backend; this file owns the grammar and the replies.
 
-use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement};
+use imap_codec::fragmentizer::{
+    DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
+};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody};
@@ -66,7 +68,11 @@ impl PreAuth {
 
     /// The greeting, sent before anything is read.
     pub fn greeting(&self) -> Vec<u8> {
-        format!("* OK [CAPABILITY {}] portcullis ready\r\n", self.capabilities()).into_bytes()
+        format!(
+            "* OK [CAPABILITY {}] portcullis ready\r\n",
+            self.capabilities()
+        )
+        .into_bytes()
     }
 
     /// Capabilities before login. Authentication is offered only where it may be used.
@@ -143,7 +149,11 @@ impl PreAuth {
             };
         }
         match mode {
-            LiteralMode::Sync => match self.fragmentizer.decode_tag().map(|t| t.as_ref().to_owned()) {
+            LiteralMode::Sync => match self
+                .fragmentizer
+                .decode_tag()
+                .map(|t| t.as_ref().to_owned())
+            {
                 Some(tag) => {
                     // The client waits for "+" and will not send the data: drop the command.
                     self.fragmentizer.skip_message();
@@ -169,7 +179,10 @@ impl PreAuth {
 
     fn sasl_response(&mut self, tag: Tag<'static>) -> Action {
         let tag = tag.as_ref().to_owned();
-        let outcome = match self.fragmentizer.decode_message(&AuthenticateDataCodec::default()) {
+        let outcome = match self
+            .fragmentizer
+            .decode_message(&AuthenticateDataCodec::default())
+        {
             Ok(AuthenticateData::Continue(data)) => sasl::parse_plain(data.declassify()),
             Ok(AuthenticateData::Cancel) => {
                 return self.bad(&tag, "Authentication cancelled");
@@ -182,7 +195,11 @@ impl PreAuth {
         self.plain_outcome(tag, outcome)
     }
 
-    fn plain_outcome(&mut self, tag: String, outcome: Result<Credentials, sasl::SaslError>) -> Action {
+    fn plain_outcome(
+        &mut self,
+        tag: String,
+        outcome: Result<Credentials, sasl::SaslError>,
+    ) -> Action {
         match outcome {
             Ok(credentials) => {
                 self.state = State::Deciding;
@@ -199,7 +216,10 @@ impl PreAuth {
                 return Some(self.close(b"* BYE Command line too long\r\n"));
             }
             Err(_) => {
-                let tag = self.fragmentizer.decode_tag().map(|t| t.as_ref().to_owned());
+                let tag = self
+                    .fragmentizer
+                    .decode_tag()
+                    .map(|t| t.as_ref().to_owned());
                 return Some(self.bad(tag.as_deref().unwrap_or("*"), "Invalid command"));
             }
         };
@@ -208,8 +228,11 @@ impl PreAuth {
         let tag = tag.as_ref().to_owned();
         Some(match body {
             CommandBody::Capability => Action::Write(
-                format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", self.capabilities())
-                    .into_bytes(),
+                format!(
+                    "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
+                    self.capabilities()
+                )
+                .into_bytes(),
             ),
             CommandBody::Noop => Action::Write(format!("{tag} OK NOOP completed\r\n").into_bytes()),
             CommandBody::Logout => {
@@ -239,7 +262,9 @@ impl PreAuth {
                             credentials: Credentials { login, secret },
                         })
                     }
-                    (Err(e), _) | (_, Err(e)) => self.bad(&tag, &format!("Invalid LOGIN arguments: {e}")),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.bad(&tag, &format!("Invalid LOGIN arguments: {e}"))
+                    }
                 }
             }
             CommandBody::Authenticate {
@@ -271,7 +296,9 @@ impl PreAuth {
     fn bad(&mut self, tag: &str, text: &str) -> Action {
         self.bad_commands += 1;
         if self.bad_commands > self.settings.max_bad_commands {
-            return self.close(format!("{tag} BAD {text}\r\n* BYE Too many invalid commands\r\n").as_bytes());
+            return self.close(
+                format!("{tag} BAD {text}\r\n* BYE Too many invalid commands\r\n").as_bytes(),
+            );
         }
         Action::Write(format!("{tag} BAD {text}\r\n").into_bytes())
     }
@@ -280,7 +307,9 @@ impl PreAuth {
     fn refused(&mut self, tag: &str, text: &str) -> Action {
         self.bad_commands += 1;
         if self.bad_commands > self.settings.max_bad_commands {
-            return self.close(format!("{tag} NO {text}\r\n* BYE Too many invalid commands\r\n").as_bytes());
+            return self.close(
+                format!("{tag} NO {text}\r\n* BYE Too many invalid commands\r\n").as_bytes(),
+            );
         }
         Action::Write(format!("{tag} NO {text}\r\n").into_bytes())
     }
@@ -295,7 +324,8 @@ impl PreAuth {
         self.failures += 1;
         let reply = format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
         if self.failures >= self.settings.max_failures {
-            return self.close(format!("{reply}* BYE Too many authentication failures\r\n").as_bytes());
+            return self
+                .close(format!("{reply}* BYE Too many authentication failures\r\n").as_bytes());
         }
         self.state = State::Command;
         Action::Write(reply.into_bytes())

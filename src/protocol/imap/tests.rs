@@ -29,7 +29,10 @@ fn feed(machine: &mut PreAuth, input: &[u8]) -> Vec<Action> {
         match machine.next_action() {
             Action::NeedInput => return out,
             action => {
-                let stop = matches!(action, Action::Close(_) | Action::Login(_) | Action::StartTls(_));
+                let stop = matches!(
+                    action,
+                    Action::Close(_) | Action::Login(_) | Action::StartTls(_)
+                );
                 out.push(action);
                 if stop {
                     return out;
@@ -43,7 +46,9 @@ fn written(actions: &[Action]) -> String {
     actions
         .iter()
         .map(|a| match a {
-            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => String::from_utf8_lossy(b).into_owned(),
+            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
+                String::from_utf8_lossy(b).into_owned()
+            }
             Action::Login(LoginRequest { tag, .. }) => format!("<login {tag}>"),
             Action::NeedInput => String::new(),
         })
@@ -52,7 +57,9 @@ fn written(actions: &[Action]) -> String {
 
 fn login_of(actions: &[Action]) -> (&str, &str, &[u8]) {
     match actions.last() {
-        Some(Action::Login(LoginRequest { tag, credentials })) => (tag, &credentials.login, credentials.secret.expose()),
+        Some(Action::Login(LoginRequest { tag, credentials })) => {
+            (tag, &credentials.login, credentials.secret.expose())
+        }
         other => panic!("expected a login, got {other:?}"),
     }
 }
@@ -65,7 +72,10 @@ fn greeting_advertises_what_may_be_used() {
     assert!(g.contains("AUTH=PLAIN") && !g.contains("LOGINDISABLED") && !g.contains("STARTTLS"));
     let plain = PreAuth::new(plaintext());
     let g = String::from_utf8(plain.greeting()).unwrap();
-    assert!(g.contains("STARTTLS") && g.contains("LOGINDISABLED") && !g.contains("AUTH="), "{g}");
+    assert!(
+        g.contains("STARTTLS") && g.contains("LOGINDISABLED") && !g.contains("AUTH="),
+        "{g}"
+    );
 }
 
 #[test]
@@ -74,10 +84,16 @@ fn rfc3501_examples_capability_noop_logout() {
     let out = written(&feed(&mut m, b"abcd CAPABILITY\r\n"));
     assert!(out.starts_with("* CAPABILITY IMAP4rev1"), "{out}");
     assert!(out.ends_with("abcd OK CAPABILITY completed\r\n"));
-    assert_eq!(written(&feed(&mut m, b"a002 NOOP\r\n")), "a002 OK NOOP completed\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"a002 NOOP\r\n")),
+        "a002 OK NOOP completed\r\n"
+    );
     let out = feed(&mut m, b"A023 LOGOUT\r\n");
     assert!(matches!(out.last(), Some(Action::Close(_))));
-    assert_eq!(written(&out), "* BYE Logging out\r\nA023 OK LOGOUT completed\r\n");
+    assert_eq!(
+        written(&out),
+        "* BYE Logging out\r\nA023 OK LOGOUT completed\r\n"
+    );
 }
 
 #[test]
@@ -86,8 +102,14 @@ fn rfc3501_login_example_and_quoted_strings() {
     let out = feed(&mut m, b"a001 LOGIN SMITH SESAME\r\n");
     assert_eq!(login_of(&out), ("a001", "SMITH", &b"SESAME"[..]));
     let mut m = PreAuth::new(settings());
-    let out = feed(&mut m, b"a1 LOGIN \"alice@example.org\" \"pa ss\\\"word\"\r\n");
-    assert_eq!(login_of(&out), ("a1", "alice@example.org", &b"pa ss\"word"[..]));
+    let out = feed(
+        &mut m,
+        b"a1 LOGIN \"alice@example.org\" \"pa ss\\\"word\"\r\n",
+    );
+    assert_eq!(
+        login_of(&out),
+        ("a1", "alice@example.org", &b"pa ss\"word"[..])
+    );
 }
 
 #[test]
@@ -109,10 +131,16 @@ fn literals_get_a_continuation_and_arrive_whole() {
 fn authenticate_plain_with_initial_response_and_with_continuation() {
     // RFC 4616 example message, RFC 4959 SASL-IR form.
     let mut m = PreAuth::new(settings());
-    let out = feed(&mut m, b"a1 AUTHENTICATE PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
+    let out = feed(
+        &mut m,
+        b"a1 AUTHENTICATE PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n",
+    );
     assert_eq!(login_of(&out), ("a1", "tim", &b"tanstaaftanstaaf"[..]));
     let mut m = PreAuth::new(settings());
-    assert_eq!(written(&feed(&mut m, b"a2 AUTHENTICATE PLAIN\r\n")), "+ \r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"a2 AUTHENTICATE PLAIN\r\n")),
+        "+ \r\n"
+    );
     let out = feed(&mut m, b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
     assert_eq!(login_of(&out), ("a2", "tim", &b"tanstaaftanstaaf"[..]));
 }
@@ -121,14 +149,23 @@ fn authenticate_plain_with_initial_response_and_with_continuation() {
 fn sasl_errors_are_bad_and_leave_the_connection_usable() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"a1 AUTHENTICATE PLAIN\r\n");
-    assert_eq!(written(&feed(&mut m, b"*\r\n")), "a1 BAD Authentication cancelled\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"*\r\n")),
+        "a1 BAD Authentication cancelled\r\n"
+    );
     feed(&mut m, b"a2 AUTHENTICATE PLAIN\r\n");
     let out = written(&feed(&mut m, b"!!notbase64\r\n"));
     assert!(out.starts_with("a2 BAD"), "{out}");
     // NUL inside a field (four fields), authzid for someone else, non-UTF-8 login.
     for ir in ["AGEAYgBj", "Ym9iAGFsaWNlAHB3", "AP/+AHB3"] {
-        let out = written(&feed(&mut m, format!("a3 AUTHENTICATE PLAIN {ir}\r\n").as_bytes()));
-        assert!(out.starts_with("a3 BAD Invalid SASL PLAIN response"), "{ir}: {out}");
+        let out = written(&feed(
+            &mut m,
+            format!("a3 AUTHENTICATE PLAIN {ir}\r\n").as_bytes(),
+        ));
+        assert!(
+            out.starts_with("a3 BAD Invalid SASL PLAIN response"),
+            "{ir}: {out}"
+        );
     }
     let out = written(&feed(&mut m, b"a4 AUTHENTICATE CRAM-MD5\r\n"));
     assert_eq!(out, "a4 NO Unsupported authentication mechanism\r\n");
@@ -164,7 +201,10 @@ fn before_tls_login_is_refused_and_starttls_discards_buffered_plaintext() {
     assert!(!m.capabilities().contains("STARTTLS"));
     // The injected LOGIN is gone: nothing happens until the client speaks over TLS.
     assert!(feed(&mut m, b"").is_empty());
-    assert_eq!(written(&feed(&mut m, b"a5 STARTTLS\r\n")), "a5 BAD STARTTLS is not available\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"a5 STARTTLS\r\n")),
+        "a5 BAD STARTTLS is not available\r\n"
+    );
 }
 
 #[test]
@@ -173,7 +213,10 @@ fn too_long_literals_are_refused() {
     // A synchronizing literal announced at 4 GiB - 1: refused, the client sends no data.
     let out = written(&feed(&mut m, b"a1 LOGIN {4294967295}\r\n"));
     assert_eq!(out, "a1 BAD [TOOBIG] Literal too long\r\n");
-    assert_eq!(written(&feed(&mut m, b"a2 NOOP\r\n")), "a2 OK NOOP completed\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"a2 NOOP\r\n")),
+        "a2 OK NOOP completed\r\n"
+    );
     // Past u32: not a literal at all, just a bad command.
     let out = written(&feed(&mut m, b"a3 LOGIN {4294967296}\r\n"));
     assert!(out.starts_with("a3 BAD"), "{out}");
@@ -200,9 +243,18 @@ fn an_endless_line_is_cut_off() {
 #[test]
 fn garbage_and_commands_before_login_count_towards_the_limit() {
     let mut m = PreAuth::new(settings());
-    assert_eq!(written(&feed(&mut m, b"a1 SELECT INBOX\r\n")), "a1 BAD Log in first\r\n");
-    assert_eq!(written(&feed(&mut m, b"\x00\x01\x02\r\n")), "* BAD Invalid command\r\n");
-    assert_eq!(written(&feed(&mut m, b"a2 FOO\r\n")), "a2 BAD Invalid command\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"a1 SELECT INBOX\r\n")),
+        "a1 BAD Log in first\r\n"
+    );
+    assert_eq!(
+        written(&feed(&mut m, b"\x00\x01\x02\r\n")),
+        "* BAD Invalid command\r\n"
+    );
+    assert_eq!(
+        written(&feed(&mut m, b"a2 FOO\r\n")),
+        "a2 BAD Invalid command\r\n"
+    );
     for i in 3..=7 {
         feed(&mut m, format!("a{i} FOO\r\n").as_bytes());
     }
@@ -219,7 +271,9 @@ fn failures_close_after_the_limit_with_one_reply_for_all() {
         assert_eq!(login_of(&out).0, format!("t{i}"));
         let reply = m.login_rejected(&format!("t{i}"));
         let text = written(std::slice::from_ref(&reply));
-        assert!(text.starts_with(&format!("t{i} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")));
+        assert!(text.starts_with(&format!(
+            "t{i} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+        )));
         assert_eq!(matches!(reply, Action::Close(_)), i == 3);
     }
 }
@@ -230,15 +284,24 @@ fn unavailable_is_a_temporary_failure() {
     feed(&mut m, b"t1 LOGIN alice pw\r\n");
     let text = written(&[m.login_unavailable("t1")]);
     assert!(text.starts_with("t1 NO [UNAVAILABLE]"), "{text}");
-    assert_eq!(written(&feed(&mut m, b"t2 NOOP\r\n")), "t2 OK NOOP completed\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"t2 NOOP\r\n")),
+        "t2 OK NOOP completed\r\n"
+    );
 }
 
 #[test]
 fn pipelined_commands_after_login_go_to_the_backend() {
     let mut m = PreAuth::new(settings());
-    let out = feed(&mut m, b"a1 LOGIN alice pw\r\na2 SELECT INBOX\r\na3 FETCH 1 (BODY[])\r\na4 APP");
+    let out = feed(
+        &mut m,
+        b"a1 LOGIN alice pw\r\na2 SELECT INBOX\r\na3 FETCH 1 (BODY[])\r\na4 APP",
+    );
     assert_eq!(login_of(&out).0, "a1");
     let (reply, leftover) = m.login_accepted("a1", "IMAP4rev1 IDLE");
     assert_eq!(reply, b"a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
-    assert_eq!(leftover, b"a2 SELECT INBOX\r\na3 FETCH 1 (BODY[])\r\na4 APP");
+    assert_eq!(
+        leftover,
+        b"a2 SELECT INBOX\r\na3 FETCH 1 (BODY[])\r\na4 APP"
+    );
 }

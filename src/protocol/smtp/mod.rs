@@ -117,13 +117,15 @@ impl PreAuth {
                 let outcome = sasl_line(&line).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
                 self.credentials_or_error(outcome)
             }
-            State::AuthLoginUser => match sasl_line(&line).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
-                Ok(login) => {
-                    self.state = State::AuthLoginPassword(login);
-                    Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
+            State::AuthLoginUser => {
+                match sasl_line(&line).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
+                    Ok(login) => {
+                        self.state = State::AuthLoginPassword(login);
+                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
+                    }
+                    Err(e) => self.sasl_error(e),
                 }
-                Err(e) => self.sasl_error(e),
-            },
+            }
             State::AuthLoginPassword(login) => {
                 let outcome = sasl_line(&line)
                     .and_then(|b| Ok(sasl::parse_password_field(&b)?))
@@ -182,7 +184,10 @@ impl PreAuth {
         let mut lines = vec![self.settings.hostname.clone()];
         for ext in &self.settings.backend_extensions {
             let keyword = ext.split(' ').next().unwrap_or("").to_ascii_uppercase();
-            if !HIDDEN.contains(&keyword.as_str()) && !keyword.starts_with("AUTH=") && !keyword.is_empty() {
+            if !HIDDEN.contains(&keyword.as_str())
+                && !keyword.starts_with("AUTH=")
+                && !keyword.is_empty()
+            {
                 lines.push(ext.clone());
             }
         }
@@ -221,20 +226,23 @@ impl PreAuth {
                 Action::Write(b"334 \r\n".to_vec())
             }
             ("PLAIN", Some(ir)) => {
-                let outcome = sasl_line(ir.as_bytes()).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
+                let outcome =
+                    sasl_line(ir.as_bytes()).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
                 self.credentials_or_error(outcome)
             }
             ("LOGIN", None) => {
                 self.state = State::AuthLoginUser;
                 Action::Write(b"334 VXNlcm5hbWU6\r\n".to_vec())
             }
-            ("LOGIN", Some(ir)) => match sasl_line(ir.as_bytes()).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
-                Ok(login) => {
-                    self.state = State::AuthLoginPassword(login);
-                    Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
+            ("LOGIN", Some(ir)) => {
+                match sasl_line(ir.as_bytes()).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
+                    Ok(login) => {
+                        self.state = State::AuthLoginPassword(login);
+                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
+                    }
+                    Err(e) => self.sasl_error(e),
                 }
-                Err(e) => self.sasl_error(e),
-            },
+            }
             ("", _) => self.bad("501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
             _ => self.bad("504 5.5.4 Unrecognized authentication type"),
         }
@@ -256,15 +264,21 @@ impl PreAuth {
     fn sasl_error(&mut self, e: ResponseError) -> Action {
         match e {
             ResponseError::Cancelled => self.bad("501 5.0.0 Authentication cancelled"),
-            ResponseError::Sasl(sasl::SaslError::Base64) => self.bad("501 5.5.2 Invalid base64 data"),
-            ResponseError::Sasl(e) => self.bad(&format!("501 5.5.2 Invalid authentication data: {e}")),
+            ResponseError::Sasl(sasl::SaslError::Base64) => {
+                self.bad("501 5.5.2 Invalid base64 data")
+            }
+            ResponseError::Sasl(e) => {
+                self.bad(&format!("501 5.5.2 Invalid authentication data: {e}"))
+            }
         }
     }
 
     fn bad(&mut self, reply: &str) -> Action {
         self.bad_commands += 1;
         if self.bad_commands > self.settings.max_bad_commands {
-            return self.close(&format!("{reply}\r\n421 4.7.0 Too many errors, closing connection\r\n"));
+            return self.close(&format!(
+                "{reply}\r\n421 4.7.0 Too many errors, closing connection\r\n"
+            ));
         }
         Action::Write(format!("{reply}\r\n").into_bytes())
     }
@@ -279,7 +293,9 @@ impl PreAuth {
         self.failures += 1;
         let reply = "535 5.7.8 Authentication credentials invalid\r\n";
         if self.failures >= self.settings.max_failures {
-            return self.close(&format!("{reply}421 4.7.0 Too many authentication failures\r\n"));
+            return self.close(&format!(
+                "{reply}421 4.7.0 Too many authentication failures\r\n"
+            ));
         }
         self.state = State::Command;
         Action::Write(reply.as_bytes().to_vec())
@@ -294,7 +310,10 @@ impl PreAuth {
     /// The login succeeded: the reply, and what the client sent after AUTH (pipelined), which
     /// is the backend's now.
     pub fn login_accepted(self) -> (Vec<u8>, Vec<u8>) {
-        (b"235 2.7.0 Authentication successful\r\n".to_vec(), self.buffer)
+        (
+            b"235 2.7.0 Authentication successful\r\n".to_vec(),
+            self.buffer,
+        )
     }
 }
 

@@ -43,7 +43,9 @@ fn text(actions: &[Action]) -> String {
     actions
         .iter()
         .map(|a| match a {
-            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => String::from_utf8_lossy(b).into_owned(),
+            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
+                String::from_utf8_lossy(b).into_owned()
+            }
             Action::Login(LoginRequest { credentials: c, .. }) => format!("<login {}>", c.login),
             Action::NeedInput => String::new(),
         })
@@ -71,22 +73,47 @@ fn ehlo_offers_the_backend_extensions_and_our_auth() {
 
 #[test]
 fn before_tls_auth_is_neither_offered_nor_accepted() {
-    let mut m = PreAuth::new(Settings { tls: false, starttls: true, ..settings() });
+    let mut m = PreAuth::new(Settings {
+        tls: false,
+        starttls: true,
+        ..settings()
+    });
     let reply = text(&feed(&mut m, b"EHLO c\r\n"));
-    assert!(reply.contains("250-STARTTLS\r\n") || reply.ends_with("250 STARTTLS\r\n"), "{reply}");
+    assert!(
+        reply.contains("250-STARTTLS\r\n") || reply.ends_with("250 STARTTLS\r\n"),
+        "{reply}"
+    );
     assert!(!reply.contains("AUTH"), "{reply}");
-    let reply = text(&feed(&mut m, b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n"));
+    let reply = text(&feed(
+        &mut m,
+        b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n",
+    ));
     assert_eq!(reply, "530 5.7.0 Must issue a STARTTLS command first\r\n");
-    assert_eq!(text(&feed(&mut m, b"MAIL FROM:<a@b>\r\n")), "530 5.7.0 Authentication required\r\n");
+    assert_eq!(
+        text(&feed(&mut m, b"MAIL FROM:<a@b>\r\n")),
+        "530 5.7.0 Authentication required\r\n"
+    );
     // STARTTLS with an injected command in the same packet: the command is discarded.
-    let out = feed(&mut m, b"STARTTLS\r\nAUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
+    let out = feed(
+        &mut m,
+        b"STARTTLS\r\nAUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n",
+    );
     assert!(matches!(out.last(), Some(Action::StartTls(_))));
     m.tls_started();
     assert!(feed(&mut m, b"").is_empty());
     // EHLO again is required after TLS.
-    assert_eq!(text(&feed(&mut m, b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n")), "503 5.5.1 Send EHLO first\r\n");
+    assert_eq!(
+        text(&feed(
+            &mut m,
+            b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n"
+        )),
+        "503 5.5.1 Send EHLO first\r\n"
+    );
     let reply = text(&feed(&mut m, b"EHLO c\r\n"));
-    assert!(reply.ends_with("250 AUTH PLAIN LOGIN\r\n") && !reply.contains("STARTTLS"), "{reply}");
+    assert!(
+        reply.ends_with("250 AUTH PLAIN LOGIN\r\n") && !reply.contains("STARTTLS"),
+        "{reply}"
+    );
 }
 
 #[test]
@@ -107,30 +134,54 @@ fn auth_plain_with_and_without_initial_response() {
 fn auth_login_both_ways() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
-    assert_eq!(text(&feed(&mut m, b"AUTH LOGIN\r\n")), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        text(&feed(&mut m, b"AUTH LOGIN\r\n")),
+        "334 VXNlcm5hbWU6\r\n"
+    );
     assert_eq!(text(&feed(&mut m, b"YWxpY2U=\r\n")), "334 UGFzc3dvcmQ6\r\n");
     let out = feed(&mut m, b"c2VjcmV0\r\n");
     assert_eq!(login(&out), ("alice", &b"secret"[..]));
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
-    assert_eq!(text(&feed(&mut m, b"auth login YWxpY2U=\r\n")), "334 UGFzc3dvcmQ6\r\n");
-    assert_eq!(login(&feed(&mut m, b"c2VjcmV0\r\n")), ("alice", &b"secret"[..]));
+    assert_eq!(
+        text(&feed(&mut m, b"auth login YWxpY2U=\r\n")),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    assert_eq!(
+        login(&feed(&mut m, b"c2VjcmV0\r\n")),
+        ("alice", &b"secret"[..])
+    );
 }
 
 #[test]
 fn sasl_errors() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
-    assert_eq!(text(&feed(&mut m, b"AUTH PLAIN %%%%\r\n")), "501 5.5.2 Invalid base64 data\r\n");
+    assert_eq!(
+        text(&feed(&mut m, b"AUTH PLAIN %%%%\r\n")),
+        "501 5.5.2 Invalid base64 data\r\n"
+    );
     feed(&mut m, b"AUTH PLAIN\r\n");
-    assert_eq!(text(&feed(&mut m, b"*\r\n")), "501 5.0.0 Authentication cancelled\r\n");
+    assert_eq!(
+        text(&feed(&mut m, b"*\r\n")),
+        "501 5.0.0 Authentication cancelled\r\n"
+    );
     // NUL inside a field, empty response, another user's authzid, non-UTF-8 login.
     for ir in ["AGEAYgBj", "=", "Ym9iAGFsaWNlAHB3", "AP/+AHB3"] {
         let reply = text(&feed(&mut m, format!("AUTH PLAIN {ir}\r\n").as_bytes()));
-        assert!(reply.starts_with("501 5.5.2 Invalid authentication data"), "{ir}: {reply}");
+        assert!(
+            reply.starts_with("501 5.5.2 Invalid authentication data"),
+            "{ir}: {reply}"
+        );
     }
-    assert_eq!(text(&feed(&mut m, b"AUTH CRAM-MD5\r\n")), "504 5.5.4 Unrecognized authentication type\r\n");
-    assert_eq!(login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n")), ("a", &b"b"[..]));
+    assert_eq!(
+        text(&feed(&mut m, b"AUTH CRAM-MD5\r\n")),
+        "504 5.5.4 Unrecognized authentication type\r\n"
+    );
+    assert_eq!(
+        login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n")),
+        ("a", &b"b"[..])
+    );
 }
 
 #[test]
@@ -139,11 +190,26 @@ fn session_commands_and_errors() {
     assert_eq!(text(&feed(&mut m, b"HELO c\r\n")), "250 gw.test\r\n");
     assert_eq!(text(&feed(&mut m, b"NOOP\r\n")), "250 2.0.0 OK\r\n");
     assert_eq!(text(&feed(&mut m, b"RSET\r\n")), "250 2.0.0 OK\r\n");
-    assert_eq!(text(&feed(&mut m, b"EHLO\r\n")), "501 5.5.4 Syntax: EHLO domain\r\n");
-    assert_eq!(text(&feed(&mut m, b"FOO\r\n")), "500 5.5.2 Command not recognized\r\n");
-    assert_eq!(text(&feed(&mut m, b"NO\0OP\r\n")), "500 5.5.2 Syntax error: control characters\r\n");
-    assert_eq!(text(&feed(&mut m, b"\xff\xfe\r\n")), "500 5.5.2 Syntax error: not UTF-8\r\n");
-    assert_eq!(text(&feed(&mut m, b"STARTTLS\r\n")), "502 5.5.1 STARTTLS not available\r\n");
+    assert_eq!(
+        text(&feed(&mut m, b"EHLO\r\n")),
+        "501 5.5.4 Syntax: EHLO domain\r\n"
+    );
+    assert_eq!(
+        text(&feed(&mut m, b"FOO\r\n")),
+        "500 5.5.2 Command not recognized\r\n"
+    );
+    assert_eq!(
+        text(&feed(&mut m, b"NO\0OP\r\n")),
+        "500 5.5.2 Syntax error: control characters\r\n"
+    );
+    assert_eq!(
+        text(&feed(&mut m, b"\xff\xfe\r\n")),
+        "500 5.5.2 Syntax error: not UTF-8\r\n"
+    );
+    assert_eq!(
+        text(&feed(&mut m, b"STARTTLS\r\n")),
+        "502 5.5.1 STARTTLS not available\r\n"
+    );
     let out = feed(&mut m, b"QUIT\r\n");
     assert!(matches!(out.last(), Some(Action::Close(_))));
     assert_eq!(text(&out), "221 2.0.0 Bye\r\n");
@@ -186,8 +252,14 @@ fn unavailable_then_success_hands_over_pipelined_bytes() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n"));
-    assert_eq!(text(&[m.login_unavailable("")]), "454 4.7.0 Temporary authentication failure, try again later\r\n");
-    login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"));
+    assert_eq!(
+        text(&[m.login_unavailable("")]),
+        "454 4.7.0 Temporary authentication failure, try again later\r\n"
+    );
+    login(&feed(
+        &mut m,
+        b"AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n",
+    ));
     let (reply, leftover) = m.login_accepted();
     assert_eq!(reply, b"235 2.7.0 Authentication successful\r\n");
     assert_eq!(leftover, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
@@ -195,9 +267,17 @@ fn unavailable_then_success_hands_over_pipelined_bytes() {
 
 #[test]
 fn backend_ehlo_keywords() {
-    let lines: Vec<String> = ["250-mx.example", "250-PIPELINING", "250-SIZE 100", "250 AUTH PLAIN"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(parse_ehlo_keywords(&lines), vec!["PIPELINING", "SIZE 100", "AUTH PLAIN"]);
+    let lines: Vec<String> = [
+        "250-mx.example",
+        "250-PIPELINING",
+        "250-SIZE 100",
+        "250 AUTH PLAIN",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(
+        parse_ehlo_keywords(&lines),
+        vec!["PIPELINING", "SIZE 100", "AUTH PLAIN"]
+    );
 }
