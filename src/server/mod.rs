@@ -138,26 +138,34 @@ impl Gateway {
             }
         });
 
+        // Learn each submission backend's extensions before the first client asks; a backend
+        // that is down now is learned from the first login that reaches it.
+        let mut smtp_extensions: HashMap<String, Arc<RwLock<Vec<String>>>> = HashMap::new();
+        let mut probes = tokio::task::JoinSet::new();
+        for (_, listener, backend) in &bound {
+            if listener.protocol == ListenerProtocol::Submission
+                && !smtp_extensions.contains_key(&backend.name)
+            {
+                let cache = Arc::new(RwLock::new(Vec::new()));
+                smtp_extensions.insert(backend.name.clone(), cache.clone());
+                probes.spawn(probe(backend.clone(), shared.hostname.clone(), cache));
+            }
+        }
+        let _ = tokio::time::timeout(PROBE_WAIT, probes.join_all()).await;
+
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let tracker = TaskTracker::new();
         let mut local_addrs = Vec::new();
-        let mut smtp_probes: HashMap<String, Arc<RwLock<Vec<String>>>> = HashMap::new();
         for (socket, listener, backend) in bound {
             let local = socket.local_addr().map_err(|source| StartError::Bind {
                 address: listener.address,
                 source,
             })?;
             local_addrs.push(local);
-            let smtp_extensions = smtp_probes
-                .entry(backend.name.clone())
-                .or_insert_with(|| {
-                    let cache = Arc::new(RwLock::new(Vec::new()));
-                    if listener.protocol == ListenerProtocol::Submission {
-                        spawn_probe(backend.clone(), shared.hostname.clone(), cache.clone());
-                    }
-                    cache
-                })
-                .clone();
+            let smtp_extensions = smtp_extensions
+                .get(&backend.name)
+                .cloned()
+                .unwrap_or_default();
             let context = Arc::new(ListenerContext {
                 config: listener.clone(),
                 backend,
@@ -201,19 +209,20 @@ impl Gateway {
     }
 }
 
-fn spawn_probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<String>>>) {
-    tokio::spawn(async move {
-        match crate::upstream::smtp::probe_extensions(&backend, &hostname).await {
-            Ok(extensions) => {
-                if let Ok(mut slot) = cache.write() {
-                    *slot = extensions;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(backend = %backend.name, error = %e, "could not learn the backend's SMTP extensions yet")
+/// How long start-up waits for the submission backends to tell their extensions.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+async fn probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<String>>>) {
+    match crate::upstream::smtp::probe_extensions(&backend, &hostname).await {
+        Ok(extensions) => {
+            if let Ok(mut slot) = cache.write() {
+                *slot = extensions;
             }
         }
-    });
+        Err(e) => {
+            tracing::warn!(backend = %backend.name, error = %e, "could not learn the backend's SMTP extensions yet")
+        }
+    }
 }
 
 async fn accept_loop(

@@ -159,13 +159,24 @@ impl Drop for SmtpSink {
 pub struct Dovecot {
     child: Child,
     pub imap_port: u16,
+    /// Implicit-TLS IMAP, when started with a certificate (for direct-login baselines).
+    pub imaps_port: Option<u16>,
     pub submission_port: u16,
     pub dir: tempfile::TempDir,
     log: PathBuf,
 }
 
+/// The password every Dovecot test user has for direct logins (behind the gateway the master
+/// user is used instead).
+pub const USER_PASSWORD: &str = "not-used-behind-the-gateway";
+
 impl Dovecot {
     pub fn start(relay_port: u16, users: &[&str]) -> Self {
+        Self::start_with_tls(relay_port, users, None)
+    }
+
+    /// Also serves implicit-TLS IMAP with `cert` and `key` (PEM).
+    pub fn start_with_tls(relay_port: u16, users: &[&str], tls: Option<(&Path, &Path)>) -> Self {
         require(
             "dovecot",
             "apt-get install dovecot-imapd dovecot-submissiond",
@@ -185,7 +196,7 @@ impl Dovecot {
         .expect("write");
         let users_file: String = users
             .iter()
-            .map(|u| format!("{u}:{{PLAIN}}not-used-behind-the-gateway\n"))
+            .map(|u| format!("{u}:{{PLAIN}}{USER_PASSWORD}\n"))
             .collect();
         std::fs::write(root.join("users"), users_file).expect("write");
         let name = root
@@ -193,6 +204,18 @@ impl Dovecot {
             .and_then(|n| n.to_str())
             .unwrap_or("t")
             .replace('.', "");
+        let imaps_port = tls.map(|_| free_port());
+        let (ssl, imaps) = match (tls, imaps_port) {
+            (Some((cert, key)), Some(port)) => (
+                format!(
+                    "ssl = yes\nssl_cert = <{}\nssl_key = <{}",
+                    cert.display(),
+                    key.display()
+                ),
+                format!("address = 127.0.0.1\n    port = {port}"),
+            ),
+            _ => ("ssl = no".to_owned(), "port = 0".to_owned()),
+        };
         let conf = format!(
             r#"protocols = imap submission
 listen = 127.0.0.1
@@ -200,7 +223,7 @@ base_dir = {root}/run
 state_dir = {root}/run/state
 instance_name = portcullis-test-{name}
 log_path = /dev/stderr
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_master_user_separator = *
@@ -230,7 +253,7 @@ service imap-login {{
     port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 }}
 service submission-login {{
@@ -259,9 +282,13 @@ hostname = dovecot.test
             .expect("start dovecot");
         wait_for_port(imap_port, "dovecot", &mut child, &log);
         wait_for_port(submission_port, "dovecot submission", &mut child, &log);
+        if let Some(port) = imaps_port {
+            wait_for_port(port, "dovecot imaps", &mut child, &log);
+        }
         Self {
             child,
             imap_port,
+            imaps_port,
             submission_port,
             dir,
             log,
@@ -300,6 +327,8 @@ pub struct Options {
     pub login_timeout_secs: u64,
     pub backend_timeout_secs: u64,
     pub extra: String,
+    /// RUST_LOG for the gateway.
+    pub log_filter: &'static str,
 }
 
 impl Default for Options {
@@ -310,6 +339,7 @@ impl Default for Options {
             login_timeout_secs: 30,
             backend_timeout_secs: 5,
             extra: String::new(),
+            log_filter: "info,portcullis=debug",
         }
     }
 }
@@ -431,16 +461,16 @@ timeout_secs = {backend_timeout}
             "dev-cert failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        gateway.spawn();
+        gateway.spawn(options.log_filter);
         gateway
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, log_filter: &str) {
         let mut child = Command::new(binary())
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
-            .env("RUST_LOG", "info,portcullis=debug")
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
