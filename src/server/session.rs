@@ -82,24 +82,24 @@ impl<'a> Session<'a> {
         machine: &mut dyn PreAuth,
         greet: bool,
     ) -> PreAuthEnd {
-        if greet && !write(&mut stream, &machine.greeting()).await {
+        if greet && !self.write(&mut stream, &machine.greeting()).await {
             return PreAuthEnd::Closed;
         }
         let mut buffer = vec![0u8; 4096];
         loop {
             match machine.next_action() {
                 Action::Write(bytes) => {
-                    if !write(&mut stream, &bytes).await {
+                    if !self.write(&mut stream, &bytes).await {
                         return PreAuthEnd::Closed;
                     }
                 }
                 Action::Close(bytes) => {
-                    let _ = write(&mut stream, &bytes).await;
+                    let _ = self.write(&mut stream, &bytes).await;
                     let _ = stream.shutdown().await;
                     return PreAuthEnd::Closed;
                 }
                 Action::StartTls(bytes) => {
-                    if !write(&mut stream, &bytes).await {
+                    if !self.write(&mut stream, &bytes).await {
                         return PreAuthEnd::Closed;
                     }
                     let Some(tcp) = stream.into_plain() else {
@@ -121,7 +121,7 @@ impl<'a> Session<'a> {
                                 Action::Write(bytes) => (bytes, false),
                                 _ => (Vec::new(), true),
                             };
-                            if !write(&mut stream, &bytes).await || close {
+                            if !self.write(&mut stream, &bytes).await || close {
                                 let _ = stream.shutdown().await;
                                 return PreAuthEnd::Closed;
                             }
@@ -132,7 +132,7 @@ impl<'a> Session<'a> {
                     let shutdown = &self.context.shared.shutdown;
                     let read = tokio::select! {
                         () = shutdown.cancelled() => {
-                            let _ = write(&mut stream, machine.shutdown_goodbye()).await;
+                            let _ = self.write(&mut stream, machine.shutdown_goodbye()).await;
                             return PreAuthEnd::Closed;
                         }
                         read = tokio::time::timeout_at(self.deadline, stream.read(&mut buffer)) => read,
@@ -142,7 +142,9 @@ impl<'a> Session<'a> {
                         Ok(Ok(n)) => machine.enqueue(&buffer[..n]),
                         Err(_) => {
                             tracing::debug!("login deadline passed");
-                            let _ = write(&mut stream, machine.timeout_goodbye()).await;
+                            // The deadline has passed, so the goodbye gets a moment of its own.
+                            let goodbye = write(&mut stream, machine.timeout_goodbye());
+                            let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
                             let _ = stream.shutdown().await;
                             return PreAuthEnd::Closed;
                         }
@@ -150,6 +152,15 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Writes before login, bounded by the login deadline: a client that does not read cannot
+    /// hold a connection past it.
+    async fn write(&self, stream: &mut Stream, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout_at(self.deadline, write(stream, bytes)).await,
+            Ok(true)
+        )
     }
 
     /// The credential check. A refusal is answered `failure_delay` after the request arrived,
@@ -206,7 +217,7 @@ impl Session<'_> {
     ) -> bool {
         tracing::warn!(error = %error, backend = %self.context.backend.name, "backend login failed");
         match machine.login_unavailable(tag) {
-            Action::Write(reply) => write(stream, &reply).await,
+            Action::Write(reply) => self.write(stream, &reply).await,
             _ => false,
         }
     }

@@ -147,8 +147,13 @@ pub async fn relay(
             read = client.read(&mut from_client) => match read {
                 Ok(0) => return RelayEnd::ClientClosed,
                 Ok(n) => {
-                    if backend.write_all(&from_client[..n]).await.is_err() {
-                        return RelayEnd::BackendError;
+                    // A peer that stops reading must not hold off revocation or shutdown.
+                    tokio::select! {
+                        written = backend.write_all(&from_client[..n]) => if written.is_err() {
+                            return RelayEnd::BackendError;
+                        },
+                        () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
+                        () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
                     }
                     deadline = Instant::now() + idle;
                 }
@@ -158,8 +163,12 @@ pub async fn relay(
                 Ok(0) => return RelayEnd::BackendClosed,
                 Ok(n) => {
                     boundary.observe(&from_backend[..n]);
-                    if client.write_all(&from_backend[..n]).await.is_err() {
-                        return RelayEnd::ClientError;
+                    tokio::select! {
+                        written = client.write_all(&from_backend[..n]) => if written.is_err() {
+                            return RelayEnd::ClientError;
+                        },
+                        () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
+                        () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
                     }
                     deadline = Instant::now() + idle;
                 }
@@ -221,6 +230,92 @@ mod tests {
         assert!(b.at_boundary());
         b.observe(b"* OK partial");
         assert!(!b.at_boundary());
+    }
+
+    /// A client that stops reading while the backend keeps sending must not keep a revoked
+    /// session alive: the relay is blocked in a write when the revocation comes.
+    #[tokio::test]
+    async fn revocation_cuts_a_session_blocked_on_a_client_that_does_not_read() {
+        use std::net::{IpAddr, Ipv4Addr};
+
+        use tokio::net::{TcpListener, TcpStream};
+
+        use crate::credentials::hashing::{app_password_digest, generate_app_password};
+        use crate::credentials::index::{CredentialIndex, IndexSettings};
+        use crate::credentials::{Login, Protocol, Service};
+        use crate::store::Store;
+
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let login = Login::parse("alice@example.org", None).unwrap();
+        let account = store.create_account(&login, "x").await.unwrap();
+        let secret = generate_app_password();
+        let id = store
+            .create_app_password(&login, Service::Mail, "t", &app_password_digest(&secret))
+            .await
+            .unwrap();
+        let settings = IndexSettings {
+            default_domain: None,
+            cache_capacity: 10,
+            cache_idle: Duration::from_secs(60),
+            hash_concurrency: 1,
+        };
+        let index = CredentialIndex::new(store.clone(), &settings);
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let grant = index
+            .authenticate(Service::Mail, Protocol::Imap, login.as_str(), &secret, peer)
+            .await
+            .unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _stalled_client = TcpStream::connect(addr).await.unwrap();
+        let (gateway_client, _) = listener.accept().await.unwrap();
+        let mut backend_side = TcpStream::connect(addr).await.unwrap();
+        let (gateway_backend, _) = listener.accept().await.unwrap();
+
+        let relay_task = tokio::spawn(async move {
+            let mut client = Stream::Plain(gateway_client);
+            let mut backend = Stream::Plain(gateway_backend);
+            let goodbyes = Goodbyes {
+                revoked: b"* BYE\r\n",
+                shutdown: b"* BYE\r\n",
+            };
+            let shutdown = CancellationToken::new();
+            relay(
+                &mut client,
+                &mut backend,
+                &grant,
+                &mut ImapBoundary::default(),
+                &goodbyes,
+                Duration::from_secs(60),
+                &shutdown,
+            )
+            .await
+        });
+        // Far more than the socket buffers hold: the relay ends up blocked writing to the client.
+        let flood = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..1000 {
+                if backend_side.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!relay_task.is_finished());
+        store.revoke_app_password(&login, id).await.unwrap();
+        index.refresh_account(account).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(1), relay_task)
+            .await
+            .expect("the relay was not cut")
+            .unwrap();
+        assert_eq!(
+            end,
+            RelayEnd::Revoked {
+                said_goodbye: false
+            }
+        );
+        flood.abort();
     }
 
     #[test]
