@@ -14,7 +14,7 @@
 //! same run, because these machines are shared and noisy.
 //!
 //! `cargo bench --bench login_load` (LOAD_SECS and LOAD_CLIENTS override the defaults, 5 s and
-//! 16 clients). Needs Dovecot, nginx with its mail module and aiosmtpd: scripts/setup-peers.sh.
+//! 64 clients). Needs Dovecot, nginx with its mail module and aiosmtpd: scripts/setup-peers.sh.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -49,7 +49,7 @@ fn main() {
     let clients: usize = std::env::var("LOAD_CLIENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+        .unwrap_or(64);
     require("nginx", "apt-get install nginx libnginx-mod-mail");
 
     let dir = open_tempdir();
@@ -87,8 +87,9 @@ fn main() {
         .build()
         .expect("runtime");
     let duration = Duration::from_secs(secs);
-    let client_config = {
-        let mut config = (*tls_client_config(&cert)).clone();
+    // Each front door has its own certificate (the same kind: ECDSA P-256 from rcgen).
+    let client_config = |ca: &Path| {
+        let mut config = (*tls_client_config(ca)).clone();
         config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     };
@@ -98,24 +99,28 @@ fn main() {
             dovecot.imaps_port.expect("imaps"),
             "alice@example.org",
             USER_PASSWORD.to_owned(),
+            client_config(&cert),
         ),
         (
             "portcullis -> Dovecot",
             through_dovecot.ports.imaps,
             "alice",
             secret_dovecot,
+            client_config(&through_dovecot.ca),
         ),
         (
             "nginx mail proxy -> trivial backend",
             nginx_port,
             "alice",
             "anything".to_owned(),
+            client_config(&cert),
         ),
         (
             "portcullis -> trivial backend",
             through_trivial.ports.imaps,
             "alice",
             secret_trivial,
+            client_config(&through_trivial.ca),
         ),
     ];
     println!(
@@ -126,14 +131,14 @@ fn main() {
     println!("| front door | logins/s | p50 ms | p90 ms | p99 ms | failed |");
     println!("|---|---|---|---|---|---|");
     let mut rates = Vec::new();
-    for (name, port, user, password) in &scenarios {
+    for (name, port, user, password, config) in &scenarios {
         let result = runtime.block_on(load(
             *port,
             user,
             password,
             clients,
             duration,
-            client_config.clone(),
+            config.clone(),
         ));
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
@@ -209,7 +214,13 @@ async fn load(
                 .await
                 {
                     Ok(Ok(())) => latencies.push(start.elapsed().as_secs_f64() * 1e3),
-                    _ => failed += 1,
+                    Ok(Err(e)) => {
+                        if failed == 0 {
+                            eprintln!("login cycle on port {port} failed: {e}");
+                        }
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
                 }
             }
             (latencies, failed)
@@ -248,6 +259,7 @@ async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std
         return Err(std::io::Error::other(format!("greeting {line:?}")));
     }
     stream.get_mut().write_all(login.as_bytes()).await?;
+    stream.get_mut().flush().await?;
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 {
@@ -261,6 +273,7 @@ async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std
         return Err(std::io::Error::other(format!("login refused: {line:?}")));
     }
     stream.get_mut().write_all(b"a2 LOGOUT\r\n").await?;
+    stream.get_mut().flush().await?;
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 || line.starts_with("a2 ") {

@@ -58,6 +58,9 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// PEM private key.
     pub private_key: PathBuf,
+    /// Issue TLS 1.3 resumption tickets (default false; see `tls::server_config`).
+    #[serde(default)]
+    pub session_tickets: bool,
 }
 
 /// `[auth]`: how logins are decided.

@@ -90,7 +90,11 @@ impl Gateway {
             }),
         };
         let index = Arc::new(CredentialIndex::new(store, &settings).with_use_recorder(uses));
-        let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
+        let tls = crate::tls::server_config(
+            &config.tls.certificate,
+            &config.tls.private_key,
+            config.tls.session_tickets,
+        )?;
         let shared = Arc::new(Shared {
             index: index.clone(),
             tls: TlsAcceptor::from(tls),
