@@ -124,6 +124,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::CheckConfig => {
+            // Everything `serve` would read before listening: the certificate, the key and
+            // every backend's CA and master password file.
+            crate::tls::server_config(
+                &config.tls.certificate,
+                &config.tls.private_key,
+                config.tls.session_tickets,
+            )?;
+            for (name, backend) in &config.backends {
+                crate::upstream::Backend::new(name, backend)?;
+            }
             eprintln!(
                 "{}: ok ({} listeners, {} backends)",
                 cli.config.display(),

@@ -67,6 +67,16 @@ fn cli(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, St
 fn account_and_app_password_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
+    // check-config reads what serve reads: the certificate and the master password file.
+    let (code, _, err) = cli(&cfg, &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("c.crt"), "{err}");
+    let (code, _, err) = cli(&cfg, &["dev-cert"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&cfg, &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("m.secret"), "{err}");
+    std::fs::write(dir.path().join("m.secret"), "master\n").unwrap();
     let (code, _, err) = cli(&cfg, &["check-config"], "");
     assert_eq!(code, 0, "{err}");
 
@@ -191,12 +201,28 @@ fn errors_are_clear_and_exit_non_zero() {
 
 #[test]
 fn the_example_config_checks_and_the_default_path_is_used() {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(binary())
-        .arg("check-config")
-        .current_dir(repo)
-        .output()
-        .unwrap();
+    // A working directory laid out like the repository after scripts/run's set-up.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::copy(&example, dir.path().join("config/portcullis.toml")).unwrap();
+    std::fs::write(dir.path().join("config/backend-master.secret"), "master\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("PORTCULLIS_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["dev-cert"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("certs/localhost.crt").exists());
+    let out = run(&["check-config"]);
     assert!(
         out.status.success(),
         "{}",

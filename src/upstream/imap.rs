@@ -30,14 +30,9 @@ pub async fn login(
     login: &Login,
     client: ClientInfo,
 ) -> Result<Session, BackendError> {
-    tokio::time::timeout(
-        backend.config.timeout(),
-        login_inner(backend, login, client),
-    )
-    .await
-    .map_err(|_| BackendError::Timeout {
-        address: backend.config.address.clone(),
-    })?
+    backend
+        .within_timeout(login_inner(backend, login, client))
+        .await
 }
 
 async fn login_inner(

@@ -71,6 +71,19 @@ impl Backend {
         })
     }
 
+    /// Runs a backend exchange under the backend's timeout: a silent backend is an error, not a
+    /// hang.
+    pub async fn within_timeout<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(self.config.timeout(), work)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                address: self.address(),
+            })?
+    }
+
     fn address(&self) -> String {
         self.config.address.clone()
     }

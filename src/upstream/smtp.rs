@@ -33,14 +33,9 @@ pub async fn login(
     client: ClientInfo,
     helo: &str,
 ) -> Result<Session, BackendError> {
-    tokio::time::timeout(
-        backend.config.timeout(),
-        login_inner(backend, login, client, helo),
-    )
-    .await
-    .map_err(|_| BackendError::Timeout {
-        address: backend.config.address.clone(),
-    })?
+    backend
+        .within_timeout(login_inner(backend, login, client, helo))
+        .await
 }
 
 /// Learns the backend's EHLO keywords without logging in (greeting, EHLO, QUIT).
@@ -50,11 +45,7 @@ pub async fn probe_extensions(backend: &Backend, helo: &str) -> Result<Vec<Strin
         let _ = conn.stream.write_all(b"QUIT\r\n").await;
         Ok(extensions)
     };
-    tokio::time::timeout(backend.config.timeout(), work)
-        .await
-        .map_err(|_| BackendError::Timeout {
-            address: backend.config.address.clone(),
-        })?
+    backend.within_timeout(work).await
 }
 
 async fn login_inner(

@@ -66,15 +66,6 @@ impl PreAuth {
         }
     }
 
-    /// The greeting, sent before anything is read.
-    pub fn greeting(&self) -> Vec<u8> {
-        format!(
-            "* OK [CAPABILITY {}] portcullis ready\r\n",
-            self.capabilities()
-        )
-        .into_bytes()
-    }
-
     /// Capabilities before login. Authentication is offered only where it may be used.
     pub fn capabilities(&self) -> String {
         let mut caps = String::from("IMAP4rev1 SASL-IR ID");
@@ -91,48 +82,6 @@ impl PreAuth {
 
     fn auth_allowed(&self) -> bool {
         self.settings.tls || self.settings.plaintext_auth
-    }
-
-    /// Feeds bytes read from the client.
-    pub fn enqueue(&mut self, bytes: &[u8]) {
-        self.fragmentizer.enqueue_bytes(bytes);
-    }
-
-    /// The TLS handshake finished: capabilities change and nothing from before counts.
-    pub fn tls_started(&mut self) {
-        self.settings.tls = true;
-        self.fragmentizer = new_fragmentizer(&self.settings);
-    }
-
-    /// The next thing to do. Call until it returns [`Action::NeedInput`].
-    pub fn next_action(&mut self) -> Action {
-        loop {
-            if matches!(self.state, State::Deciding | State::Closed) {
-                return Action::NeedInput;
-            }
-            let Some(fragment) = self.fragmentizer.progress() else {
-                if self.fragmentizer.is_max_message_size_exceeded() {
-                    return self.close(b"* BYE Command line too long\r\n");
-                }
-                return Action::NeedInput;
-            };
-            if let FragmentInfo::Line {
-                announcement: Some(LiteralAnnouncement { mode, length }),
-                ..
-            } = fragment
-            {
-                if let Some(action) = self.literal_announced(mode, length) {
-                    return action;
-                }
-                continue;
-            }
-            if !self.fragmentizer.is_message_complete() {
-                continue;
-            }
-            if let Some(action) = self.message_complete() {
-                return action;
-            }
-        }
     }
 
     fn literal_announced(&mut self, mode: LiteralMode, length: u32) -> Option<Action> {
@@ -319,27 +268,6 @@ impl PreAuth {
         Action::Close(bytes.to_vec())
     }
 
-    /// The login failed. The same words whatever failed; after `max_failures`, goodbye.
-    pub fn login_rejected(&mut self, tag: &str) -> Action {
-        self.failures += 1;
-        let reply = format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
-        if self.failures >= self.settings.max_failures {
-            return self
-                .close(format!("{reply}* BYE Too many authentication failures\r\n").as_bytes());
-        }
-        self.state = State::Command;
-        Action::Write(reply.into_bytes())
-    }
-
-    /// The credential check or the backend is unavailable: a temporary failure.
-    pub fn login_unavailable(&mut self, tag: &str) -> Action {
-        self.state = State::Command;
-        Action::Write(
-            format!("{tag} NO [UNAVAILABLE] Service temporarily unavailable, try again later\r\n")
-                .into_bytes(),
-        )
-    }
-
     /// The login succeeded: the reply for the client, given the backend's capabilities after
     /// login, and whatever the client sent after its login command (pipelined commands), which
     /// belongs to the backend now.
@@ -359,24 +287,78 @@ impl PreAuth {
 }
 
 impl super::PreAuth for PreAuth {
+    /// The greeting, sent before anything is read.
     fn greeting(&self) -> Vec<u8> {
-        PreAuth::greeting(self)
+        format!(
+            "* OK [CAPABILITY {}] portcullis ready\r\n",
+            self.capabilities()
+        )
+        .into_bytes()
     }
+
+    /// Feeds bytes read from the client.
     fn enqueue(&mut self, bytes: &[u8]) {
-        PreAuth::enqueue(self, bytes)
+        self.fragmentizer.enqueue_bytes(bytes);
     }
+
+    /// The next thing to do. Call until it returns [`Action::NeedInput`].
     fn next_action(&mut self) -> Action {
-        PreAuth::next_action(self)
+        loop {
+            if matches!(self.state, State::Deciding | State::Closed) {
+                return Action::NeedInput;
+            }
+            let Some(fragment) = self.fragmentizer.progress() else {
+                if self.fragmentizer.is_max_message_size_exceeded() {
+                    return self.close(b"* BYE Command line too long\r\n");
+                }
+                return Action::NeedInput;
+            };
+            if let FragmentInfo::Line {
+                announcement: Some(LiteralAnnouncement { mode, length }),
+                ..
+            } = fragment
+            {
+                if let Some(action) = self.literal_announced(mode, length) {
+                    return action;
+                }
+                continue;
+            }
+            if !self.fragmentizer.is_message_complete() {
+                continue;
+            }
+            if let Some(action) = self.message_complete() {
+                return action;
+            }
+        }
     }
+
+    /// The TLS handshake finished: capabilities change and nothing from before counts.
     fn tls_started(&mut self) {
-        PreAuth::tls_started(self)
+        self.settings.tls = true;
+        self.fragmentizer = new_fragmentizer(&self.settings);
     }
+
+    /// The login failed. The same words whatever failed; after `max_failures`, goodbye.
     fn login_rejected(&mut self, tag: &str) -> Action {
-        PreAuth::login_rejected(self, tag)
+        self.failures += 1;
+        let reply = format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+        if self.failures >= self.settings.max_failures {
+            return self
+                .close(format!("{reply}* BYE Too many authentication failures\r\n").as_bytes());
+        }
+        self.state = State::Command;
+        Action::Write(reply.into_bytes())
     }
+
+    /// The credential check or the backend is unavailable: a temporary failure.
     fn login_unavailable(&mut self, tag: &str) -> Action {
-        PreAuth::login_unavailable(self, tag)
+        self.state = State::Command;
+        Action::Write(
+            format!("{tag} NO [UNAVAILABLE] Service temporarily unavailable, try again later\r\n")
+                .into_bytes(),
+        )
     }
+
     fn timeout_goodbye(&self) -> &'static [u8] {
         b"* BYE Autologout; too long without logging in\r\n"
     }

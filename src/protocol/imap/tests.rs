@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::{Action, LoginRequest};
+use crate::protocol::{Action, LoginRequest, PreAuth as _};
 
 fn settings() -> Settings {
     Settings {
@@ -304,4 +304,18 @@ fn pipelined_commands_after_login_go_to_the_backend() {
         leftover,
         b"a2 SELECT INBOX\r\na3 FETCH 1 (BODY[])\r\na4 APP"
     );
+}
+
+#[test]
+fn plaintext_auth_when_the_operator_allows_it_on_loopback() {
+    let mut m = PreAuth::new(Settings {
+        plaintext_auth: true,
+        ..plaintext()
+    });
+    let caps = m.capabilities();
+    assert!(
+        caps.contains("AUTH=PLAIN") && caps.contains("STARTTLS") && !caps.contains("LOGINDISABLED")
+    );
+    let out = feed(&mut m, b"a1 LOGIN alice pw\r\n");
+    assert_eq!(login_of(&out).0, "a1");
 }

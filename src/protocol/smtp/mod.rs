@@ -64,10 +64,6 @@ impl PreAuth {
         }
     }
 
-    pub fn greeting(&self) -> Vec<u8> {
-        format!("220 {} ESMTP portcullis\r\n", self.settings.hostname).into_bytes()
-    }
-
     /// The name the client gave in EHLO/HELO, to pass on to the backend.
     pub fn helo_name(&self) -> Option<&str> {
         self.helo.as_ref().map(|(name, _)| name.as_str())
@@ -79,61 +75,6 @@ impl PreAuth {
 
     fn max_line(&self) -> usize {
         self.settings.max_line.max(MIN_AUTH_LINE)
-    }
-
-    pub fn enqueue(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
-    }
-
-    /// The TLS handshake finished: the session starts over (RFC 3207 section 4.2).
-    pub fn tls_started(&mut self) {
-        self.settings.tls = true;
-        self.buffer.clear();
-        self.helo = None;
-        self.state = State::Command;
-    }
-
-    pub fn next_action(&mut self) -> Action {
-        if matches!(self.state, State::Deciding | State::Closed) {
-            return Action::NeedInput;
-        }
-        let Some(end) = self.buffer.iter().position(|&b| b == b'\n') else {
-            if self.buffer.len() > self.max_line() {
-                return self.close("500 5.5.6 Line too long\r\n");
-            }
-            return Action::NeedInput;
-        };
-        if end > self.max_line() {
-            return self.close("500 5.5.6 Line too long\r\n");
-        }
-        let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        match std::mem::replace(&mut self.state, State::Command) {
-            State::Command => self.command(&line),
-            State::AuthPlain => {
-                let outcome = sasl_line(&line).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
-                self.credentials_or_error(outcome)
-            }
-            State::AuthLoginUser => {
-                match sasl_line(&line).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
-                    Ok(login) => {
-                        self.state = State::AuthLoginPassword(login);
-                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
-                    }
-                    Err(e) => self.sasl_error(e),
-                }
-            }
-            State::AuthLoginPassword(login) => {
-                let outcome = sasl_line(&line)
-                    .and_then(|b| Ok(sasl::parse_password_field(&b)?))
-                    .map(|secret| Credentials { login, secret });
-                self.credentials_or_error(outcome)
-            }
-            State::Deciding | State::Closed => Action::NeedInput,
-        }
     }
 
     fn command(&mut self, line: &[u8]) -> Action {
@@ -288,25 +229,6 @@ impl PreAuth {
         Action::Close(text.as_bytes().to_vec())
     }
 
-    /// The login failed: one reply for every reason; after `max_failures`, goodbye.
-    pub fn login_rejected(&mut self, _tag: &str) -> Action {
-        self.failures += 1;
-        let reply = "535 5.7.8 Authentication credentials invalid\r\n";
-        if self.failures >= self.settings.max_failures {
-            return self.close(&format!(
-                "{reply}421 4.7.0 Too many authentication failures\r\n"
-            ));
-        }
-        self.state = State::Command;
-        Action::Write(reply.as_bytes().to_vec())
-    }
-
-    /// The credential check or the backend is unavailable.
-    pub fn login_unavailable(&mut self, _tag: &str) -> Action {
-        self.state = State::Command;
-        Action::Write(b"454 4.7.0 Temporary authentication failure, try again later\r\n".to_vec())
-    }
-
     /// The login succeeded: the reply, and what the client sent after AUTH (pipelined), which
     /// is the backend's now.
     pub fn login_accepted(self) -> (Vec<u8>, Vec<u8>) {
@@ -319,23 +241,83 @@ impl PreAuth {
 
 impl super::PreAuth for PreAuth {
     fn greeting(&self) -> Vec<u8> {
-        PreAuth::greeting(self)
+        format!("220 {} ESMTP portcullis\r\n", self.settings.hostname).into_bytes()
     }
+
     fn enqueue(&mut self, bytes: &[u8]) {
-        PreAuth::enqueue(self, bytes)
+        self.buffer.extend_from_slice(bytes);
     }
+
     fn next_action(&mut self) -> Action {
-        PreAuth::next_action(self)
+        if matches!(self.state, State::Deciding | State::Closed) {
+            return Action::NeedInput;
+        }
+        let Some(end) = self.buffer.iter().position(|&b| b == b'\n') else {
+            if self.buffer.len() > self.max_line() {
+                return self.close("500 5.5.6 Line too long\r\n");
+            }
+            return Action::NeedInput;
+        };
+        if end > self.max_line() {
+            return self.close("500 5.5.6 Line too long\r\n");
+        }
+        let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        match std::mem::replace(&mut self.state, State::Command) {
+            State::Command => self.command(&line),
+            State::AuthPlain => {
+                let outcome = sasl_line(&line).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
+                self.credentials_or_error(outcome)
+            }
+            State::AuthLoginUser => {
+                match sasl_line(&line).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
+                    Ok(login) => {
+                        self.state = State::AuthLoginPassword(login);
+                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
+                    }
+                    Err(e) => self.sasl_error(e),
+                }
+            }
+            State::AuthLoginPassword(login) => {
+                let outcome = sasl_line(&line)
+                    .and_then(|b| Ok(sasl::parse_password_field(&b)?))
+                    .map(|secret| Credentials { login, secret });
+                self.credentials_or_error(outcome)
+            }
+            State::Deciding | State::Closed => Action::NeedInput,
+        }
     }
+
+    /// The TLS handshake finished: the session starts over (RFC 3207 section 4.2).
     fn tls_started(&mut self) {
-        PreAuth::tls_started(self)
+        self.settings.tls = true;
+        self.buffer.clear();
+        self.helo = None;
+        self.state = State::Command;
     }
-    fn login_rejected(&mut self, tag: &str) -> Action {
-        PreAuth::login_rejected(self, tag)
+
+    /// The login failed: one reply for every reason; after `max_failures`, goodbye.
+    fn login_rejected(&mut self, _tag: &str) -> Action {
+        self.failures += 1;
+        let reply = "535 5.7.8 Authentication credentials invalid\r\n";
+        if self.failures >= self.settings.max_failures {
+            return self.close(&format!(
+                "{reply}421 4.7.0 Too many authentication failures\r\n"
+            ));
+        }
+        self.state = State::Command;
+        Action::Write(reply.as_bytes().to_vec())
     }
-    fn login_unavailable(&mut self, tag: &str) -> Action {
-        PreAuth::login_unavailable(self, tag)
+
+    /// The credential check or the backend is unavailable.
+    fn login_unavailable(&mut self, _tag: &str) -> Action {
+        self.state = State::Command;
+        Action::Write(b"454 4.7.0 Temporary authentication failure, try again later\r\n".to_vec())
     }
+
     fn timeout_goodbye(&self) -> &'static [u8] {
         b"421 4.4.2 Timeout waiting for authentication, closing connection\r\n"
     }

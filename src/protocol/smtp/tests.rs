@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::{Action, LoginRequest};
+use crate::protocol::{Action, LoginRequest, PreAuth as _};
 
 fn settings() -> Settings {
     Settings {
@@ -279,5 +279,24 @@ fn backend_ehlo_keywords() {
     assert_eq!(
         parse_ehlo_keywords(&lines),
         vec!["PIPELINING", "SIZE 100", "AUTH PLAIN"]
+    );
+}
+
+#[test]
+fn plaintext_auth_when_the_operator_allows_it_on_loopback() {
+    let mut m = PreAuth::new(Settings {
+        tls: false,
+        starttls: true,
+        plaintext_auth: true,
+        ..settings()
+    });
+    let reply = text(&feed(&mut m, b"EHLO c\r\n"));
+    assert!(
+        reply.contains("STARTTLS") && reply.contains("AUTH PLAIN LOGIN"),
+        "{reply}"
+    );
+    assert_eq!(
+        login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n")),
+        ("a", &b"b"[..])
     );
 }
