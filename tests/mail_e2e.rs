@@ -373,3 +373,74 @@ fn last_use_is_recorded_per_app_password() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_client_address_reaches_dovecot_and_the_last_use_record() {
+    // Clients connect from 127.0.0.2; the gateway talks to Dovecot from 127.0.0.1, so only the
+    // forwarded address (IMAP ID x-originating-ip, SMTP XCLIENT ADDR) can say 127.0.0.2.
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Desktop");
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let script = r#"
+import imaplib, smtplib, socket, ssl, sys
+imap_port, smtp_port, ca, user, password = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+class FromOtherAddress(imaplib.IMAP4_SSL):
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=("127.0.0.2", 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+imap = FromOtherAddress("localhost", int(imap_port), ssl_context=ctx)
+imap.login(user, password)
+imap.select("INBOX")
+imap.logout()
+smtp = smtplib.SMTP_SSL("localhost", int(smtp_port), context=ctx, source_address=("127.0.0.2", 0))
+smtp.ehlo("client.test")
+smtp.login(user, password)
+smtp.quit()
+print("DONE")
+"#;
+    let p = w.gateway.ports;
+    let out = python_ok(
+        script,
+        &[
+            &p.imaps.to_string(),
+            &p.submissions.to_string(),
+            &ca,
+            "alice",
+            &secret,
+        ],
+    );
+    assert!(out.contains("DONE"), "{out}");
+    let start = Instant::now();
+    loop {
+        let log = w.dovecot.log();
+        let imap_seen = log.lines().any(|l| {
+            l.contains("imap-login: Info: Login: user=<alice@example.org>")
+                && l.contains("rip=127.0.0.2")
+        });
+        let smtp_seen = log.lines().any(|l| {
+            l.contains("submission-login: Info: Login: user=<alice@example.org>")
+                && l.contains("rip=127.0.0.2")
+        });
+        if imap_seen && smtp_seen {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "Dovecot did not see the client address:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = Instant::now();
+    loop {
+        let listed = w
+            .gateway
+            .cli_ok(&["app-password", "list", "alice", "--json"], None);
+        let list: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        if list[0]["last_used_ip"] == "127.0.0.2" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{listed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
