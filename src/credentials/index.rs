@@ -289,12 +289,12 @@ impl CredentialIndex {
             .verify(secret, &password_hash)
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        // The grant names the version of the hash that was checked (read in the same row), so
+        // if the password changed since, the snapshot's newer version refuses it below.
         let credential = Credential::MainPassword {
-            generation: snapshot.state.generation,
-            password_version: snapshot.state.password_version,
+            generation: account.generation,
+            password_version: account.password_version,
         };
-        // The hash checked was read with the snapshot's password version or an older one; if
-        // the password changed in between, the version check below refuses the grant.
         if matches && snapshot.allows(&credential) {
             Ok(grant(credential))
         } else {

@@ -131,16 +131,11 @@ impl Gateway {
             bound.push((socket, listener.clone(), backend));
         }
 
-        let feed = tokio::spawn({
-            let index = index.clone();
-            let interval = Duration::from_millis(config.store.feed_interval_ms);
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = crate::store::feed::follow(index, interval, shutdown).await {
-                    tracing::error!(error = %e, "change feed stopped");
-                }
-            }
-        });
+        let feed = tokio::spawn(crate::store::feed::follow(
+            index.clone(),
+            Duration::from_millis(config.store.feed_interval_ms),
+            shutdown.clone(),
+        ));
 
         // Learn each submission backend's extensions before the first client asks; a backend
         // that is down now is learned from the first login that reaches it.

@@ -17,18 +17,28 @@ use crate::credentials::index::CredentialIndex;
 /// waiting.
 const BATCH: i64 = 1000;
 
-/// Follows the feed from the newest change on until `shutdown`.
-pub async fn follow(
-    index: Arc<CredentialIndex>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) -> Result<(), crate::store::StoreError> {
-    let mut cursor = index.store().latest_change().await?;
+/// Follows the feed from the newest change on until `shutdown`. Store errors are logged and
+/// retried at the next tick.
+pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: CancellationToken) {
+    // Start after the newest change: everything older is already in what the index loads.
+    // A store that cannot be read yet is retried, never given up on.
+    let mut cursor = loop {
+        match index.store().latest_change().await {
+            Ok(cursor) => break cursor,
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed cannot start yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        }
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         loop {
