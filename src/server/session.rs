@@ -95,7 +95,7 @@ impl<'a> Session<'a> {
                 }
                 Action::Close(bytes) => {
                     let _ = self.write(&mut stream, &bytes).await;
-                    let _ = stream.shutdown().await;
+                    close(&mut stream).await;
                     return PreAuthEnd::Closed;
                 }
                 Action::StartTls(bytes) => {
@@ -116,13 +116,13 @@ impl<'a> Session<'a> {
                         Ok((tag, grant)) => return PreAuthEnd::LoggedIn { stream, tag, grant },
                         Err(reply) => {
                             // The reply is the machine's next action (a refusal or a close).
-                            let (bytes, close) = match reply {
+                            let (bytes, hang_up) = match reply {
                                 Action::Close(bytes) => (bytes, true),
                                 Action::Write(bytes) => (bytes, false),
                                 _ => (Vec::new(), true),
                             };
-                            if !self.write(&mut stream, &bytes).await || close {
-                                let _ = stream.shutdown().await;
+                            if !self.write(&mut stream, &bytes).await || hang_up {
+                                close(&mut stream).await;
                                 return PreAuthEnd::Closed;
                             }
                         }
@@ -145,7 +145,7 @@ impl<'a> Session<'a> {
                             // The deadline has passed, so the goodbye gets a moment of its own.
                             let goodbye = write(&mut stream, machine.timeout_goodbye());
                             let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
-                            let _ = stream.shutdown().await;
+                            close(&mut stream).await;
                             return PreAuthEnd::Closed;
                         }
                     }
@@ -265,6 +265,12 @@ fn printable(login: &str) -> String {
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+/// Ends a connection politely (TLS close_notify, FIN) without waiting on a peer that does not
+/// read.
+async fn close(stream: &mut Stream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
 /// Writes and flushes; false when the client is gone.
