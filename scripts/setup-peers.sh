@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
-# Dovecot (IMAP + submission), curl, openssl, nginx with its mail module (benchmark baseline),
-# and Python's aiosmtpd (the SMTP sink behind Dovecot's submission service).
+# Dovecot (IMAP + submission), curl, openssl, litmus, nginx with its mail module (benchmark
+# baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav and vdirsyncer.
 set -euo pipefail
 
 missing_debs=()
@@ -12,6 +12,7 @@ command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing_debs+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing_debs+=(libnginx-mod-mail)
 command -v python3 >/dev/null 2>&1 || missing_debs+=(python3 python3-pip)
+command -v litmus >/dev/null 2>&1 || missing_debs+=(litmus)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -25,8 +26,16 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
     apt-get install -y -qq "${missing_debs[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-    echo "installing aiosmtpd" >&2
-    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd \
-        || python3 -m pip install --quiet --break-system-packages aiosmtpd
+# Python peers and clients: aiosmtpd (SMTP sink), wsgidav + cheroot (WebDAV server),
+# radicale (CalDAV/CardDAV server), caldav and vdirsyncer (DAV clients).
+missing_py=()
+python3 -c 'import aiosmtpd' 2>/dev/null || missing_py+=(aiosmtpd)
+python3 -c 'import wsgidav, cheroot' 2>/dev/null || missing_py+=(wsgidav cheroot)
+python3 -c 'import radicale' 2>/dev/null || missing_py+=(radicale)
+python3 -c 'import caldav' 2>/dev/null || missing_py+=(caldav)
+command -v vdirsyncer >/dev/null 2>&1 || missing_py+=(vdirsyncer)
+if [ ${#missing_py[@]} -gt 0 ]; then
+    echo "installing ${missing_py[*]}" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}" \
+        || python3 -m pip install --quiet --break-system-packages "${missing_py[@]}"
 fi

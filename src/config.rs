@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credentials::Secret;
+use crate::credentials::{Secret, Service};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +117,17 @@ pub struct Limits {
     pub smtp_idle_timeout_secs: u64,
     /// Seconds given to live sessions to end on shutdown (default 10).
     pub shutdown_grace_secs: u64,
+    /// HTTP: largest request head (request line and headers), in bytes (default 65536).
+    pub http_max_header_bytes: usize,
+    /// HTTP: longest request target (path and query), in bytes (default 8192); longer is 414.
+    pub http_max_uri_bytes: usize,
+    /// HTTP/1.1: seconds a request head may take, counted from when the connection starts
+    /// waiting for it (default 20): bounds slow heads (slowloris) and idle keep-alive alike.
+    pub http_header_timeout_secs: u64,
+    /// HTTP: seconds a connection may sit with no request in flight (default 60).
+    pub http_idle_timeout_secs: u64,
+    /// HTTP/2: concurrent streams per connection (default 100).
+    pub http_max_streams: u32,
 }
 
 impl Default for Limits {
@@ -131,6 +142,11 @@ impl Default for Limits {
             imap_idle_timeout_secs: 1860,
             smtp_idle_timeout_secs: 600,
             shutdown_grace_secs: 10,
+            http_max_header_bytes: 65536,
+            http_max_uri_bytes: 8192,
+            http_header_timeout_secs: 20,
+            http_idle_timeout_secs: 60,
+            http_max_streams: 100,
         }
     }
 }
@@ -150,6 +166,8 @@ impl Limits {
 pub enum ListenerProtocol {
     Imap,
     Submission,
+    /// HTTPS (HTTP/1.1 and HTTP/2) for WebDAV, CalDAV and CardDAV, routed by host and path.
+    Http,
 }
 
 /// How TLS starts on a listener.
@@ -169,18 +187,43 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     pub address: SocketAddr,
     pub tls: ListenerTls,
-    /// Name of a `[backend.NAME]` section.
-    pub backend: String,
+    /// Name of a `[backend.NAME]` section (IMAP and submission listeners).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Routes of an HTTP listener, matched by host and path prefix.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// Accept logins before STARTTLS. Refused unless the address is loopback: it exists for a
     /// gateway behind a local TLS terminator, never for a network-facing port.
     #[serde(default)]
     pub allow_plaintext_auth_on_loopback: bool,
 }
 
+/// `[[listener.route]]`: which service and backend a request is for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Matches the Host header (HTTP/1.1) or `:authority` (HTTP/2), port ignored. Without it
+    /// the route matches any host that no route names.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Matches the start of the request path (default `/`).
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// `disk`, `calendar` or `contacts`.
+    pub service: Service,
+    pub backend: String,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_owned()
+}
+
 /// How the gateway reaches a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendTls {
+    #[default]
     None,
     Starttls,
     Implicit,
@@ -196,14 +239,26 @@ pub enum BackendLogin {
     SaslAuthzid,
     /// Postfix's XCLIENT LOGIN= (SMTP only).
     Xclient,
+    /// HTTP: the backend trusts a header naming the user (loopback or a private network only).
+    TrustedHeader,
+    /// HTTP: fixed backend credentials (`master_user`, `master_password_file`) in Basic, and
+    /// the user named in `header`.
+    Basic,
 }
 
 /// `[backend.NAME]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `host:port`.
-    pub address: String,
+    /// `host:port` (IMAP and submission backends).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `http://` or `https://` base URL (HTTP backends).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How TLS starts on the backend connection (IMAP and submission; HTTP takes it from the
+    /// URL scheme). Default `none`.
+    #[serde(default)]
     pub tls: BackendTls,
     /// PEM file of the CA that signed the backend's certificate; without it, the system's web
     /// roots are used. Only with `tls = "starttls"` or `"implicit"`.
@@ -230,6 +285,13 @@ pub struct BackendConfig {
     /// that do not know domains (default false: `alice@example.org`).
     #[serde(default)]
     pub strip_domain: bool,
+    /// HTTP: the header that carries the user's login to the backend (default `X-Remote-User`).
+    #[serde(default = "default_user_header")]
+    pub header: String,
+}
+
+fn default_user_header() -> String {
+    "X-Remote-User".to_owned()
 }
 
 fn default_separator() -> String {
@@ -245,9 +307,19 @@ impl BackendConfig {
         Duration::from_secs(self.timeout_secs)
     }
 
+    /// `address` of an IMAP or submission backend (validated to be present).
+    pub fn address(&self) -> &str {
+        self.address.as_deref().unwrap_or_default()
+    }
+
+    /// Whether this backend speaks HTTP.
+    pub fn is_http(&self) -> bool {
+        self.url.is_some()
+    }
+
     /// The host part of `address`, for SNI and certificate checks.
     pub fn host(&self) -> &str {
-        let addr = self.address.as_str();
+        let addr = self.address();
         if let Some(rest) = addr.strip_prefix('[') {
             return rest.split(']').next().unwrap_or(rest);
         }
@@ -306,30 +378,37 @@ impl Config {
             if !addresses.insert(listener.address) {
                 return Err(format!("two listeners use {}", listener.address));
             }
-            let Some(backend) = self.backends.get(&listener.backend) else {
-                return Err(format!(
-                    "listener {} names backend {:?}, but there is no [backend.{}]",
-                    listener.address, listener.backend, listener.backend
-                ));
-            };
             if listener.allow_plaintext_auth_on_loopback && !listener.address.ip().is_loopback() {
                 return Err(format!(
                     "listener {}: allow_plaintext_auth_on_loopback needs a loopback address",
                     listener.address
                 ));
             }
-            if backend.login == BackendLogin::Xclient
-                && listener.protocol != ListenerProtocol::Submission
-            {
-                return Err(format!(
-                    "listener {}: backend {:?} uses login = \"xclient\", which only SMTP backends speak",
-                    listener.address, listener.backend
-                ));
+            match listener.protocol {
+                ListenerProtocol::Imap | ListenerProtocol::Submission => {
+                    self.validate_mail_listener(listener)?
+                }
+                ListenerProtocol::Http => self.validate_http_listener(listener)?,
             }
         }
         for (name, backend) in &self.backends {
+            match (&backend.address, &backend.url) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "[backend.{name}] needs exactly one of address (IMAP, submission) or url (HTTP)"
+                    ));
+                }
+            }
+            if let Some(url) = &backend.url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(format!(
+                    "[backend.{name}] url must start with http:// or https://"
+                ));
+            }
             match backend.login {
-                BackendLogin::MasterUser | BackendLogin::SaslAuthzid => {
+                BackendLogin::MasterUser | BackendLogin::SaslAuthzid | BackendLogin::Basic => {
                     if backend.master_user.as_deref().unwrap_or("").is_empty() {
                         return Err(format!("[backend.{name}] needs master_user"));
                     }
@@ -337,13 +416,34 @@ impl Config {
                         return Err(format!("[backend.{name}] needs master_password_file"));
                     }
                 }
-                BackendLogin::Xclient => {}
+                BackendLogin::Xclient | BackendLogin::TrustedHeader => {}
             }
-            if backend.ca_file.is_some() && backend.tls == BackendTls::None {
-                return Err(format!("[backend.{name}] has ca_file but tls = \"none\""));
+            let http_login = matches!(
+                backend.login,
+                BackendLogin::TrustedHeader | BackendLogin::Basic
+            );
+            if http_login != backend.is_http() {
+                return Err(format!(
+                    "[backend.{name}]: login = \"trusted-header\" and \"basic\" are for url backends, the others for address backends"
+                ));
+            }
+            if backend.ca_file.is_some()
+                && backend.tls == BackendTls::None
+                && !backend
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+            {
+                return Err(format!("[backend.{name}] has ca_file but no TLS"));
             }
             if backend.master_separator.is_empty() {
                 return Err(format!("[backend.{name}] master_separator is empty"));
+            }
+            if http::HeaderName::from_bytes(backend.header.as_bytes()).is_err() {
+                return Err(format!(
+                    "[backend.{name}] header {:?} is not a header name",
+                    backend.header
+                ));
             }
         }
         if self.auth.max_failures == 0 {
@@ -360,6 +460,109 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_mail_listener(&self, listener: &ListenerConfig) -> Result<(), String> {
+        let at = listener.address;
+        let Some(name) = &listener.backend else {
+            return Err(format!("listener {at} needs a backend"));
+        };
+        if !listener.routes.is_empty() {
+            return Err(format!("listener {at}: routes are for protocol = \"http\""));
+        }
+        let Some(backend) = self.backends.get(name) else {
+            return Err(format!(
+                "listener {at} names backend {name:?}, but there is no [backend.{name}]"
+            ));
+        };
+        if backend.is_http() {
+            return Err(format!(
+                "listener {at}: backend {name:?} is an HTTP backend"
+            ));
+        }
+        if backend.login == BackendLogin::Xclient
+            && listener.protocol != ListenerProtocol::Submission
+        {
+            return Err(format!(
+                "listener {at}: backend {name:?} uses login = \"xclient\", which only SMTP backends speak"
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_http_listener(&self, listener: &ListenerConfig) -> Result<(), String> {
+        let at = listener.address;
+        if listener.backend.is_some() {
+            return Err(format!(
+                "listener {at}: an http listener names backends in its routes"
+            ));
+        }
+        if listener.tls != ListenerTls::Implicit {
+            return Err(format!(
+                "listener {at}: http listeners use tls = \"implicit\" (HTTPS)"
+            ));
+        }
+        if listener.routes.is_empty() {
+            return Err(format!("listener {at}: no [[listener.route]]"));
+        }
+        for (i, route) in listener.routes.iter().enumerate() {
+            let Some(backend) = self.backends.get(&route.backend) else {
+                return Err(format!(
+                    "listener {at} route {}: no [backend.{}]",
+                    i + 1,
+                    route.backend
+                ));
+            };
+            if !backend.is_http() {
+                return Err(format!(
+                    "listener {at} route {}: backend {:?} is not an HTTP backend (it needs url)",
+                    i + 1,
+                    route.backend
+                ));
+            }
+            if !matches!(
+                route.service,
+                Service::Disk | Service::Calendar | Service::Contacts
+            ) {
+                return Err(format!(
+                    "listener {at} route {}: service {} is not served over HTTP",
+                    i + 1,
+                    route.service
+                ));
+            }
+            if !route.path_prefix.starts_with('/') {
+                return Err(format!(
+                    "listener {at} route {}: path_prefix must start with /",
+                    i + 1
+                ));
+            }
+            for (j, other) in listener.routes.iter().enumerate().take(i) {
+                let same_host = route.host.as_deref().map(str::to_ascii_lowercase)
+                    == other.host.as_deref().map(str::to_ascii_lowercase);
+                if same_host && prefixes_overlap(&route.path_prefix, &other.path_prefix) {
+                    return Err(format!(
+                        "listener {at}: routes {} and {} overlap (host {:?}, paths {:?} and {:?})",
+                        j + 1,
+                        i + 1,
+                        route.host.as_deref().unwrap_or("any"),
+                        other.path_prefix,
+                        route.path_prefix
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether one path prefix contains the other at a segment boundary (`/` and `/dav/` do,
+/// `/dav` and `/davx` do not).
+fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let a = a.trim_end_matches('/');
+    let b = b.trim_end_matches('/');
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long == short || long.starts_with(&format!("{short}/"))
 }
 
 /// Why configuration text was refused.
@@ -474,9 +677,9 @@ mod tests {
         let mut config = Config::parse(MINIMAL).unwrap();
         let backend = config.backends.get_mut("b").unwrap();
         assert_eq!(backend.host(), "127.0.0.1");
-        backend.address = "[::1]:143".into();
+        backend.address = Some("[::1]:143".into());
         assert_eq!(backend.host(), "::1");
-        backend.address = "mail.example.org:993".into();
+        backend.address = Some("mail.example.org:993".into());
         assert_eq!(backend.host(), "mail.example.org");
     }
 }

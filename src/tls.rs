@@ -94,14 +94,21 @@ pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` and its key (mode
-/// 0600). For development and tests only: clients must be told to trust it (`--cacert`).
+/// Writes a self-signed certificate for `localhost` (and its DAV host names), `127.0.0.1` and
+/// `::1`, and its key (mode 0600). For development and tests only: clients must be told to trust it (`--cacert`).
 pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(), TlsError> {
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    // The three DAV host names are those of the README's example routes; OpenSSL-based
+    // clients do not accept `*.localhost`, so they are named one by one.
+    let names = [
+        "localhost",
+        "webdav.localhost",
+        "caldav.localhost",
+        "carddav.localhost",
+        "127.0.0.1",
+        "::1",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for path in [certificate, private_key] {

@@ -56,7 +56,7 @@ impl From<StoreError> for AuthError {
 }
 
 /// Which credential a login proved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Credential {
     AppPassword {
         id: AppPasswordId,

@@ -3,11 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a credential opens. Each listener serves exactly one service, and an app password is
 /// made for exactly one; a secret is only ever checked for the service it arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
     /// IMAP and SMTP submission.
@@ -225,6 +225,9 @@ pub struct AppPasswordInfo {
 pub enum Protocol {
     Imap,
     Submission,
+    WebDav,
+    CalDav,
+    CardDav,
 }
 
 impl Protocol {
@@ -232,12 +235,28 @@ impl Protocol {
         match self {
             Protocol::Imap => "imap",
             Protocol::Submission => "submission",
+            Protocol::WebDav => "webdav",
+            Protocol::CalDav => "caldav",
+            Protocol::CardDav => "carddav",
         }
     }
 
     pub fn service(self) -> Service {
         match self {
             Protocol::Imap | Protocol::Submission => Service::Mail,
+            Protocol::WebDav => Service::Disk,
+            Protocol::CalDav => Service::Calendar,
+            Protocol::CardDav => Service::Contacts,
+        }
+    }
+
+    /// The HTTP protocol that serves `service`, if any.
+    pub fn over_http(service: Service) -> Option<Self> {
+        match service {
+            Service::Disk => Some(Protocol::WebDav),
+            Service::Calendar => Some(Protocol::CalDav),
+            Service::Contacts => Some(Protocol::CardDav),
+            Service::Mail | Service::Xmpp => None,
         }
     }
 }

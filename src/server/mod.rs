@@ -6,6 +6,7 @@
 //! drops), then runs [`session`]'s pre-auth driver with its protocol's machine, and the
 //! protocol's post-login half ([`imap`], [`smtp`]): backend login, then the relay.
 
+pub mod http;
 pub mod imap;
 pub mod session;
 pub mod smtp;
@@ -26,8 +27,11 @@ use tracing::Instrument;
 use crate::config::{AuthConfig, Config, Limits, ListenerConfig, ListenerProtocol};
 use crate::credentials::CredentialIndex;
 use crate::credentials::index::{IndexSettings, spawn_use_writer};
+use crate::protocol::http::Router;
 use crate::store::Store;
 use crate::upstream::Backend;
+use crate::upstream::http::HttpBackend;
+use ::http::HeaderValue;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +101,7 @@ impl Gateway {
         )?;
         let shared = Arc::new(Shared {
             index: index.clone(),
-            tls: TlsAcceptor::from(tls),
+            tls: TlsAcceptor::from(tls.clone()),
             auth: config.auth.clone(),
             limits: config.limits.clone(),
             hostname: config
@@ -108,12 +112,29 @@ impl Gateway {
             session_ids: AtomicU64::new(1),
         });
 
-        let mut backends = HashMap::new();
-        for (name, backend) in &config.backends {
-            backends.insert(
-                name.clone(),
-                Arc::new(Backend::new(name, backend).map_err(StartError::Backend)?),
-            );
+        // The backends the listeners use, each built once.
+        let mut mail_backends: HashMap<String, Arc<Backend>> = HashMap::new();
+        let mut http_backends: HashMap<String, Arc<HttpBackend>> = HashMap::new();
+        for listener in &config.listeners {
+            let names: Vec<&String> = match listener.protocol {
+                ListenerProtocol::Http => listener.routes.iter().map(|r| &r.backend).collect(),
+                _ => listener.backend.iter().collect(),
+            };
+            for name in names {
+                let backend = config
+                    .backends
+                    .get(name)
+                    .ok_or_else(|| StartError::Backend(format!("no backend {name:?}")))?;
+                if backend.is_http() {
+                    if !http_backends.contains_key(name) {
+                        let built = HttpBackend::new(name, backend).map_err(StartError::Backend)?;
+                        http_backends.insert(name.clone(), Arc::new(built));
+                    }
+                } else if !mail_backends.contains_key(name) {
+                    let built = Backend::new(name, backend).map_err(StartError::Backend)?;
+                    mail_backends.insert(name.clone(), Arc::new(built));
+                }
+            }
         }
 
         let mut bound = Vec::new();
@@ -124,11 +145,7 @@ impl Gateway {
                     address: listener.address,
                     source,
                 })?;
-            let backend = backends
-                .get(&listener.backend)
-                .cloned()
-                .ok_or_else(|| StartError::Backend(format!("no backend {:?}", listener.backend)))?;
-            bound.push((socket, listener.clone(), backend));
+            bound.push((socket, listener.clone()));
         }
 
         let feed = tokio::spawn(crate::store::feed::follow(
@@ -141,40 +158,83 @@ impl Gateway {
         // that is down now is learned from the first login that reaches it.
         let mut smtp_extensions: HashMap<String, Arc<RwLock<Vec<String>>>> = HashMap::new();
         let mut probes = tokio::task::JoinSet::new();
-        for (_, listener, backend) in &bound {
+        for (_, listener) in &bound {
             if listener.protocol == ListenerProtocol::Submission
-                && !smtp_extensions.contains_key(&backend.name)
+                && let Some(name) = &listener.backend
+                && let Some(backend) = mail_backends.get(name)
+                && !smtp_extensions.contains_key(name)
             {
                 let cache = Arc::new(RwLock::new(Vec::new()));
-                smtp_extensions.insert(backend.name.clone(), cache.clone());
+                smtp_extensions.insert(name.clone(), cache.clone());
                 probes.spawn(probe(backend.clone(), shared.hostname.clone(), cache));
             }
         }
         let _ = tokio::time::timeout(PROBE_WAIT, probes.join_all()).await;
 
+        // HTTP listeners offer HTTP/2 and HTTP/1.1 through ALPN.
+        let http_tls = {
+            let mut config = (*tls).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            TlsAcceptor::from(Arc::new(config))
+        };
+
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let tracker = TaskTracker::new();
         let mut local_addrs = Vec::new();
-        for (socket, listener, backend) in bound {
+        for (socket, listener) in bound {
             let local = socket.local_addr().map_err(|source| StartError::Bind {
                 address: listener.address,
                 source,
             })?;
             local_addrs.push(local);
-            let smtp_extensions = smtp_extensions
-                .get(&backend.name)
-                .cloned()
-                .unwrap_or_default();
-            let context = Arc::new(ListenerContext {
-                config: listener.clone(),
-                backend,
-                shared: shared.clone(),
-                smtp_extensions,
-            });
-            tracing::info!(address = %local, protocol = ?listener.protocol, tls = ?listener.tls, backend = %listener.backend, "listening");
+            let served = match listener.protocol {
+                ListenerProtocol::Http => {
+                    let names: Vec<String> =
+                        listener.routes.iter().map(|r| r.backend.clone()).collect();
+                    let mut backends: Vec<Arc<HttpBackend>> = Vec::new();
+                    let mut index_of = HashMap::new();
+                    for name in names {
+                        if !index_of.contains_key(&name)
+                            && let Some(backend) = http_backends.get(&name)
+                        {
+                            index_of.insert(name.clone(), backends.len());
+                            backends.push(backend.clone());
+                        }
+                    }
+                    let router = Router::new(&listener.routes, |name| {
+                        index_of.get(name).copied().unwrap_or(usize::MAX)
+                    });
+                    tracing::info!(address = %local, routes = listener.routes.len(), "listening (http)");
+                    Served::Http(Arc::new(http::HttpListener {
+                        router,
+                        backends,
+                        shared: shared.clone(),
+                        tls: http_tls.clone(),
+                        realm: HeaderValue::from_static(
+                            "Basic realm=\"portcullis\", charset=\"UTF-8\"",
+                        ),
+                        config: listener.clone(),
+                    }))
+                }
+                ListenerProtocol::Imap | ListenerProtocol::Submission => {
+                    let name = listener.backend.clone().unwrap_or_default();
+                    let backend = mail_backends
+                        .get(&name)
+                        .cloned()
+                        .ok_or_else(|| StartError::Backend(format!("no backend {name:?}")))?;
+                    tracing::info!(address = %local, protocol = ?listener.protocol, tls = ?listener.tls, backend = %name, "listening");
+                    Served::Mail(Arc::new(ListenerContext {
+                        smtp_extensions: smtp_extensions.get(&name).cloned().unwrap_or_default(),
+                        config: listener.clone(),
+                        backend,
+                        shared: shared.clone(),
+                    }))
+                }
+            };
             tracker.spawn(accept_loop(
                 socket,
-                context,
+                served,
+                shared.clone(),
                 connections.clone(),
                 tracker.clone(),
             ));
@@ -224,13 +284,21 @@ async fn probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<St
     }
 }
 
+/// What a listener serves.
+#[derive(Clone)]
+enum Served {
+    Mail(Arc<ListenerContext>),
+    Http(Arc<http::HttpListener>),
+}
+
 async fn accept_loop(
     socket: TcpListener,
-    context: Arc<ListenerContext>,
+    served: Served,
+    shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
-    let shutdown = context.shared.shutdown.clone();
+    let shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -246,44 +314,54 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refuse_busy(&tcp, &context);
+            refuse_busy(&tcp, &served);
             continue;
         };
-        let context = context.clone();
-        let id = context.shared.session_ids.fetch_add(1, Ordering::Relaxed);
-        let span =
-            tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol);
+        let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
+        let served = served.clone();
+        let span = match &served {
+            Served::Mail(context) => {
+                tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol)
+            }
+            Served::Http(_) => tracing::info_span!("session", id, peer = %peer, proto = "http"),
+        };
         tracker.spawn(
             async move {
                 let _permit = permit;
-                handle(tcp, peer, context).await;
+                let _ = tcp.set_nodelay(true);
+                match served {
+                    Served::Mail(context) => handle_mail(tcp, peer, context).await,
+                    Served::Http(listener) => http::serve(tcp, peer, listener).await,
+                }
             }
             .instrument(span),
         );
     }
 }
 
-/// Over the connection limit: one best-effort line (no waiting on the client), then close.
-fn refuse_busy(tcp: &TcpStream, context: &ListenerContext) {
+/// Over the connection limit: one best-effort line where the protocol starts in plaintext
+/// (no waiting on the client), then close.
+fn refuse_busy(tcp: &TcpStream, served: &Served) {
     tracing::warn!("connection limit reached; refusing a connection");
-    if context.config.tls == crate::config::ListenerTls::Starttls {
+    if let Served::Mail(context) = served
+        && context.config.tls == crate::config::ListenerTls::Starttls
+    {
         let line: &[u8] = match context.config.protocol {
-            ListenerProtocol::Imap => b"* BYE Too many connections, try again later\r\n",
             ListenerProtocol::Submission => b"421 4.7.0 Too many connections, try again later\r\n",
+            _ => b"* BYE Too many connections, try again later\r\n",
         };
         let _ = tcp.try_write(line);
     }
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, context: Arc<ListenerContext>) {
-    let _ = tcp.set_nodelay(true);
+async fn handle_mail(tcp: TcpStream, peer: SocketAddr, context: Arc<ListenerContext>) {
     let local = match tcp.local_addr() {
         Ok(local) => local,
         Err(_) => return,
     };
     let client = crate::upstream::ClientInfo { peer, local };
     match context.config.protocol {
-        ListenerProtocol::Imap => imap::serve(tcp, client, &context).await,
         ListenerProtocol::Submission => smtp::serve(tcp, client, &context).await,
+        _ => imap::serve(tcp, client, &context).await,
     }
 }

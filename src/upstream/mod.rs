@@ -1,6 +1,7 @@
 //! The backend side: connecting (TLS if configured), logging in on the user's behalf, and the
 //! relay that carries the session afterwards.
 
+pub mod http;
 pub mod imap;
 pub mod relay;
 pub mod smtp;
@@ -85,12 +86,12 @@ impl Backend {
     }
 
     fn address(&self) -> String {
-        self.config.address.clone()
+        self.config.address().to_owned()
     }
 
     /// Opens TCP, and TLS at once when `tls = "implicit"`.
     pub async fn connect(&self) -> Result<Stream, BackendError> {
-        let tcp = TcpStream::connect(&self.config.address)
+        let tcp = TcpStream::connect(self.config.address())
             .await
             .map_err(|e| BackendError::Connect {
                 address: self.address(),
@@ -142,7 +143,9 @@ impl Backend {
             BackendLogin::SaslAuthzid => {
                 crate::protocol::sasl::plain_message(user, master, password)
             }
-            BackendLogin::Xclient => return None,
+            BackendLogin::Xclient | BackendLogin::TrustedHeader | BackendLogin::Basic => {
+                return None;
+            }
         })
     }
 

@@ -72,6 +72,9 @@ async fn login_inner(
             conn.command(command.as_bytes(), 220).await?;
             (conn, extensions) = conn.hello(helo).await?;
         }
+        BackendLogin::TrustedHeader | BackendLogin::Basic => {
+            return Err(backend.protocol_error("an HTTP login method on an SMTP backend"));
+        }
         BackendLogin::MasterUser | BackendLogin::SaslAuthzid => {
             if let Some(xclient) = offers_xclient
                 && xclient

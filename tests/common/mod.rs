@@ -314,6 +314,8 @@ impl Drop for Dovecot {
 /// Ports of a running gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
+    /// The HTTP listener's port, when `Options::tail` declares one.
+    pub http: u16,
     pub imap: u16,
     pub imaps: u16,
     pub submission: u16,
@@ -329,6 +331,9 @@ pub struct Options {
     pub extra: String,
     /// RUST_LOG for the gateway.
     pub log_filter: &'static str,
+    /// Appended to the configuration (more listeners and backends); `{http}` is replaced by
+    /// the HTTP listener's port.
+    pub tail: String,
 }
 
 impl Default for Options {
@@ -340,6 +345,7 @@ impl Default for Options {
             backend_timeout_secs: 5,
             extra: String::new(),
             log_filter: "info,portcullis=debug",
+            tail: String::new(),
         }
     }
 }
@@ -347,6 +353,7 @@ impl Default for Options {
 /// The real portcullis binary, serving the four mail listeners in front of `backend`.
 pub struct Gateway {
     child: Option<Child>,
+    has_http: bool,
     pub ports: Ports,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -363,6 +370,7 @@ impl Gateway {
         let dir = open_tempdir();
         let root = dir.path();
         let ports = Ports {
+            http: free_port(),
             imap: free_port(),
             imaps: free_port(),
             submission: free_port(),
@@ -433,7 +441,9 @@ login = "master-user"
 master_user = "portcullis"
 master_password_file = "{root}/master.secret"
 timeout_secs = {backend_timeout}
+{tail}
 "#,
+                tail = options.tail.replace("{http}", &ports.http.to_string()),
                 root = root.display(),
                 extra = options.extra,
                 delay = options.failure_delay_ms,
@@ -449,6 +459,7 @@ timeout_secs = {backend_timeout}
         .expect("write config");
         let mut gateway = Self {
             child: None,
+            has_http: options.tail.contains("{http}"),
             ports,
             ca: root.join("certs/localhost.crt"),
             config,
@@ -481,12 +492,16 @@ timeout_secs = {backend_timeout}
             )
             .spawn()
             .expect("start portcullis");
+        let http = self.has_http.then_some(self.ports.http);
         for port in [
             self.ports.imap,
             self.ports.imaps,
             self.ports.submission,
             self.ports.submissions,
-        ] {
+        ]
+        .into_iter()
+        .chain(http)
+        {
             wait_for_port(port, "portcullis", &mut child, &self.log);
         }
         self.child = Some(child);
@@ -752,6 +767,188 @@ pub fn rss_kib(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// wsgidav (WebDAV) trusting `X-Remote-User`, per the peers' notes.
+pub struct Wsgidav {
+    child: Child,
+    pub port: u16,
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Wsgidav {
+    pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// With `Some((cert, key))`, serves HTTPS (for comparisons with the gateway on equal terms).
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Self {
+        require("wsgidav", "pip install wsgidav cheroot");
+        let dir = open_tempdir();
+        let port = free_port();
+        let root = dir.path().join("davroot");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let config = dir.path().join("wsgidav.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"host: 127.0.0.1
+port: {port}
+server: cheroot
+verbose: 1
+logging:
+  enable_loggers: []
+provider_mapping: {{"/": "{root}"}}
+http_authenticator:
+  domain_controller: null
+  accept_basic: true
+  accept_digest: false
+  default_to_digest: false
+  trusted_auth_header: HTTP_X_REMOTE_USER
+simple_dc: {{user_mapping: {{"*": true}}}}
+property_manager: true
+lock_storage: true
+{ssl}
+"#,
+                root = root.display(),
+                ssl = tls.map_or(String::new(), |(cert, key)| format!(
+                    "ssl_certificate: {}\nssl_private_key: {}",
+                    cert.display(),
+                    key.display()
+                )),
+            ),
+        )
+        .expect("write");
+        let log = dir.path().join("wsgidav.log");
+        let mut child = Command::new("wsgidav")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wsgidav");
+        wait_for_port(port, "wsgidav", &mut child, &log);
+        Self {
+            child,
+            port,
+            root,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Wsgidav {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Radicale (CalDAV, CardDAV) trusting `X-Remote-User`, per the peers' notes.
+pub struct Radicale {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Radicale {
+    pub fn start() -> Self {
+        require_python_module("radicale", "pip install radicale");
+        let dir = open_tempdir();
+        let port = free_port();
+        let config = dir.path().join("radicale.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhosts = 127.0.0.1:{port}\n[auth]\ntype = http_x_remote_user\n[rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}/collections\n[logging]\nlevel = warning\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write");
+        let log = dir.path().join("radicale.log");
+        let mut child = Command::new("python3")
+            .args(["-m", "radicale", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start radicale");
+        wait_for_port(port, "radicale", &mut child, &log);
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Radicale {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// The `[[listener]]` for HTTP that the DAV tests use: disk on host 127.0.0.1 and
+/// webdav.localhost, calendar under /cal and contacts under /card on host localhost.
+pub fn http_listener(port: u16, wsgidav: u16, radicale: u16) -> String {
+    format!(
+        r#"
+[[listener]]
+protocol = "http"
+address = "127.0.0.1:{port}"
+tls = "implicit"
+
+  [[listener.route]]
+  host = "127.0.0.1"
+  service = "disk"
+  backend = "wsgidav"
+
+  [[listener.route]]
+  host = "webdav.localhost"
+  service = "disk"
+  backend = "wsgidav"
+
+  [[listener.route]]
+  host = "localhost"
+  path_prefix = "/cal"
+  service = "calendar"
+  backend = "radicale"
+
+  [[listener.route]]
+  host = "localhost"
+  path_prefix = "/card"
+  service = "contacts"
+  backend = "radicale"
+
+  [[listener.route]]
+  host = "caldav.localhost"
+  service = "calendar"
+  backend = "radicale"
+
+[backend.wsgidav]
+url = "http://127.0.0.1:{wsgidav}/"
+login = "trusted-header"
+header = "X-Remote-User"
+timeout_secs = 5
+
+[backend.radicale]
+url = "http://127.0.0.1:{radicale}/"
+login = "trusted-header"
+header = "X-Remote-User"
+timeout_secs = 5
+"#
+    )
+}
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)

@@ -1,0 +1,160 @@
+//! HTTP backends (WebDAV, CalDAV, CardDAV servers): a pooled hyper client per backend.
+//!
+//! Request bodies stream from the client to the backend and response bodies back without
+//! being gathered (hyper's flow control carries back-pressure both ways), so a multi-GiB PUT
+//! costs the gateway a few buffers.
+
+use std::time::Duration;
+
+use http::Uri;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{BackendConfig, BackendLogin, read_secret_file};
+use crate::credentials::{Login, Secret};
+
+/// Why a backend request failed; decides 502 or 504.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpBackendError {
+    /// Connection refused, reset, TLS failure, protocol error.
+    #[error("backend {0} failed: {1}")]
+    Failed(String, String),
+    /// No response head within the backend timeout.
+    #[error("backend {0} did not answer in time")]
+    Timeout(String),
+}
+
+/// A configured HTTP backend.
+pub struct HttpBackend {
+    pub name: String,
+    pub config: BackendConfig,
+    /// `scheme://authority` of the backend.
+    origin: String,
+    /// Path of the backend URL (`/` or `/dav/`).
+    base_path: String,
+    authority: http::uri::Authority,
+    scheme: http::uri::Scheme,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// `Basic …` for `login = "basic"`.
+    basic: Option<Secret>,
+}
+
+impl HttpBackend {
+    pub fn new(name: &str, config: &BackendConfig) -> Result<Self, String> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("[backend.{name}] url {url:?}: {e}"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(format!(
+                "[backend.{name}] url {url:?} needs a scheme and a host"
+            ));
+        };
+        let tls = crate::tls::backend_client_config(config.ca_file.as_deref())
+            .map_err(|e| format!("[backend.{name}]: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeout()));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let basic = match config.login {
+            BackendLogin::Basic => {
+                let user = config.master_user.as_deref().unwrap_or_default();
+                let path = config
+                    .master_password_file
+                    .as_deref()
+                    .ok_or_else(|| format!("[backend.{name}] needs master_password_file"))?;
+                let password =
+                    read_secret_file(path).map_err(|e| format!("[backend.{name}]: {e}"))?;
+                Some(crate::protocol::http::basic_header(user, &password))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            origin: format!("{scheme}://{authority}"),
+            base_path: uri.path().to_owned(),
+            authority,
+            scheme,
+            config: config.clone(),
+            client,
+            basic,
+        })
+    }
+
+    /// `scheme://authority` of the backend.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The path the backend URL points at.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    /// A URI on the backend for `path_and_query` (already mapped to the backend's paths).
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// The user name the backend knows the account by.
+    pub fn user_for(&self, login: &Login) -> String {
+        if self.config.strip_domain {
+            login.local_part().to_owned()
+        } else {
+            login.as_str().to_owned()
+        }
+    }
+
+    /// The `Authorization` value for `login = "basic"`.
+    pub fn basic_authorization(&self) -> Option<&Secret> {
+        self.basic.as_ref()
+    }
+
+    /// Sends a request; the response head must come within the backend timeout (the body then
+    /// streams for as long as it takes).
+    pub async fn send(
+        &self,
+        request: http::Request<Incoming>,
+    ) -> Result<http::Response<Incoming>, HttpBackendError> {
+        match tokio::time::timeout(self.config.timeout(), self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(HttpBackendError::Failed(
+                self.origin.clone(),
+                error_chain(&e),
+            )),
+            Err(_) => Err(HttpBackendError::Timeout(self.origin.clone())),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
