@@ -407,6 +407,15 @@ impl Config {
                     "[backend.{name}] url must start with http:// or https://"
                 ));
             }
+            let http_login = matches!(
+                backend.login,
+                BackendLogin::TrustedHeader | BackendLogin::Basic
+            );
+            if http_login != backend.is_http() {
+                return Err(format!(
+                    "[backend.{name}]: login = \"trusted-header\" and \"basic\" are for url backends, the others for address backends"
+                ));
+            }
             match backend.login {
                 BackendLogin::MasterUser | BackendLogin::SaslAuthzid | BackendLogin::Basic => {
                     if backend.master_user.as_deref().unwrap_or("").is_empty() {
@@ -417,15 +426,6 @@ impl Config {
                     }
                 }
                 BackendLogin::Xclient | BackendLogin::TrustedHeader => {}
-            }
-            let http_login = matches!(
-                backend.login,
-                BackendLogin::TrustedHeader | BackendLogin::Basic
-            );
-            if http_login != backend.is_http() {
-                return Err(format!(
-                    "[backend.{name}]: login = \"trusted-header\" and \"basic\" are for url backends, the others for address backends"
-                ));
             }
             if backend.ca_file.is_some()
                 && backend.tls == BackendTls::None
@@ -619,8 +619,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.default_domain.as_deref(), Some("example.org"));
-        assert_eq!(config.listeners.len(), 4);
+        assert_eq!(config.listeners.len(), 5);
+        assert_eq!(config.listeners[4].routes.len(), 3);
         assert!(config.backends.contains_key("dovecot-imap"));
+        assert!(config.backends["radicale"].is_http());
         assert!(config.backends.contains_key("dovecot-submission"));
     }
 
@@ -670,6 +672,93 @@ mod tests {
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
+    }
+
+    const HTTP: &str = r#"
+        [[listener]]
+        protocol = "http"
+        address = "127.0.0.1:8443"
+        tls = "implicit"
+          [[listener.route]]
+          host = "webdav.localhost"
+          service = "disk"
+          backend = "dav"
+          [[listener.route]]
+          path_prefix = "/cal"
+          service = "calendar"
+          backend = "dav"
+        [backend.dav]
+        url = "http://127.0.0.1:18090/"
+        login = "trusted-header"
+    "#;
+
+    #[test]
+    fn http_listeners_and_their_routes() {
+        let config = Config::parse(&format!("{MINIMAL}{HTTP}")).unwrap();
+        let http = &config.listeners[1];
+        assert_eq!(http.routes[0].path_prefix, "/");
+        assert_eq!(http.routes[1].service, Service::Calendar);
+        assert_eq!(config.backends["dav"].header, "X-Remote-User");
+        let cases = [
+            (
+                HTTP.replace(
+                    "backend = \"dav\"\n          [[listener.route]]",
+                    "backend = \"nope\"\n          [[listener.route]]",
+                ),
+                "no [backend.nope]",
+            ),
+            (
+                HTTP.replace("path_prefix = \"/cal\"", "host = \"WebDAV.localhost\""),
+                "overlap",
+            ),
+            (
+                HTTP.replace("service = \"calendar\"", "service = \"mail\""),
+                "not served over HTTP",
+            ),
+            (
+                HTTP.replace("path_prefix = \"/cal\"", "path_prefix = \"cal\""),
+                "must start with /",
+            ),
+            (
+                HTTP.replace("tls = \"implicit\"", "tls = \"starttls\""),
+                "implicit",
+            ),
+            (
+                HTTP.replace(
+                    "url = \"http://127.0.0.1:18090/\"",
+                    "address = \"127.0.0.1:1\"",
+                ),
+                "not an HTTP backend",
+            ),
+            (
+                HTTP.replace("login = \"trusted-header\"", "login = \"master-user\""),
+                "url backends",
+            ),
+            (
+                HTTP.replace("url = \"http://", "url = \"ftp://"),
+                "http:// or https://",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&format!("{MINIMAL}{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+        // A route under another route's prefix on the same host overlaps; on another host not.
+        let nested = HTTP.replace(
+            "path_prefix = \"/cal\"",
+            "host = \"webdav.localhost\"\n          path_prefix = \"/cal\"",
+        );
+        assert!(
+            Config::parse(&format!("{MINIMAL}{nested}"))
+                .unwrap_err()
+                .to_string()
+                .contains("overlap")
+        );
+        assert!(prefixes_overlap("/", "/dav"));
+        assert!(prefixes_overlap("/dav/", "/dav"));
+        assert!(!prefixes_overlap("/dav", "/davx"));
     }
 
     #[test]

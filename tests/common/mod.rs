@@ -331,6 +331,8 @@ pub struct Options {
     pub extra: String,
     /// RUST_LOG for the gateway.
     pub log_filter: &'static str,
+    /// More `[limits]` keys.
+    pub limits: String,
     /// Appended to the configuration (more listeners and backends); `{http}` is replaced by
     /// the HTTP listener's port.
     pub tail: String,
@@ -346,6 +348,7 @@ impl Default for Options {
             extra: String::new(),
             log_filter: "info,portcullis=debug",
             tail: String::new(),
+            limits: String::new(),
         }
     }
 }
@@ -401,6 +404,7 @@ max_connections = {maxconn}
 login_timeout_secs = {login_timeout}
 handshake_timeout_secs = 5
 shutdown_grace_secs = 5
+{limits}
 
 [[listener]]
 protocol = "imap"
@@ -444,6 +448,7 @@ timeout_secs = {backend_timeout}
 {tail}
 "#,
                 tail = options.tail.replace("{http}", &ports.http.to_string()),
+                limits = options.limits,
                 root = root.display(),
                 extra = options.extra,
                 delay = options.failure_delay_ms,
@@ -952,4 +957,16 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+impl TlsRaw {
+    /// Writes; false when the server has closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.get_mut().write_all(bytes).is_ok() && self.stream.get_mut().flush().is_ok()
+    }
+
+    /// Reads until the server closes (or the read timeout).
+    pub fn read_rest(&mut self, out: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.stream.read_to_end(out)
+    }
 }
