@@ -1,0 +1,290 @@
+//! End-to-end load harness for the HTTP listener, in one run on one machine:
+//!
+//! - small GETs and PROPFINDs (Depth 0) with Basic auth: requests per second and latency
+//!   percentiles, keep-alive connections, through portcullis vs directly against wsgidav
+//!   (directly over HTTPS too, so that TLS is on both sides of the comparison);
+//! - a large GET and a large PUT with curl: throughput through portcullis vs direct.
+//!
+//! `cargo bench --bench dav_load` (LOAD_SECS, LOAD_CLIENTS and LOAD_MIB override 5 s,
+//! 16 clients and 256 MiB). Needs wsgidav and curl: scripts/setup-peers.sh.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = env("LOAD_SECS", 5);
+    let clients = env("LOAD_CLIENTS", 16) as usize;
+    let mib = env("LOAD_MIB", 256);
+
+    let plain = Wsgidav::start();
+    let radicale = Radicale::start();
+    let tail =
+        http_listener(0, plain.port, radicale.port).replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail,
+            log_filter: "warn",
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main password");
+    let secret = gateway.app_password("alice", "disk", "bench");
+    let key = gateway.dir.path().join("certs/localhost.key");
+    let tls_direct = Wsgidav::start_with_tls(Some((&gateway.ca, &key)));
+    for root in [&plain.root, &tls_direct.root] {
+        std::fs::write(root.join("small.txt"), vec![b'x'; 1024]).expect("write");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = https_client(&gateway.ca, clients);
+    let auth = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"))
+        )
+    };
+    let targets = [
+        (
+            "wsgidav direct (HTTP)",
+            format!("http://127.0.0.1:{}", plain.port),
+        ),
+        (
+            "wsgidav direct (HTTPS)",
+            format!("https://127.0.0.1:{}", tls_direct.port),
+        ),
+        (
+            "portcullis -> wsgidav",
+            format!("https://127.0.0.1:{}", gateway.ports.http),
+        ),
+    ];
+    println!(
+        "{clients} keep-alive clients, {secs} s per row, {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!();
+    println!("| request | target | req/s | p50 ms | p90 ms | p99 ms | failed |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rates = std::collections::HashMap::new();
+    for (method, path) in [("GET", "/small.txt"), ("PROPFIND", "/")] {
+        for (name, base) in &targets {
+            let result = runtime.block_on(load(
+                &client,
+                method,
+                &format!("{base}{path}"),
+                &auth,
+                clients,
+                Duration::from_secs(secs),
+            ));
+            println!(
+                "| {method} {path} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                result.rate,
+                result.percentile(50.0),
+                result.percentile(90.0),
+                result.percentile(99.0),
+                result.failed
+            );
+            rates.insert((method, *name), result.rate);
+        }
+    }
+    println!();
+    for method in ["GET", "PROPFIND"] {
+        let through = rates[&(method, "portcullis -> wsgidav")];
+        println!(
+            "{method}: portcullis / direct HTTPS = {:.2}x, portcullis / direct HTTP = {:.2}x",
+            through / rates[&(method, "wsgidav direct (HTTPS)")],
+            through / rates[&(method, "wsgidav direct (HTTP)")]
+        );
+    }
+
+    // Large transfers with curl: one stream each way.
+    let dir = open_tempdir();
+    let file = dir.path().join("large.bin");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {} /dev/zero | tr '\\0' 'x' > {}",
+            mib * 1024 * 1024,
+            file.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let ca = gateway.ca.to_string_lossy().into_owned();
+    let user = format!("alice:{secret}");
+    println!();
+    println!("| {mib} MiB with curl | target | MiB/s |");
+    println!("|---|---|---|");
+    let mut speeds = std::collections::HashMap::new();
+    for (name, base) in &targets {
+        let url = format!("{base}/large.bin");
+        let put = curl_speed(&[
+            "--cacert",
+            &ca,
+            "-u",
+            &user,
+            "-T",
+            &file.to_string_lossy(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{speed_upload}",
+            &url,
+        ]);
+        let get = curl_speed(&[
+            "--cacert",
+            &ca,
+            "-u",
+            &user,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{speed_download}",
+            &url,
+        ]);
+        println!("| PUT | {name} | {:.0} |", put / 1048576.0);
+        println!("| GET | {name} | {:.0} |", get / 1048576.0);
+        speeds.insert(*name, (put, get));
+    }
+    let (gput, gget) = speeds["portcullis -> wsgidav"];
+    let (dput, dget) = speeds["wsgidav direct (HTTPS)"];
+    println!();
+    println!(
+        "large PUT: portcullis / direct HTTPS = {:.2}x; large GET: {:.2}x",
+        gput / dput,
+        gget / dget
+    );
+}
+
+fn curl_speed(args: &[&str]) -> f64 {
+    let out = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+fn https_client(ca: &std::path::Path, clients: usize) -> HttpsClient {
+    let tls = (*tls_client_config(ca)).clone();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(clients * 4)
+        .build(connector)
+}
+
+struct LoadResult {
+    rate: f64,
+    latencies_ms: Vec<f64>,
+    failed: usize,
+}
+
+impl LoadResult {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
+        self.latencies_ms[rank.min(self.latencies_ms.len() - 1)]
+    }
+}
+
+/// `clients` workers send requests back to back until `duration` has passed (each request has
+/// a 10 s timeout; none starts after the deadline).
+async fn load(
+    client: &HttpsClient,
+    method: &str,
+    url: &str,
+    auth: &str,
+    clients: usize,
+    duration: Duration,
+) -> LoadResult {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let method: http::Method = method.parse().expect("method");
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = client.clone();
+        let (method, url, auth) = (method.clone(), url.to_owned(), Arc::new(auth.to_owned()));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0usize;
+            while Instant::now() < deadline {
+                let request = http::Request::builder()
+                    .method(method.clone())
+                    .uri(&url)
+                    .header("authorization", auth.as_str())
+                    .header("depth", "0")
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let start = Instant::now();
+                let ok =
+                    match tokio::time::timeout(Duration::from_secs(10), client.request(request))
+                        .await
+                    {
+                        Ok(Ok(response)) => {
+                            let good =
+                                response.status().is_success() || response.status().as_u16() == 207;
+                            good && response.into_body().collect().await.is_ok()
+                        }
+                        _ => false,
+                    };
+                if ok {
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                } else {
+                    failed += 1;
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut latencies_ms = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        if let Ok((l, f)) = task.await {
+            latencies_ms.extend(l);
+            failed += f;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies_ms.sort_by(f64::total_cmp);
+    LoadResult {
+        rate: latencies_ms.len() as f64 / elapsed,
+        latencies_ms,
+        failed,
+    }
+}
