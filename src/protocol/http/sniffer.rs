@@ -224,10 +224,14 @@ DELETE /f HTTP/1.1\r\nHost: a\r\n\r\n";
 
     #[test]
     fn a_body_that_looks_like_a_request_is_not_judged() {
-        let stream: &[u8] = b"PUT /f HTTP/1.1\r\nContent-Length: 63\r\n\r\n\
-POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n\
-GET / HTTP/1.1\r\n\r\n";
-        assert_eq!(verdicts(&[stream]), vec![Verdict::Clean, Verdict::Clean]);
+        let body: &[u8] = b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let stream = [
+            format!("PUT /f HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+            b"GET / HTTP/1.1\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(verdicts(&[&stream]), vec![Verdict::Clean, Verdict::Clean]);
     }
 
     #[test]

@@ -167,6 +167,10 @@ fn origin_rewriting() {
     );
     assert_eq!(
         rewrite_prefix("http://b/?q=1", "http://b/", "https://h/").as_deref(),
-        Some("https://h?q=1")
+        Some("https://h/?q=1")
+    );
+    assert_eq!(
+        rewrite_prefix("http://b?q=1", "http://b/", "https://h/x/").as_deref(),
+        Some("https://h/x?q=1")
     );
 }
