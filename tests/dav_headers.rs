@@ -1,0 +1,222 @@
+//! What the backend receives: a small HTTP server written in the test echoes each request it
+//! gets (a fake backend is fine for this unit of logic; the real servers are in dav_e2e.rs).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const ECHO: &str = r#"
+import http.server, json, sys
+port = int(sys.argv[1])
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        out = json.dumps({"method": self.command, "path": self.path,
+                          "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                          "body": body.decode("latin-1")}).encode()
+        self.send_response(201 if self.command in ("MKCOL", "MKCALENDAR") else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("Location", f"http://127.0.0.1:{port}/dav/created/here")
+        self.send_header("Connection", "keep-alive, X-Backend-Private")
+        self.send_header("X-Backend-Private", "secret")
+        self.end_headers()
+        self.wfile.write(out)
+for m in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH", "MKCOL", "COPY",
+          "MOVE", "LOCK", "UNLOCK", "REPORT", "MKCALENDAR", "ACL", "POST"]:
+    setattr(Echo, "do_" + m, Echo.answer)
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
+"#;
+
+struct Echo(Child);
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_backend_sees_the_login_not_the_credentials_and_forwarding_headers_are_ours() {
+    let port = free_port();
+    let dir = open_tempdir();
+    let log = dir.path().join("echo.log");
+    let mut child = Command::new("python3")
+        .args(["-c", ECHO, &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "echo backend", &mut child, &log);
+    let _echo = Echo(child);
+    let tail = format!(
+        r#"
+[[listener]]
+protocol = "http"
+address = "127.0.0.1:{{http}}"
+tls = "implicit"
+  [[listener.route]]
+  path_prefix = "/files"
+  service = "disk"
+  backend = "echo"
+  [[listener.route]]
+  path_prefix = "/cal"
+  service = "calendar"
+  backend = "echo"
+[backend.echo]
+url = "http://127.0.0.1:{port}/dav/"
+login = "trusted-header"
+header = "X-Remote-User"
+strip_domain = true
+"#
+    );
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail,
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main");
+    let disk = gateway.app_password("alice", "disk", "t");
+    let calendar = gateway.app_password("alice", "calendar", "t");
+    let ca = gateway.ca.to_string_lossy().into_owned();
+    let base = format!("https://localhost:{}", gateway.ports.http);
+
+    let request =
+        |method: &str, path: &str, secret: &str, extra: &[&str]| -> (serde_json::Value, String) {
+            let mut args = vec![
+                "-sS".to_owned(),
+                "--http1.1".to_owned(),
+                "--cacert".to_owned(),
+                ca.clone(),
+                "-D".to_owned(),
+                "-".to_owned(),
+                "-X".to_owned(),
+                method.to_owned(),
+                "-u".to_owned(),
+                format!("alice:{secret}"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.push(format!("{base}{path}"));
+            let out = Command::new("curl").args(&args).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let json =
+                serde_json::from_str(body).unwrap_or_else(|_| panic!("{method} {path}: {text}"));
+            (json, head.to_owned())
+        };
+    let header = |json: &serde_json::Value, name: &str| -> Vec<String> {
+        json["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+
+    let (seen, head) = request(
+        "MOVE",
+        "/files/a/b.txt?x=1",
+        &disk,
+        &[
+            "-H",
+            "X-Remote-User: bob",
+            "-H",
+            "x-remote-user: mallory",
+            "-H",
+            "X-Forwarded-For: 10.9.9.9",
+            "-H",
+            "Forwarded: for=10.9.9.9",
+            "-H",
+            "Connection: keep-alive, X-Client-Private",
+            "-H",
+            "X-Client-Private: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            &format!("Destination: {base}/files/c/d.txt"),
+            "-H",
+            "Depth: infinity",
+        ],
+    );
+    assert_eq!(seen["method"], "MOVE");
+    // The route prefix /files is replaced by the backend URL's /dav; the query stays.
+    assert_eq!(seen["path"], "/dav/a/b.txt?x=1");
+    assert_eq!(
+        header(&seen, "x-remote-user"),
+        vec!["alice"],
+        "strip_domain gives the local part"
+    );
+    assert!(
+        header(&seen, "authorization").is_empty(),
+        "the client's credentials reached the backend"
+    );
+    assert_eq!(header(&seen, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(header(&seen, "forwarded").len(), 1);
+    assert!(header(&seen, "forwarded")[0].starts_with("for=127.0.0.1;proto=https;host="));
+    assert!(header(&seen, "x-client-private").is_empty() && header(&seen, "keep-alive").is_empty());
+    assert_eq!(header(&seen, "depth"), vec!["infinity"]);
+    assert_eq!(
+        header(&seen, "destination"),
+        vec![format!("http://127.0.0.1:{port}/dav/c/d.txt")]
+    );
+    assert_eq!(header(&seen, "host"), vec![format!("127.0.0.1:{port}")]);
+    assert_eq!(header(&seen, "x-script-name"), vec!["/files"]);
+    // On the way back: Location under the public origin, the backend's private header gone.
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("location: {base}/files/created/here")),
+        "{head}"
+    );
+    assert!(!head.contains("x-backend-private"), "{head}");
+
+    // Every DAV method passes through, with its body.
+    for method in [
+        "OPTIONS",
+        "GET",
+        "PUT",
+        "DELETE",
+        "PROPFIND",
+        "PROPPATCH",
+        "MKCOL",
+        "COPY",
+        "LOCK",
+        "UNLOCK",
+        "REPORT",
+        "ACL",
+    ] {
+        let (seen, _) = request(
+            method,
+            "/files/x",
+            &disk,
+            &[
+                "--data-binary",
+                "<body/>",
+                "-H",
+                "Content-Type: application/xml",
+            ],
+        );
+        assert_eq!(seen["method"], method);
+        assert_eq!(seen["body"], "<body/>", "{method}");
+    }
+    for method in ["MKCALENDAR", "MKCOL", "REPORT"] {
+        let (seen, _) = request(
+            method,
+            "/cal/alice/work/",
+            &calendar,
+            &["--data-binary", "<c/>"],
+        );
+        assert_eq!(seen["method"], method);
+        assert_eq!(seen["path"], "/dav/alice/work/");
+    }
+}
