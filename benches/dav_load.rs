@@ -10,6 +10,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use support::LoadResult;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -207,22 +209,6 @@ fn https_client(ca: &std::path::Path, clients: usize) -> HttpsClient {
         .build(connector)
 }
 
-struct LoadResult {
-    rate: f64,
-    latencies_ms: Vec<f64>,
-    failed: usize,
-}
-
-impl LoadResult {
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_ms.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
-        self.latencies_ms[rank.min(self.latencies_ms.len() - 1)]
-    }
-}
-
 /// `clients` workers send requests back to back until `duration` has passed (each request has
 /// a 10 s timeout; none starts after the deadline).
 async fn load(
@@ -272,19 +258,11 @@ async fn load(
             (latencies, failed)
         }));
     }
-    let mut latencies_ms = Vec::new();
-    let mut failed = 0;
+    let mut parts = Vec::new();
     for task in tasks {
-        if let Ok((l, f)) = task.await {
-            latencies_ms.extend(l);
-            failed += f;
+        if let Ok(part) = task.await {
+            parts.push(part);
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies_ms.sort_by(f64::total_cmp);
-    LoadResult {
-        rate: latencies_ms.len() as f64 / elapsed,
-        latencies_ms,
-        failed,
-    }
+    LoadResult::gather(parts, started.elapsed().as_secs_f64())
 }

@@ -18,6 +18,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use support::LoadResult;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -170,22 +172,6 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-struct LoadResult {
-    rate: f64,
-    latencies_ms: Vec<f64>,
-    failed: usize,
-}
-
-impl LoadResult {
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_ms.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
-        self.latencies_ms[rank.min(self.latencies_ms.len() - 1)]
-    }
-}
-
 /// `clients` loops of full login cycles until `duration` has passed (bounded: every cycle has a
 /// 10 s timeout, and no cycle starts after the deadline).
 async fn load(
@@ -226,21 +212,13 @@ async fn load(
             (latencies, failed)
         }));
     }
-    let mut latencies_ms = Vec::new();
-    let mut failed = 0;
+    let mut parts = Vec::new();
     for task in tasks {
-        if let Ok((l, f)) = task.await {
-            latencies_ms.extend(l);
-            failed += f;
+        if let Ok(part) = task.await {
+            parts.push(part);
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies_ms.sort_by(f64::total_cmp);
-    LoadResult {
-        rate: latencies_ms.len() as f64 / elapsed,
-        latencies_ms,
-        failed,
-    }
+    LoadResult::gather(parts, started.elapsed().as_secs_f64())
 }
 
 /// One full login cycle.

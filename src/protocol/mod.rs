@@ -11,6 +11,16 @@ pub mod smtp;
 
 use sasl::Credentials;
 
+/// A login as a client typed it, safe for a log line: at most 64 characters, control
+/// characters replaced (the text is whatever a client sent).
+pub fn printable(login: &str) -> String {
+    login
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Action {

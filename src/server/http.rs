@@ -390,7 +390,7 @@ async fn authenticate(
     {
         Ok(grant) => Ok(grant),
         Err(AuthError::Rejected) => {
-            tracing::info!(login = %printable(&login), service = %route.service, "login refused");
+            tracing::info!(login = %crate::protocol::printable(&login), service = %route.service, "login refused");
             tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms))
                 .await;
             Err(challenge())
@@ -577,12 +577,4 @@ fn close(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-fn printable(login: &str) -> String {
-    login
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }

@@ -190,7 +190,7 @@ impl<'a> Session<'a> {
                 Ok((tag, grant))
             }
             Err(AuthError::Rejected) => {
-                tracing::info!(login = %printable(&credentials.login), "login refused");
+                tracing::info!(login = %crate::protocol::printable(&credentials.login), "login refused");
                 tokio::time::sleep_until(
                     arrived + Duration::from_millis(shared.auth.failure_delay_ms),
                 )
@@ -256,15 +256,6 @@ impl Session<'_> {
         tracing::info!(?end, login = %grant.login, "session ended");
         let _ = backend.shutdown().await;
     }
-}
-
-/// A login as typed, safe for a log line (it may be anything a client sent).
-fn printable(login: &str) -> String {
-    login
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// Ends a connection politely (TLS close_notify, FIN) without waiting on a peer that does not
