@@ -288,6 +288,15 @@ pub struct BackendConfig {
     /// HTTP: the header that carries the user's login to the backend (default `X-Remote-User`).
     #[serde(default = "default_user_header")]
     pub header: String,
+    /// HTTP: requests in flight to this backend at once, and connections kept open to it
+    /// (default 32). Thread-per-connection servers (wsgidav on cheroot: 10 threads) want it at
+    /// or below their thread count, or pooled connections wait in their accept queue.
+    #[serde(default = "default_backend_connections")]
+    pub max_connections: usize,
+}
+
+fn default_backend_connections() -> usize {
+    32
 }
 
 fn default_user_header() -> String {
@@ -435,6 +444,11 @@ impl Config {
                     .is_some_and(|u| u.starts_with("https://"))
             {
                 return Err(format!("[backend.{name}] has ca_file but no TLS"));
+            }
+            if backend.max_connections == 0 {
+                return Err(format!(
+                    "[backend.{name}] max_connections must be at least 1"
+                ));
             }
             if backend.master_separator.is_empty() {
                 return Err(format!("[backend.{name}] master_separator is empty"));

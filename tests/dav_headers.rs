@@ -15,6 +15,9 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
     def answer(self):
+        if "slow" in self.path:
+            import time
+            time.sleep(1)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         out = json.dumps({"method": self.command, "path": self.path,
@@ -34,17 +37,10 @@ for m in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH", "M
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
 "#;
 
-struct Echo(Child);
+/// The echo server's process, and the folder of its log (removed with it).
+struct Echo(Child, #[allow(dead_code)] tempfile::TempDir);
 
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn the_backend_sees_the_login_not_the_credentials_and_forwarding_headers_are_ours() {
+fn start_echo() -> (u16, Echo) {
     let port = free_port();
     let dir = open_tempdir();
     let log = dir.path().join("echo.log");
@@ -55,7 +51,19 @@ fn the_backend_sees_the_login_not_the_credentials_and_forwarding_headers_are_our
         .spawn()
         .unwrap();
     wait_for_port(port, "echo backend", &mut child, &log);
-    let _echo = Echo(child);
+    (port, Echo(child, dir))
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_backend_sees_the_login_not_the_credentials_and_forwarding_headers_are_ours() {
+    let (port, _echo) = start_echo();
     let tail = format!(
         r#"
 [[listener]]
@@ -219,4 +227,67 @@ strip_domain = true
         assert_eq!(seen["method"], method);
         assert_eq!(seen["path"], "/dav/alice/work/");
     }
+}
+
+#[test]
+fn max_connections_bounds_requests_in_flight_to_a_backend() {
+    let (port, _echo) = start_echo();
+    let tail = format!(
+        r#"
+[[listener]]
+protocol = "http"
+address = "127.0.0.1:{{http}}"
+tls = "implicit"
+  [[listener.route]]
+  service = "disk"
+  backend = "echo"
+[backend.echo]
+url = "http://127.0.0.1:{port}/"
+login = "trusted-header"
+max_connections = 1
+"#
+    );
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail,
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main");
+    let disk = gateway.app_password("alice", "disk", "t");
+    let ca = gateway.ca.to_string_lossy().into_owned();
+    let url = format!("https://localhost:{}/slow", gateway.ports.http);
+    let start = std::time::Instant::now();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--cacert",
+                    &ca,
+                    "-u",
+                    &format!("alice:{disk}"),
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &url,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    // Each takes a second at the backend; one at a time, two take at least two.
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -38,6 +38,8 @@ pub struct HttpBackend {
     authority: http::uri::Authority,
     scheme: http::uri::Scheme,
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Requests in flight to the backend; see `max_connections`.
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// `Basic …` for `login = "basic"`.
     basic: Option<Secret>,
 }
@@ -67,7 +69,7 @@ impl HttpBackend {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(config.max_connections)
             .build(connector);
         let basic = match config.login {
             BackendLogin::Basic => {
@@ -90,6 +92,7 @@ impl HttpBackend {
             scheme,
             config: config.clone(),
             client,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             basic,
         })
     }
@@ -136,15 +139,54 @@ impl HttpBackend {
     pub async fn send(
         &self,
         request: http::Request<Incoming>,
-    ) -> Result<http::Response<Incoming>, HttpBackendError> {
-        match tokio::time::timeout(self.config.timeout(), self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(HttpBackendError::Failed(
+    ) -> Result<http::Response<Permitted>, HttpBackendError> {
+        // Waiting for a turn counts against the same deadline as the backend's answer; the
+        // turn lasts until the response body has been read, when the connection is free again.
+        let work = async {
+            let permit = self.permits.clone().acquire_owned().await;
+            (self.client.request(request).await, permit)
+        };
+        match tokio::time::timeout(self.config.timeout(), work).await {
+            Ok((Ok(response), Ok(permit))) => Ok(response.map(|body| Permitted {
+                inner: body,
+                _permit: permit,
+            })),
+            Ok((_, Err(_))) => Err(HttpBackendError::Failed(
+                self.origin.clone(),
+                "closed".into(),
+            )),
+            Ok((Err(e), _)) => Err(HttpBackendError::Failed(
                 self.origin.clone(),
                 error_chain(&e),
             )),
             Err(_) => Err(HttpBackendError::Timeout(self.origin.clone())),
         }
+    }
+}
+
+/// A backend response body that holds its request's turn until it is read to the end.
+pub struct Permitted {
+    inner: Incoming,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Permitted {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

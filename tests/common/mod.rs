@@ -938,6 +938,8 @@ url = "http://127.0.0.1:{wsgidav}/"
 login = "trusted-header"
 header = "X-Remote-User"
 timeout_secs = 5
+# cheroot serves 10 connections at once.
+max_connections = 8
 
 [backend.radicale]
 url = "http://127.0.0.1:{radicale}/"
