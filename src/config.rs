@@ -32,6 +32,68 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "backend")]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// The authentication server for other daemons (Dovecot's auth protocol).
+    #[serde(default)]
+    pub auth_server: Option<AuthServerConfig>,
+}
+
+/// `[auth_server]`: portcullis answering Dovecot's authentication protocol, so Postfix, Exim
+/// and Prosody can check credentials against it directly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthServerConfig {
+    /// `unix:PATH` or `IP:PORT` entries. TCP only on loopback or a private network: the
+    /// protocol carries passwords in the clear.
+    pub listen: Vec<String>,
+    /// Mode of the unix sockets, octal (default `0660`).
+    #[serde(default = "default_socket_mode")]
+    pub unix_mode: String,
+    /// Owner of the unix sockets (a user name; default: the gateway's user).
+    #[serde(default)]
+    pub unix_user: Option<String>,
+    /// Group of the unix sockets (a group name, e.g. `postfix`).
+    #[serde(default)]
+    pub unix_group: Option<String>,
+}
+
+fn default_socket_mode() -> String {
+    "0660".to_owned()
+}
+
+/// Where the authentication server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthListen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl AuthServerConfig {
+    /// The parsed `listen` entries.
+    pub fn addresses(&self) -> Result<Vec<AuthListen>, String> {
+        self.listen
+            .iter()
+            .map(|entry| match entry.strip_prefix("unix:") {
+                Some(path) if !path.is_empty() => Ok(AuthListen::Unix(PathBuf::from(path))),
+                Some(_) => Err("[auth_server] listen: unix: needs a path".to_owned()),
+                None => entry.parse().map(AuthListen::Tcp).map_err(|_| {
+                    format!("[auth_server] listen: {entry:?} is neither unix:PATH nor IP:PORT")
+                }),
+            })
+            .collect()
+    }
+
+    /// The unix socket mode.
+    pub fn mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.unix_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "[auth_server] unix_mode {:?} is not an octal mode",
+                    self.unix_mode
+                )
+            })
+    }
 }
 
 /// `[store]`
@@ -379,8 +441,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.listeners.is_empty() {
-            return Err("no [[listener]] is configured".into());
+        if self.listeners.is_empty() && self.auth_server.is_none() {
+            return Err("no [[listener]] and no [auth_server] is configured".into());
         }
         let mut addresses = std::collections::HashSet::new();
         for listener in &self.listeners {
@@ -459,6 +521,13 @@ impl Config {
                     backend.header
                 ));
             }
+        }
+        if let Some(auth_server) = &self.auth_server {
+            if auth_server.listen.is_empty() {
+                return Err("[auth_server] listen is empty".into());
+            }
+            auth_server.addresses()?;
+            auth_server.mode()?;
         }
         if self.auth.max_failures == 0 {
             return Err("[auth] max_failures must be at least 1".into());

@@ -228,6 +228,8 @@ pub enum Protocol {
     WebDav,
     CalDav,
     CardDav,
+    Pop3,
+    Xmpp,
 }
 
 impl Protocol {
@@ -238,15 +240,29 @@ impl Protocol {
             Protocol::WebDav => "webdav",
             Protocol::CalDav => "caldav",
             Protocol::CardDav => "carddav",
+            Protocol::Pop3 => "pop3",
+            Protocol::Xmpp => "xmpp",
         }
     }
 
     pub fn service(self) -> Service {
         match self {
-            Protocol::Imap | Protocol::Submission => Service::Mail,
+            Protocol::Imap | Protocol::Submission | Protocol::Pop3 => Service::Mail,
+            Protocol::Xmpp => Service::Xmpp,
             Protocol::WebDav => Service::Disk,
             Protocol::CalDav => Service::Calendar,
             Protocol::CardDav => Service::Contacts,
+        }
+    }
+
+    /// The protocol a Dovecot-auth client names in `service=`.
+    pub fn from_auth_service(name: &str) -> Option<Self> {
+        match name {
+            "imap" => Some(Protocol::Imap),
+            "pop3" => Some(Protocol::Pop3),
+            "smtp" | "submission" => Some(Protocol::Submission),
+            "xmpp" => Some(Protocol::Xmpp),
+            _ => None,
         }
     }
 

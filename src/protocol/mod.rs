@@ -4,6 +4,7 @@
 //! all: it owns the socket, the deadlines, STARTTLS and the credential check, and the machine
 //! owns the grammar and the replies.
 
+pub mod dovecot_auth;
 pub mod http;
 pub mod imap;
 pub mod sasl;

@@ -6,6 +6,7 @@
 //! drops), then runs [`session`]'s pre-auth driver with its protocol's machine, and the
 //! protocol's post-login half ([`imap`], [`smtp`]): backend login, then the relay.
 
+pub mod auth;
 pub mod http;
 pub mod imap;
 pub mod session;
@@ -238,6 +239,9 @@ impl Gateway {
                 connections.clone(),
                 tracker.clone(),
             ));
+        }
+        if let Some(auth_server) = &config.auth_server {
+            auth::start(auth_server, &shared, &connections, &tracker).await?;
         }
         Ok(Self {
             shared,

@@ -1,0 +1,242 @@
+//! The authentication server: Dovecot's auth protocol on unix and TCP sockets.
+//!
+//! Each connection runs a [`protocol::dovecot_auth::AuthServer`](crate::protocol::dovecot_auth)
+//! machine. Verifications run as tasks of their own, so a slow one (a failure waits out the
+//! failure delay, a main password waits for argon2) never holds up the other requests in flight
+//! on the same connection; their answers come back through a channel to the one writer.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{Shared, StartError};
+use crate::config::{AuthListen, AuthServerConfig};
+use crate::credentials::{AuthError, Protocol};
+use crate::protocol::dovecot_auth::{AuthServer, Event, Verdict};
+
+/// Time a client has to finish its half of the handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Binds every `listen` entry and spawns its accept loop.
+pub async fn start(
+    config: &AuthServerConfig,
+    shared: &Arc<Shared>,
+    connections: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) -> Result<(), StartError> {
+    let mode = config.mode().map_err(StartError::Backend)?;
+    for address in config.addresses().map_err(StartError::Backend)? {
+        match address {
+            AuthListen::Tcp(address) => {
+                let socket = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind { address, source })?;
+                tracing::info!(%address, "auth server listening");
+                let (shared, connections, inner) =
+                    (shared.clone(), connections.clone(), tracker.clone());
+                tracker.spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            () = shared.shutdown.cancelled() => return,
+                            accepted = socket.accept() => accepted,
+                        };
+                        let Ok((stream, peer)) = accepted else {
+                            continue;
+                        };
+                        spawn(stream, Some(peer.ip()), &shared, &connections, &inner);
+                    }
+                });
+            }
+            AuthListen::Unix(path) => {
+                // A socket left by an earlier run would make bind fail.
+                if path.exists() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let socket = UnixListener::bind(&path).map_err(|e| {
+                    StartError::Backend(format!(
+                        "[auth_server] cannot listen on {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                set_owner_and_mode(&path, config, mode)?;
+                tracing::info!(path = %path.display(), "auth server listening");
+                let (shared, connections, inner) =
+                    (shared.clone(), connections.clone(), tracker.clone());
+                tracker.spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            () = shared.shutdown.cancelled() => return,
+                            accepted = socket.accept() => accepted,
+                        };
+                        let Ok((stream, _)) = accepted else { continue };
+                        spawn(stream, None, &shared, &connections, &inner);
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_owner_and_mode(path: &Path, config: &AuthServerConfig, mode: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err =
+        |what: String| StartError::Backend(format!("[auth_server] {}: {what}", path.display()));
+    let uid = match &config.unix_user {
+        Some(name) => {
+            Some(lookup_id("/etc/passwd", name).ok_or_else(|| err(format!("no user {name:?}")))?)
+        }
+        None => None,
+    };
+    let gid = match &config.unix_group {
+        Some(name) => {
+            Some(lookup_id("/etc/group", name).ok_or_else(|| err(format!("no group {name:?}")))?)
+        }
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid).map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// The numeric id of a name in /etc/passwd or /etc/group (`name:x:id:...`).
+fn lookup_id(file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then(|| fields.nth(1)?.parse().ok())?
+    })
+}
+
+fn spawn<S>(
+    stream: S,
+    peer: Option<IpAddr>,
+    shared: &Arc<Shared>,
+    connections: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Ok(permit) = connections.clone().try_acquire_owned() else {
+        tracing::warn!("connection limit reached; refusing an auth client");
+        return;
+    };
+    let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
+    let shared = shared.clone();
+    let span = tracing::info_span!("auth-client", id);
+    tracker.spawn(
+        async move {
+            let _permit = permit;
+            serve(stream, peer, id, shared).await;
+        }
+        .instrument(span),
+    );
+}
+
+async fn serve<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    peer: Option<IpAddr>,
+    id: u64,
+    shared: Arc<Shared>,
+) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let cookie = crate::credentials::hashing::hex(&rand::random::<[u8; 16]>());
+    let handshake = AuthServer::handshake(std::process::id(), id, &cookie);
+    if writer.write_all(handshake.as_bytes()).await.is_err() {
+        return;
+    }
+    let (answers, mut answered) = mpsc::channel::<(u32, Verdict, String)>(256);
+    let mut machine = AuthServer::new();
+    let mut buffer = vec![0u8; 8192];
+    let handshake_deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    loop {
+        loop {
+            match machine.next_event() {
+                Event::NeedInput => break,
+                Event::Write(line) => {
+                    if writer.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Event::Close(line) => {
+                    tracing::info!("auth client broke the protocol; closing");
+                    let _ = writer.write_all(line.as_bytes()).await;
+                    return;
+                }
+                Event::Verify(request) => {
+                    let shared = shared.clone();
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let arrived = Instant::now();
+                        let ip = request
+                            .remote_ip
+                            .or(peer)
+                            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                        let protocol = Protocol::from_auth_service(&request.service_name)
+                            .unwrap_or(Protocol::Imap);
+                        let outcome = shared
+                            .index
+                            .authenticate(
+                                request.service,
+                                protocol,
+                                &request.login,
+                                &request.secret,
+                                ip,
+                            )
+                            .await;
+                        let (verdict, login) = match outcome {
+                            Ok(grant) => (Verdict::Accepted, grant.login.to_string()),
+                            Err(AuthError::Rejected) => {
+                                tracing::info!(login = %crate::protocol::printable(&request.login), service = %request.service_name, "auth server refused a login");
+                                let delay = Duration::from_millis(shared.auth.failure_delay_ms);
+                                tokio::time::sleep_until(arrived + delay).await;
+                                (Verdict::Rejected, String::new())
+                            }
+                            Err(AuthError::Unavailable(reason)) => {
+                                tracing::warn!(%reason, "credential check unavailable");
+                                (Verdict::Temporary, String::new())
+                            }
+                        };
+                        let _ = answers.send((request.id, verdict, login)).await;
+                    });
+                }
+            }
+        }
+        // Daemons keep their connection open between logins; only the handshake has a deadline.
+        let until = if machine.handshaken() {
+            Instant::now() + Duration::from_secs(365 * 24 * 3600)
+        } else {
+            handshake_deadline
+        };
+        let read = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            Some((id, verdict, login)) = answered.recv() => {
+                let line = machine.verdict(id, verdict, &login);
+                if writer.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            read = tokio::time::timeout_at(until, reader.read(&mut buffer)) => read,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => machine.enqueue(&buffer[..n]),
+            Err(_) => {
+                tracing::debug!("auth client did not finish the handshake in time");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! portcullis as an authentication server (Dovecot's auth protocol): raw protocol conformance,
+//! and real Prosody with mod_auth_dovecot asking it, with slixmpp logging in to Prosody.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gateway_with_auth_server() -> (Gateway, u16) {
+    let port = free_port();
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            extra: format!(
+                "[auth_server]\nlisten = [\"127.0.0.1:{port}\", \"unix:{{dir}}/auth.sock\"]\n"
+            ),
+            failure_delay_ms: 300,
+            ..Options::default()
+        },
+    );
+    wait_for_auth(port);
+    gateway.create_account("alice", "alice main password");
+    (gateway, port)
+}
+
+fn wait_for_auth(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the auth server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut client = Self {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        };
+        let mut handshake = Vec::new();
+        loop {
+            let line = client.line();
+            handshake.push(line.clone());
+            if line == "DONE" || line.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(handshake[0], "VERSION\t1\t2");
+        assert!(
+            handshake.contains(&"MECH\tPLAIN\tplaintext".to_owned()),
+            "{handshake:?}"
+        );
+        client.send("VERSION\t1\t0\nCPID\t4242\n");
+        client
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.reader.read_line(&mut line);
+        line.trim_end_matches('\n').to_owned()
+    }
+
+    fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn the_auth_protocol_checks_scope_and_answers_pipelined_requests_in_any_order() {
+    let (gateway, port) = gateway_with_auth_server();
+    let mail = gateway.app_password("alice", "mail", "Postfix");
+    let disk = gateway.app_password("alice", "disk", "Files");
+    let mut c = Client::connect(port);
+
+    c.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\trip=192.0.2.10\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "OK\t1\tuser=alice@example.org");
+    // A failure waits out the failure delay; a success sent after it is not held up behind it.
+    c.send(&format!(
+        "AUTH\t2\tPLAIN\tservice=smtp\tresp={}\nAUTH\t3\tPLAIN\tservice=imap\tresp={}\n",
+        plain("", "alice", &disk),
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "OK\t3\tuser=alice@example.org");
+    assert_eq!(c.line(), "FAIL\t2");
+    // LOGIN with continuations; an xmpp request with a mail password fails.
+    c.send("AUTH\t4\tLOGIN\tservice=submission\n");
+    assert_eq!(c.line(), "CONT\t4\tVXNlcm5hbWU6");
+    c.send("CONT\t4\tYWxpY2U=\n");
+    assert_eq!(c.line(), "CONT\t4\tUGFzc3dvcmQ6");
+    use base64::Engine as _;
+    c.send(&format!(
+        "CONT\t4\t{}\n",
+        base64::engine::general_purpose::STANDARD.encode(&mail)
+    ));
+    assert_eq!(c.line(), "OK\t4\tuser=alice@example.org");
+    c.send(&format!(
+        "AUTH\t5\tPLAIN\tservice=xmpp\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "FAIL\t5");
+    // Malformed base64 and unknown services fail; an unknown command ends the connection.
+    c.send("AUTH\t6\tPLAIN\tservice=smtp\tresp=%%%\n");
+    assert!(c.line().starts_with("FAIL\t6\treason="));
+    c.send(&format!(
+        "AUTH\t7\tPLAIN\tservice=webdav\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "FAIL\t7\treason=Unknown service");
+    c.send("NONSENSE\n");
+    assert_eq!(c.line(), "", "the connection should be closed");
+
+    // The unix socket answers the same way.
+    let path = gateway.dir.path().join("auth.sock");
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    while line != "DONE\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    writer
+        .write_all(
+            format!(
+                "VERSION\t1\t0\nCPID\t1\nAUTH\t9\tPLAIN\tservice=imap\tresp={}\n",
+                plain("", "alice", &mail)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "OK\t9\tuser=alice@example.org\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    // The last use came from the address the daemon reported.
+    std::thread::sleep(Duration::from_millis(1500));
+    let listed = gateway.cli_ok(&["app-password", "list", "alice", "--json"], None);
+    assert!(
+        listed.contains("192.0.2.10") || listed.contains("127.0.0.1"),
+        "{listed}"
+    );
+}
+
+struct Prosody {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prosody {
+    /// Prosody asking portcullis's auth server (mod_auth_dovecot over TCP).
+    fn start(auth_port: u16) -> Self {
+        require("prosody", "apt-get install prosody prosody-modules");
+        let dir = open_tempdir();
+        let port = free_port();
+        let config = dir.path().join("prosody.cfg.lua");
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                r#"run_as_root = true
+pidfile = "{root}/prosody.pid"
+data_path = "{root}/data"
+log = {{ {{ levels = {{ min = "info" }}, to = "console" }} }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+s2s_ports = {{ }}; http_ports = {{ }}; https_ports = {{ }}
+plugin_paths = {{ "/usr/lib/prosody/modules" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "posix" }}
+modules_disabled = {{ "s2s", "tls" }}
+authentication = "dovecot"
+dovecot_auth_host = "127.0.0.1"
+dovecot_auth_port = "{auth_port}"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+VirtualHost "localhost"
+"#,
+                root = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("prosody.log");
+        let mut child = Command::new("prosody")
+            .args(["-F", "--config"])
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "prosody", &mut child, &log);
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+const XMPP_LOGIN: &str = r#"
+import asyncio, sys, slixmpp
+jid, password, port = sys.argv[1:4]
+class Client(slixmpp.ClientXMPP):
+    def __init__(self):
+        super().__init__(jid, password)
+        self.result = "NO-RESULT"
+        self.add_event_handler("session_start", self.started)
+        self.add_event_handler("failed_auth", self.failed)
+    async def started(self, event):
+        self.result = "LOGGED-IN"
+        self.disconnect()
+    def failed(self, event):
+        self.result = "FAILED-AUTH"
+        self.disconnect()
+client = Client()
+client.enable_starttls = False
+client.enable_direct_tls = False
+client.enable_plaintext = True
+client["feature_mechanisms"].unencrypted_plain = True
+client.connect(host="127.0.0.1", port=int(port))
+loop = asyncio.get_event_loop()
+try:
+    loop.run_until_complete(asyncio.wait_for(client.disconnected, 15))
+except asyncio.TimeoutError:
+    pass
+print(client.result)
+"#;
+
+#[test]
+fn prosody_with_mod_auth_dovecot_asks_portcullis() {
+    require_python_module("slixmpp", "pip install slixmpp");
+    let (gateway, port) = gateway_with_auth_server();
+    let prosody = Prosody::start(port);
+    let xmpp = gateway.app_password("alice", "xmpp", "Jabber phone");
+    let disk = gateway.app_password("alice", "disk", "Files");
+    let login = |password: &str| {
+        python_ok(
+            XMPP_LOGIN,
+            &["alice@localhost", password, &prosody.port.to_string()],
+        )
+    };
+    assert!(login(&xmpp).contains("LOGGED-IN"), "{}", gateway.log());
+    assert!(login(&disk).contains("FAILED-AUTH"));
+    assert!(
+        login("alice main password").contains("FAILED-AUTH"),
+        "the option is on: no main password"
+    );
+}
