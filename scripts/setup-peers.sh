@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
-# Dovecot (IMAP + submission), curl, openssl, litmus, nginx with its mail module (benchmark
-# baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav and vdirsyncer.
+# Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
+# Postfix and swaks, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
+# wsgidav, radicale, caldav, vdirsyncer and slixmpp.
 set -euo pipefail
 
 missing_debs=()
@@ -13,6 +14,10 @@ command -v nginx >/dev/null 2>&1 || missing_debs+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing_debs+=(libnginx-mod-mail)
 command -v python3 >/dev/null 2>&1 || missing_debs+=(python3 python3-pip)
 command -v litmus >/dev/null 2>&1 || missing_debs+=(litmus)
+command -v prosody >/dev/null 2>&1 || missing_debs+=(prosody)
+[ -e /usr/lib/prosody/modules/mod_auth_dovecot ] || missing_debs+=(prosody-modules)
+command -v postfix >/dev/null 2>&1 || missing_debs+=(postfix)
+command -v swaks >/dev/null 2>&1 || missing_debs+=(swaks)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -22,6 +27,9 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
     fi
     echo "installing ${missing_debs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # Postfix asks how to configure the system's own instance: not at all (the tests run
+    # private instances).
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq "${missing_debs[@]}" >/dev/null
 fi
@@ -34,6 +42,7 @@ python3 -c 'import wsgidav, cheroot' 2>/dev/null || missing_py+=(wsgidav cheroot
 python3 -c 'import radicale' 2>/dev/null || missing_py+=(radicale)
 python3 -c 'import caldav' 2>/dev/null || missing_py+=(caldav)
 command -v vdirsyncer >/dev/null 2>&1 || missing_py+=(vdirsyncer)
+python3 -c 'import slixmpp' 2>/dev/null || missing_py+=(slixmpp)
 if [ ${#missing_py[@]} -gt 0 ]; then
     echo "installing ${missing_py[*]}" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}" \
