@@ -5,6 +5,7 @@ pub mod hashing;
 pub mod index;
 pub mod model;
 pub mod secret;
+pub mod tickets;
 
 pub use index::{AuthError, CredentialIndex, Grant};
 pub use model::{Login, Protocol, Service};

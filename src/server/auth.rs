@@ -20,7 +20,9 @@ use tracing::Instrument;
 
 use super::{Shared, StartError};
 use crate::config::{AuthListen, AuthServerConfig};
-use crate::credentials::{AuthError, Protocol};
+use crate::credentials::tickets::Tickets;
+use crate::credentials::{AuthError, Login, Protocol};
+use crate::protocol::dovecot_auth::Request;
 use crate::protocol::dovecot_auth::{AuthServer, Event, Verdict};
 
 /// Time a client has to finish its half of the handshake.
@@ -110,6 +112,17 @@ fn set_owner_and_mode(path: &Path, config: &AuthServerConfig, mode: u32) -> Resu
         .map_err(|e| err(e.to_string()))
 }
 
+/// A ticket minted by one of our gateways: good once, for its account and service.
+fn redeem(shared: &Shared, request: &Request) -> Result<Login, AuthError> {
+    let login = Login::parse(&request.login, shared.index.default_domain())
+        .map_err(|_| AuthError::Rejected)?;
+    shared
+        .tickets
+        .redeem(&login, request.service, &request.secret)
+        .map(|_| login)
+        .ok_or(AuthError::Rejected)
+}
+
 /// The numeric id of a name in /etc/passwd or /etc/group (`name:x:id:...`).
 fn lookup_id(file: &str, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -185,18 +198,23 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
                         let protocol = Protocol::from_auth_service(&request.service_name)
                             .unwrap_or(Protocol::Imap);
-                        let outcome = shared
-                            .index
-                            .authenticate(
-                                request.service,
-                                protocol,
-                                &request.login,
-                                &request.secret,
-                                ip,
-                            )
-                            .await;
+                        let outcome = if Tickets::is_ticket(&request.secret) {
+                            redeem(&shared, &request)
+                        } else {
+                            shared
+                                .index
+                                .authenticate(
+                                    request.service,
+                                    protocol,
+                                    &request.login,
+                                    &request.secret,
+                                    ip,
+                                )
+                                .await
+                                .map(|grant| grant.login)
+                        };
                         let (verdict, login) = match outcome {
-                            Ok(grant) => (Verdict::Accepted, grant.login.to_string()),
+                            Ok(login) => (Verdict::Accepted, login.to_string()),
                             Err(AuthError::Rejected) => {
                                 tracing::info!(login = %crate::protocol::printable(&request.login), service = %request.service_name, "auth server refused a login");
                                 let delay = Duration::from_millis(shared.auth.failure_delay_ms);
@@ -238,5 +256,88 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::config::Config;
+    use crate::credentials::{Login, Service};
+    use crate::server::Gateway;
+
+    /// Tickets minted in the gateway are redeemed through the auth protocol: once, for their
+    /// account and service.
+    #[tokio::test]
+    async fn tickets_are_accepted_once_for_their_account_and_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.crt");
+        let key = dir.path().join("c.key");
+        crate::tls::write_dev_certificate(&cert, &key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config::parse(&format!(
+            "default_domain = \"example.org\"\n[store]\nurl = \"sqlite://{}/p.db\"\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n[auth]\nfailure_delay_ms = 10\n[auth_server]\nlisten = [\"127.0.0.1:{port}\"]\n",
+            dir.path().display(),
+            cert.display(),
+            key.display()
+        ))
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
+        let tickets = gateway.tickets();
+        let alice = Login::parse("alice@example.org", None).unwrap();
+        let ticket = tickets.mint(&alice, Service::Xmpp, 1);
+        let smtp_ticket = tickets.mint(&alice, Service::Xmpp, 2);
+        let text = |t: &crate::credentials::Secret| String::from_utf8(t.expose().to_vec()).unwrap();
+        let plain = |password: &str| {
+            crate::protocol::sasl::encode_base64(format!("\0alice\0{password}").as_bytes())
+        };
+
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        while lines.next_line().await.unwrap().as_deref() != Some("DONE") {}
+        writer.write_all(b"VERSION\t1\t0\nCPID\t1\n").await.unwrap();
+        let mut ask = async |id: u32, service: &str, password: &str| {
+            writer
+                .write_all(
+                    format!(
+                        "AUTH\t{id}\tPLAIN\tservice={service}\tresp={}\n",
+                        plain(password)
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            lines.next_line().await.unwrap().unwrap()
+        };
+        assert_eq!(
+            ask(1, "xmpp", &text(&ticket)).await,
+            "OK\t1\tuser=alice@example.org"
+        );
+        assert_eq!(
+            ask(2, "xmpp", &text(&ticket)).await,
+            "FAIL\t2",
+            "a ticket works once"
+        );
+        assert_eq!(
+            ask(3, "smtp", &text(&smtp_ticket)).await,
+            "FAIL\t3",
+            "only for its service"
+        );
+        assert_eq!(
+            ask(4, "xmpp", "pct1-0000").await,
+            "FAIL\t4",
+            "an unknown ticket"
+        );
+        shutdown.cancel();
+        gateway.run_until_shutdown().await;
     }
 }

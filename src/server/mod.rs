@@ -53,6 +53,8 @@ pub enum StartError {
 /// What every session of the gateway shares.
 pub struct Shared {
     pub index: Arc<CredentialIndex>,
+    /// One-time tickets minted by gateways for backends that ask the auth server.
+    pub tickets: Arc<crate::credentials::tickets::Tickets>,
     pub tls: TlsAcceptor,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -102,6 +104,7 @@ impl Gateway {
         )?;
         let shared = Arc::new(Shared {
             index: index.clone(),
+            tickets: Arc::new(crate::credentials::tickets::Tickets::new()),
             tls: TlsAcceptor::from(tls.clone()),
             auth: config.auth.clone(),
             limits: config.limits.clone(),
@@ -249,6 +252,11 @@ impl Gateway {
             background: vec![feed, use_writer],
             local_addrs,
         })
+    }
+
+    /// The ticket table shared with the authentication server.
+    pub fn tickets(&self) -> Arc<crate::credentials::tickets::Tickets> {
+        self.shared.tickets.clone()
     }
 
     /// Waits for the shutdown signal, then for sessions to end (at most the grace period).
