@@ -38,7 +38,7 @@ pub enum Command {
     Serve,
     /// Read and validate the configuration, then exit.
     CheckConfig,
-    /// Write a self-signed development certificate to the [tls] paths of the configuration.
+    /// Write a self-signed development certificate to the `[tls]` paths of the configuration.
     DevCert {
         /// Overwrite existing files.
         #[arg(long)]

@@ -8,14 +8,18 @@
 //!
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`credentials`]: accounts, app passwords, generations; the redacting [`credentials::Secret`];
-//!   argon2 off the executor; the cached [`credentials::CredentialIndex`] that decides logins.
+//!   argon2 off the executor; the cached [`credentials::CredentialIndex`] that decides logins;
+//!   one-time tickets for backend logins.
 //! - [`store`]: SQL storage (SQLite by default) and the change feed that carries other
 //!   processes' changes to a running gateway.
 //! - [`tls`]: server and backend TLS configuration, the development certificate.
-//! - [`protocol`]: sans-I/O pre-authentication state machines (IMAP, SMTP submission) and SASL.
-//! - [`upstream`]: backend connections, backend login methods, and the relay.
-//! - [`server`]: listeners, connection limits, deadlines, shutdown, and the session drivers that
-//!   connect a protocol machine to sockets, the index and the backend.
+//! - [`protocol`]: sans-I/O protocol code: the pre-authentication machines of IMAP and SMTP
+//!   submission, SASL, HTTP routing/credentials/smuggling detection, and the server side of
+//!   Dovecot's authentication protocol.
+//! - [`upstream`]: backend connections, backend login methods, the relay, and the pooled HTTP
+//!   client for DAV backends.
+//! - [`server`]: listeners, connection limits, deadlines, shutdown, and the drivers that connect
+//!   a protocol to sockets, the index and the backend (IMAP, submission, HTTPS, auth server).
 //! - [`cli`]: the operator's command line.
 
 #![forbid(unsafe_code)]
