@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::*;
-use support::LoadResult;
+use support::{LoadResult, knob};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -20,15 +20,9 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let secs = env("LOAD_SECS", 5);
-    let clients = env("LOAD_CLIENTS", 8) as usize;
-    let depth = env("LOAD_DEPTH", 16) as usize;
+    let secs = knob("LOAD_SECS", 5);
+    let clients = knob("LOAD_CLIENTS", 8) as usize;
+    let depth = knob("LOAD_DEPTH", 16) as usize;
     let port = free_port();
     let gateway = Gateway::start(
         free_port(),

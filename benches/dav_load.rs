@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use support::LoadResult;
+use support::{LoadResult, knob};
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -30,15 +30,9 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let secs = env("LOAD_SECS", 5);
-    let clients = env("LOAD_CLIENTS", 16) as usize;
-    let mib = env("LOAD_MIB", 256);
+    let secs = knob("LOAD_SECS", 5);
+    let clients = knob("LOAD_CLIENTS", 16) as usize;
+    let mib = knob("LOAD_MIB", 256);
 
     let plain = Wsgidav::start();
     let radicale = Radicale::start();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use support::LoadResult;
+use support::{LoadResult, knob};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,14 +44,8 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let secs: u64 = std::env::var("LOAD_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let clients: usize = std::env::var("LOAD_CLIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+    let secs = knob("LOAD_SECS", 5);
+    let clients = knob("LOAD_CLIENTS", 64) as usize;
     require("nginx", "apt-get install nginx libnginx-mod-mail");
 
     let dir = open_tempdir();

@@ -1,4 +1,12 @@
-//! What the load harnesses share: latency statistics of a fixed-duration run.
+//! What the load harnesses share: their knobs and the latency statistics of a run.
+
+/// A numeric knob from the environment (`LOAD_SECS=10 cargo bench ...`), or its default.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The outcome of one load run.
 pub struct LoadResult {
