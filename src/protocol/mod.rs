@@ -9,6 +9,7 @@ pub mod http;
 pub mod imap;
 pub mod sasl;
 pub mod smtp;
+pub mod xmpp;
 
 use sasl::Credentials;
 

@@ -1,0 +1,388 @@
+//! XMPP client-to-server streams before authentication (RFC 6120), sans I/O.
+//!
+//! The stream header, the features, mandatory STARTTLS with the stream restart, and SASL PLAIN
+//! (RFC 4616) after TLS. XML is read with rxml, a restricted XML parser: no DTD (so no entity
+//! expansion), no processing instructions, no entities beyond the predefined five, and a cap on
+//! every token. On top of it each top-level element before authentication is capped in size,
+//! so an element that never closes is cut off, not buffered. Any XML fault ends the stream with
+//! a stream error.
+
+use rxml::{Event as XmlEvent, Parse, Parser, WithOptions};
+
+use crate::protocol::sasl;
+use crate::protocol::{Action, LoginRequest};
+
+const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+
+/// How the machine is set up for one connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The XMPP domain served (the `to` the client must name).
+    pub domain: String,
+    /// Largest top-level element (and stream header) before authentication, in bytes.
+    pub max_element: usize,
+    pub max_failures: u32,
+    pub tls: bool,
+    pub starttls: bool,
+    pub plaintext_auth: bool,
+    /// Stream id to send in our header.
+    pub stream_id: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for the client's stream header.
+    Header,
+    /// Waiting for a top-level element (STARTTLS, auth).
+    Elements,
+    /// `<auth mechanism='PLAIN'/>` without an initial response: the next element is the
+    /// `<response/>`.
+    AwaitingResponse,
+    Deciding,
+    Closed,
+}
+
+/// A top-level element being read.
+#[derive(Debug, Default)]
+struct Element {
+    namespace: String,
+    name: String,
+    mechanism: Option<String>,
+    text: String,
+    depth: usize,
+}
+
+/// The pre-authentication part of one client stream.
+pub struct PreAuth {
+    settings: Settings,
+    parser: Parser,
+    buffer: Vec<u8>,
+    state: State,
+    header_sent: bool,
+    /// Elements open below the stream root.
+    element: Option<Element>,
+    /// Bytes the current element (or the header) has used so far.
+    element_bytes: usize,
+    failures: u32,
+}
+
+impl PreAuth {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            parser: new_parser(settings.max_element),
+            settings,
+            buffer: Vec::new(),
+            state: State::Header,
+            header_sent: false,
+            element: None,
+            element_bytes: 0,
+            failures: 0,
+        }
+    }
+
+    fn auth_allowed(&self) -> bool {
+        self.settings.tls || self.settings.plaintext_auth
+    }
+
+    /// Our stream header and the features for this stage.
+    fn header_and_features(&mut self) -> String {
+        self.header_sent = true;
+        let features = if !self.settings.tls && self.settings.starttls {
+            format!("<starttls xmlns='{NS_TLS}'><required/></starttls>")
+        } else if self.auth_allowed() {
+            format!("<mechanisms xmlns='{NS_SASL}'><mechanism>PLAIN</mechanism></mechanisms>")
+        } else {
+            String::new()
+        };
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' id='{}' from='{}' version='1.0' xml:lang='en'><stream:features>{features}</stream:features>",
+            self.settings.stream_id,
+            escape(&self.settings.domain)
+        )
+    }
+
+    /// A stream error, then the end of the stream (RFC 6120 section 4.9).
+    pub fn stream_error(&mut self, condition: &str, text: Option<&str>) -> Action {
+        let header = if self.header_sent {
+            String::new()
+        } else {
+            self.header_sent = true;
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' id='{}' from='{}' version='1.0'>",
+                self.settings.stream_id,
+                escape(&self.settings.domain)
+            )
+        };
+        let text = text.map_or(String::new(), |t| {
+            format!("<text xmlns='{NS_STREAM_ERRORS}'>{}</text>", escape(t))
+        });
+        self.state = State::Closed;
+        Action::Close(
+            format!("{header}<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>{text}</stream:error></stream:stream>")
+                .into_bytes(),
+        )
+    }
+
+    fn sasl_failure(&mut self, condition: &str) -> Action {
+        self.state = State::Elements;
+        Action::Write(format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>").into_bytes())
+    }
+
+    fn element_done(&mut self, element: Element) -> Action {
+        match (
+            element.namespace.as_str(),
+            element.name.as_str(),
+            &self.state,
+        ) {
+            (NS_TLS, "starttls", State::Elements) => {
+                if self.settings.tls || !self.settings.starttls {
+                    return Action::Close(
+                        format!("<failure xmlns='{NS_TLS}'/></stream:stream>").into_bytes(),
+                    );
+                }
+                self.state = State::Header;
+                Action::StartTls(format!("<proceed xmlns='{NS_TLS}'/>").into_bytes())
+            }
+            (NS_SASL, "auth", State::Elements) => {
+                if !self.auth_allowed() {
+                    return self.sasl_failure("encryption-required");
+                }
+                if !element
+                    .mechanism
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
+                {
+                    return self.sasl_failure("invalid-mechanism");
+                }
+                let text = element.text.trim();
+                if text.is_empty() {
+                    self.state = State::AwaitingResponse;
+                    return Action::Write(format!("<challenge xmlns='{NS_SASL}'/>").into_bytes());
+                }
+                self.plain(text)
+            }
+            (NS_SASL, "response", State::AwaitingResponse) => self.plain(element.text.trim()),
+            (NS_SASL, "abort", _) => self.sasl_failure("aborted"),
+            _ => self.stream_error("not-authorized", None),
+        }
+    }
+
+    fn plain(&mut self, text: &str) -> Action {
+        // RFC 6120 6.4.2: "=" is an empty response.
+        let decoded = if text == "=" {
+            Ok(Vec::new())
+        } else {
+            sasl::decode_base64(text.as_bytes())
+        };
+        match decoded.and_then(|bytes| sasl::parse_plain(&bytes)) {
+            Ok(credentials) => {
+                self.state = State::Deciding;
+                Action::Login(LoginRequest {
+                    tag: String::new(),
+                    credentials,
+                })
+            }
+            Err(sasl::SaslError::Base64) => self.sasl_failure("incorrect-encoding"),
+            Err(_) => self.sasl_failure("malformed-request"),
+        }
+    }
+
+    fn xml(&mut self, event: XmlEvent) -> Option<Action> {
+        self.element_bytes += event_len(&event);
+        if self.element_bytes > self.settings.max_element {
+            return Some(self.stream_error("policy-violation", Some("element too large")));
+        }
+        match event {
+            XmlEvent::XmlDeclaration(..) => None,
+            XmlEvent::StartElement(_, (namespace, name), attributes) => match &mut self.element {
+                Some(element) => {
+                    element.depth += 1;
+                    None
+                }
+                None if self.state == State::Header => {
+                    if namespace.as_str() != NS_STREAMS || name.as_str() != "stream" {
+                        return Some(self.stream_error("invalid-namespace", None));
+                    }
+                    let to = attributes
+                        .get(&rxml::Namespace::NONE, "to")
+                        .map(|v| v.to_string());
+                    if to
+                        .as_deref()
+                        .is_some_and(|to| !to.eq_ignore_ascii_case(&self.settings.domain))
+                    {
+                        return Some(self.stream_error("host-unknown", None));
+                    }
+                    self.state = State::Elements;
+                    self.element_bytes = 0;
+                    let reply = self.header_and_features();
+                    Some(Action::Write(reply.into_bytes()))
+                }
+                None => {
+                    self.element = Some(Element {
+                        namespace: namespace.as_str().to_owned(),
+                        name: name.as_str().to_owned(),
+                        mechanism: attributes
+                            .get(&rxml::Namespace::NONE, "mechanism")
+                            .map(|v| v.to_string()),
+                        text: String::new(),
+                        depth: 0,
+                    });
+                    None
+                }
+            },
+            XmlEvent::Text(_, text) => {
+                if let Some(element) = &mut self.element
+                    && element.depth == 0
+                {
+                    element.text.push_str(&text);
+                }
+                None
+            }
+            XmlEvent::EndElement(_) => match self.element.take() {
+                Some(mut element) if element.depth > 0 => {
+                    element.depth -= 1;
+                    self.element = Some(element);
+                    None
+                }
+                Some(element) => {
+                    self.element_bytes = 0;
+                    Some(self.element_done(element))
+                }
+                // The client closed its stream.
+                None => {
+                    self.state = State::Closed;
+                    Some(Action::Close(b"</stream:stream>".to_vec()))
+                }
+            },
+        }
+    }
+}
+
+fn new_parser(max_token: usize) -> Parser {
+    Parser::with_options(rxml::Options {
+        max_token_length: max_token,
+        ..rxml::Options::default()
+    })
+}
+
+fn event_len(event: &XmlEvent) -> usize {
+    match event {
+        XmlEvent::XmlDeclaration(m, _)
+        | XmlEvent::StartElement(m, _, _)
+        | XmlEvent::EndElement(m)
+        | XmlEvent::Text(m, _) => m.len(),
+    }
+}
+
+/// Escapes text for XML content and single-quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl super::PreAuth for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        // The client speaks first in XMPP.
+        Vec::new()
+    }
+
+    fn enqueue(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    fn next_action(&mut self) -> Action {
+        loop {
+            if matches!(self.state, State::Deciding | State::Closed) {
+                return Action::NeedInput;
+            }
+            // Called even with no new bytes: the parser may hold an event (the end of a
+            // self-closing element) that needs none.
+            let mut input: &[u8] = &self.buffer;
+            let before = input.len();
+            let parsed = self.parser.parse(&mut input, false);
+            let used = before - input.len();
+            self.buffer.drain(..used);
+            match parsed {
+                Ok(Some(event)) => {
+                    if let Some(action) = self.xml(event) {
+                        return action;
+                    }
+                }
+                Ok(None) => return self.stream_error("not-well-formed", None),
+                Err(rxml::error::EndOrError::NeedMoreData) => {
+                    // Bytes the parser holds in a partial token count towards the element too.
+                    if self.element_bytes + used > self.settings.max_element {
+                        return self.stream_error("policy-violation", Some("element too large"));
+                    }
+                    if used == 0 {
+                        return Action::NeedInput;
+                    }
+                }
+                Err(rxml::error::EndOrError::Error(rxml::Error::RestrictedXml(what))) => {
+                    return self.stream_error("restricted-xml", Some(what));
+                }
+                Err(_) => return self.stream_error("not-well-formed", None),
+            }
+        }
+    }
+
+    fn tls_started(&mut self) {
+        self.settings.tls = true;
+        self.buffer.clear();
+        self.parser = new_parser(self.settings.max_element);
+        self.state = State::Header;
+        self.header_sent = false;
+        self.element = None;
+        self.element_bytes = 0;
+    }
+
+    fn login_rejected(&mut self, _tag: &str) -> Action {
+        self.failures += 1;
+        let reply = format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>");
+        if self.failures >= self.settings.max_failures {
+            self.state = State::Closed;
+            return Action::Close(format!("{reply}</stream:stream>").into_bytes());
+        }
+        self.state = State::Elements;
+        Action::Write(reply.into_bytes())
+    }
+
+    fn login_unavailable(&mut self, _tag: &str) -> Action {
+        self.sasl_failure("temporary-auth-failure")
+    }
+
+    fn timeout_goodbye(&self) -> &'static [u8] {
+        b"<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    }
+
+    fn shutdown_goodbye(&self) -> &'static [u8] {
+        b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    }
+}
+
+impl PreAuth {
+    /// The login succeeded: `<success/>` for the client, and the bytes it sent after its
+    /// authentication (usually the restarted stream header), which belong to the backend now.
+    pub fn login_accepted(self) -> (Vec<u8>, Vec<u8>) {
+        (
+            format!("<success xmlns='{NS_SASL}'/>").into_bytes(),
+            self.buffer,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

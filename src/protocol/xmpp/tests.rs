@@ -1,0 +1,247 @@
+use super::*;
+use crate::protocol::PreAuth as _;
+
+fn settings(tls: bool) -> Settings {
+    Settings {
+        domain: "example.org".into(),
+        max_element: 8192,
+        max_failures: 2,
+        tls,
+        starttls: !tls,
+        plaintext_auth: false,
+        stream_id: "s1".into(),
+    }
+}
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+fn feed(m: &mut PreAuth, input: &[u8]) -> Vec<Action> {
+    m.enqueue(input);
+    let mut out = Vec::new();
+    loop {
+        match m.next_action() {
+            Action::NeedInput => return out,
+            a => {
+                let stop = !matches!(a, Action::Write(_));
+                out.push(a);
+                if stop {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+fn text(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
+                String::from_utf8_lossy(b).into_owned()
+            }
+            Action::Login(r) => format!("<login {}>", r.credentials.login),
+            Action::NeedInput => String::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn starttls_is_required_then_plain_is_offered_after_the_restart() {
+    let mut m = PreAuth::new(settings(false));
+    let out = text(&feed(&mut m, HEADER.as_bytes()));
+    assert!(
+        out.contains("<stream:stream") && out.contains("from='example.org'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"),
+        "{out}"
+    );
+    assert!(!out.contains("mechanism"), "no SASL before TLS: {out}");
+    // Auth before TLS is refused.
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
+    ));
+    assert!(out.contains("<encryption-required/>"), "{out}");
+    // STARTTLS with an injected auth behind it: the auth is discarded with the restart.
+    let actions = feed(&mut m, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>");
+    assert!(
+        matches!(actions.last(), Some(Action::StartTls(b)) if b == b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    );
+    m.tls_started();
+    assert!(feed(&mut m, b"").is_empty());
+    let out = text(&feed(&mut m, HEADER.as_bytes()));
+    assert!(
+        out.contains("<mechanism>PLAIN</mechanism>") && !out.contains("starttls"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sasl_plain_with_and_without_initial_response() {
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
+    ));
+    assert_eq!(out, "<login alice>");
+    let (success, leftover) = m.login_accepted();
+    assert_eq!(
+        success,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    );
+    assert!(leftover.is_empty());
+
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+    ));
+    assert_eq!(out, "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    let out = text(&feed(
+        &mut m,
+        b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AGFsaWNlAHB3</response>",
+    ));
+    assert_eq!(out, "<login alice>");
+    // The restarted stream header pipelined behind the auth goes to the backend untouched.
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    let restart = "<stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    feed(&mut m, format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>{restart}").as_bytes());
+    let (_, leftover) = m.login_accepted();
+    assert_eq!(leftover, restart.as_bytes());
+}
+
+#[test]
+fn failures_are_not_authorized_and_close_after_the_limit() {
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    for i in 1..=2 {
+        feed(
+            &mut m,
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
+        );
+        let reply = m.login_rejected("");
+        let out = text(std::slice::from_ref(&reply));
+        assert!(out.starts_with(
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
+        ));
+        assert_eq!(matches!(reply, Action::Close(_)), i == 2);
+    }
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>",
+    ));
+    assert!(out.contains("<invalid-mechanism/>"), "{out}");
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!</auth>",
+    ));
+    assert!(out.contains("<incorrect-encoding/>"), "{out}");
+    let out = text(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYgBj</auth>",
+    ));
+    assert!(
+        out.contains("<malformed-request/>"),
+        "NUL inside a field: {out}"
+    );
+    let out = text(&m.login_unavailable("").into_iter_one());
+    assert!(out.contains("<temporary-auth-failure/>"), "{out}");
+    // A stanza before authentication ends the stream.
+    let actions = feed(
+        &mut m,
+        b"<message to='bob@example.org'><body>hi</body></message>",
+    );
+    assert!(
+        matches!(actions.last(), Some(Action::Close(b)) if String::from_utf8_lossy(b).contains("<not-authorized"))
+    );
+}
+
+trait One {
+    fn into_iter_one(self) -> Vec<Action>;
+}
+
+impl One for Action {
+    fn into_iter_one(self) -> Vec<Action> {
+        vec![self]
+    }
+}
+
+#[test]
+fn hostile_xml_gets_a_stream_error() {
+    // Billion laughs: a DTD is not XML we accept.
+    let laughs = "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;'>]><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol2;";
+    let mut m = PreAuth::new(settings(true));
+    let out = text(&feed(&mut m, laughs.as_bytes()));
+    assert!(
+        out.contains("<stream:error>") && out.ends_with("</stream:stream>"),
+        "{out}"
+    );
+    // An element that never closes.
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>",
+    );
+    let mut closed = false;
+    for _ in 0..100 {
+        if let Some(Action::Close(b)) = feed(&mut m, &[b'A'; 1024]).last() {
+            assert!(String::from_utf8_lossy(b).contains("policy-violation"));
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the element kept growing");
+    // A huge attribute.
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='",
+    );
+    let mut closed = false;
+    for _ in 0..200 {
+        if let Some(Action::Close(b)) = feed(&mut m, &[b'x'; 1024]).last() {
+            let s = String::from_utf8_lossy(b);
+            assert!(
+                s.contains("policy-violation") || s.contains("restricted-xml"),
+                "{s}"
+            );
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the attribute kept growing");
+    // Processing instructions, undefined entities, a wrong namespace, another host, garbage.
+    for (input, condition) in [
+        (format!("{HEADER}<?evil?>"), "stream:error"),
+        (
+            format!(
+                "{HEADER}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>&xxe;</auth>"
+            ),
+            "stream:error",
+        ),
+        (
+            "<stream:stream xmlns:stream='urn:wrong'>".to_owned(),
+            "invalid-namespace",
+        ),
+        (HEADER.replace("example.org", "other.org"), "host-unknown"),
+        ("\u{0}\u{1}garbage".to_owned(), "stream:error"),
+    ] {
+        let mut m = PreAuth::new(settings(true));
+        let out = text(&feed(&mut m, input.as_bytes()));
+        assert!(
+            out.contains(condition) && out.ends_with("</stream:stream>"),
+            "{input}: {out}"
+        );
+        // A stream error before our header still comes with a header (RFC 6120 4.9.1.1).
+        assert!(out.contains("<stream:stream"), "{out}");
+    }
+}
