@@ -148,7 +148,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 eprintln!("{} exists; keeping it (--force to replace)", cert.display());
                 return Ok(());
             }
-            crate::tls::write_dev_certificate(cert, key)?;
+            // Also the names this configuration serves: the default domain (an XMPP client
+            // checks the certificate against its JID's domain), XMPP domains, HTTP hosts.
+            let mut extra: Vec<String> = config.default_domain.iter().cloned().collect();
+            extra.extend(config.backends.values().filter_map(|b| b.domain.clone()));
+            extra.extend(
+                config
+                    .listeners
+                    .iter()
+                    .flat_map(|l| l.routes.iter().filter_map(|r| r.host.clone())),
+            );
+            crate::tls::write_dev_certificate_for(cert, key, &extra)?;
             eprintln!("wrote {} and {}", cert.display(), key.display());
             Ok(())
         }

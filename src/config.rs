@@ -230,6 +230,8 @@ pub enum ListenerProtocol {
     Submission,
     /// HTTPS (HTTP/1.1 and HTTP/2) for WebDAV, CalDAV and CardDAV, routed by host and path.
     Http,
+    /// XMPP client-to-server streams (RFC 6120).
+    Xmpp,
 }
 
 /// How TLS starts on a listener.
@@ -306,6 +308,9 @@ pub enum BackendLogin {
     /// HTTP: fixed backend credentials (`master_user`, `master_password_file`) in Basic, and
     /// the user named in `header`.
     Basic,
+    /// XMPP: a one-time ticket as the SASL password, which the backend checks by asking
+    /// portcullis's `[auth_server]`.
+    Ticket,
 }
 
 /// `[backend.NAME]`
@@ -347,6 +352,9 @@ pub struct BackendConfig {
     /// that do not know domains (default false: `alice@example.org`).
     #[serde(default)]
     pub strip_domain: bool,
+    /// XMPP: the domain the backend serves (the listener serves the same one).
+    #[serde(default)]
+    pub domain: Option<String>,
     /// HTTP: the header that carries the user's login to the backend (default `X-Remote-User`).
     #[serde(default = "default_user_header")]
     pub header: String,
@@ -456,7 +464,7 @@ impl Config {
                 ));
             }
             match listener.protocol {
-                ListenerProtocol::Imap | ListenerProtocol::Submission => {
+                ListenerProtocol::Imap | ListenerProtocol::Submission | ListenerProtocol::Xmpp => {
                     self.validate_mail_listener(listener)?
                 }
                 ListenerProtocol::Http => self.validate_http_listener(listener)?,
@@ -496,7 +504,7 @@ impl Config {
                         return Err(format!("[backend.{name}] needs master_password_file"));
                     }
                 }
-                BackendLogin::Xclient | BackendLogin::TrustedHeader => {}
+                BackendLogin::Xclient | BackendLogin::TrustedHeader | BackendLogin::Ticket => {}
             }
             if backend.ca_file.is_some()
                 && backend.tls == BackendTls::None
@@ -562,6 +570,22 @@ impl Config {
         if backend.is_http() {
             return Err(format!(
                 "listener {at}: backend {name:?} is an HTTP backend"
+            ));
+        }
+        let xmpp = listener.protocol == ListenerProtocol::Xmpp;
+        if xmpp != (backend.login == BackendLogin::Ticket) {
+            return Err(format!(
+                "listener {at}: XMPP listeners, and only they, use a backend with login = \"ticket\""
+            ));
+        }
+        if xmpp && backend.domain.as_deref().unwrap_or("").is_empty() {
+            return Err(format!(
+                "[backend.{name}] needs domain (the XMPP domain it serves)"
+            ));
+        }
+        if xmpp && self.auth_server.is_none() {
+            return Err(format!(
+                "listener {at}: login = \"ticket\" needs [auth_server], which the backend asks"
             ));
         }
         if backend.login == BackendLogin::Xclient
@@ -842,6 +866,52 @@ mod tests {
         assert!(prefixes_overlap("/", "/dav"));
         assert!(prefixes_overlap("/dav/", "/dav"));
         assert!(!prefixes_overlap("/dav", "/davx"));
+    }
+
+    #[test]
+    fn xmpp_listeners_need_a_ticket_backend_with_a_domain_and_the_auth_server() {
+        let xmpp = r#"
+        [auth_server]
+        listen = ["127.0.0.1:12345"]
+        [[listener]]
+        protocol = "xmpp"
+        address = "127.0.0.1:5222"
+        tls = "starttls"
+        backend = "prosody"
+        [backend.prosody]
+        address = "127.0.0.1:15222"
+        domain = "example.org"
+        login = "ticket"
+    "#;
+        let config = Config::parse(&format!("{MINIMAL}{xmpp}")).unwrap();
+        assert_eq!(
+            config.backends["prosody"].domain.as_deref(),
+            Some("example.org")
+        );
+        let cases = [
+            (xmpp.replace("domain = \"example.org\"", ""), "needs domain"),
+            (
+                xmpp.replace(
+                    "login = \"ticket\"",
+                    "login = \"master-user\"\nmaster_user = \"m\"\nmaster_password_file = \"f\"",
+                ),
+                "ticket",
+            ),
+            (
+                xmpp.replace("[auth_server]\n        listen = [\"127.0.0.1:12345\"]", ""),
+                "needs [auth_server]",
+            ),
+            (
+                xmpp.replace("127.0.0.1:12345", "nowhere"),
+                "neither unix:PATH nor IP:PORT",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&format!("{MINIMAL}{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
     }
 
     #[test]

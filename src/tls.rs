@@ -97,6 +97,16 @@ pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>
 /// Writes a self-signed certificate for `localhost` (and its DAV host names), `127.0.0.1` and
 /// `::1`, and its key (mode 0600). For development and tests only: clients must be told to trust it (`--cacert`).
 pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(), TlsError> {
+    write_dev_certificate_for(certificate, private_key, &[])
+}
+
+/// The development certificate, also valid for `extra` names (the domains a configuration
+/// serves, such as an XMPP domain, which XMPP clients check the certificate against).
+pub fn write_dev_certificate_for(
+    certificate: &Path,
+    private_key: &Path,
+    extra: &[String],
+) -> Result<(), TlsError> {
     // The three DAV host names are those of the README's example routes; OpenSSL-based
     // clients do not accept `*.localhost`, so they are named one by one.
     let names = [
@@ -108,7 +118,11 @@ pub fn write_dev_certificate(certificate: &Path, private_key: &Path) -> Result<(
         "::1",
     ]
     .map(str::to_owned)
-    .to_vec();
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .collect::<Vec<_>>();
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for path in [certificate, private_key] {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod imap;
 pub mod session;
 pub mod smtp;
+pub mod xmpp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -220,7 +221,7 @@ impl Gateway {
                         config: listener.clone(),
                     }))
                 }
-                ListenerProtocol::Imap | ListenerProtocol::Submission => {
+                ListenerProtocol::Imap | ListenerProtocol::Submission | ListenerProtocol::Xmpp => {
                     let name = listener.backend.clone().unwrap_or_default();
                     let backend = mail_backends
                         .get(&name)
@@ -360,7 +361,9 @@ fn refuse_busy(tcp: &TcpStream, served: &Served) {
     {
         let line: &[u8] = match context.config.protocol {
             ListenerProtocol::Submission => b"421 4.7.0 Too many connections, try again later\r\n",
-            _ => b"* BYE Too many connections, try again later\r\n",
+            ListenerProtocol::Imap => b"* BYE Too many connections, try again later\r\n",
+            // An XMPP server speaks only after the client's stream header: just close.
+            ListenerProtocol::Xmpp | ListenerProtocol::Http => b"",
         };
         let _ = tcp.try_write(line);
     }
@@ -374,6 +377,7 @@ async fn handle_mail(tcp: TcpStream, peer: SocketAddr, context: Arc<ListenerCont
     let client = crate::upstream::ClientInfo { peer, local };
     match context.config.protocol {
         ListenerProtocol::Submission => smtp::serve(tcp, client, &context).await,
-        _ => imap::serve(tcp, client, &context).await,
+        ListenerProtocol::Xmpp => xmpp::serve(tcp, client, &context).await,
+        ListenerProtocol::Imap | ListenerProtocol::Http => imap::serve(tcp, client, &context).await,
     }
 }

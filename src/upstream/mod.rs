@@ -5,6 +5,7 @@ pub mod http;
 pub mod imap;
 pub mod relay;
 pub mod smtp;
+pub mod xmpp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,7 +144,10 @@ impl Backend {
             BackendLogin::SaslAuthzid => {
                 crate::protocol::sasl::plain_message(user, master, password)
             }
-            BackendLogin::Xclient | BackendLogin::TrustedHeader | BackendLogin::Basic => {
+            BackendLogin::Xclient
+            | BackendLogin::TrustedHeader
+            | BackendLogin::Basic
+            | BackendLogin::Ticket => {
                 return None;
             }
         })

@@ -118,6 +118,51 @@ impl Boundary for ImapBoundary {
     }
 }
 
+/// XMPP: a boundary is between top-level stanzas, directly inside `<stream:stream>`. Depth is
+/// followed by the tags' brackets (`<x>` opens, `</x>` closes, `<x/>`, `<?` and `<!` neither);
+/// text cannot hold a raw `<`, and a `>` inside an attribute value, legal but unusual, only
+/// makes the goodbye fall back to a plain close.
+#[derive(Debug, Default)]
+pub struct XmlBoundary {
+    depth: i64,
+    in_tag: bool,
+    closing: bool,
+    declaration: bool,
+    previous: u8,
+}
+
+impl Boundary for XmlBoundary {
+    fn observe(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_tag {
+                match b {
+                    b'>' => {
+                        self.in_tag = false;
+                        // A declaration and a self-closing tag leave the depth as it was.
+                        if self.closing {
+                            self.depth -= 1;
+                        } else if !self.declaration && self.previous != b'/' {
+                            self.depth += 1;
+                        }
+                    }
+                    b'/' if self.previous == b'<' => self.closing = true,
+                    b'?' | b'!' if self.previous == b'<' => self.declaration = true,
+                    _ => {}
+                }
+            } else if b == b'<' {
+                self.in_tag = true;
+                self.closing = false;
+                self.declaration = false;
+            }
+            self.previous = b;
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.in_tag && self.depth == 1
+    }
+}
+
 /// What to say when the relay ends on our side.
 pub struct Goodbyes {
     pub revoked: &'static [u8],
@@ -316,6 +361,21 @@ mod tests {
             }
         );
         flood.abort();
+    }
+
+    #[test]
+    fn xml_boundary_is_between_stanzas() {
+        let mut b = XmlBoundary::default();
+        b.observe(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'>");
+        assert!(b.at_boundary());
+        b.observe(b"<message to='a@b'><body>hi</bo");
+        assert!(!b.at_boundary());
+        b.observe(b"dy><x xmlns='y'/></message>");
+        assert!(b.at_boundary());
+        b.observe(b"<presence/>");
+        assert!(b.at_boundary());
+        b.observe(b"<iq type='get'");
+        assert!(!b.at_boundary());
     }
 
     #[test]

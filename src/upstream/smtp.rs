@@ -72,7 +72,7 @@ async fn login_inner(
             conn.command(command.as_bytes(), 220).await?;
             (conn, extensions) = conn.hello(helo).await?;
         }
-        BackendLogin::TrustedHeader | BackendLogin::Basic => {
+        BackendLogin::TrustedHeader | BackendLogin::Basic | BackendLogin::Ticket => {
             return Err(backend.protocol_error("an HTTP login method on an SMTP backend"));
         }
         BackendLogin::MasterUser | BackendLogin::SaslAuthzid => {

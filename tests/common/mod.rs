@@ -972,3 +972,65 @@ impl TlsRaw {
         self.stream.read_to_end(out)
     }
 }
+
+/// Prosody asking portcullis's auth server (mod_auth_dovecot over TCP).
+pub struct Prosody {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prosody {
+    /// Serves `domain` on `port`, asking the auth server on `auth_port`.
+    pub fn start(auth_port: u16, domain: &str, port: u16) -> Self {
+        require("prosody", "apt-get install prosody prosody-modules");
+        let dir = open_tempdir();
+        let config = dir.path().join("prosody.cfg.lua");
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                r#"run_as_root = true
+pidfile = "{root}/prosody.pid"
+data_path = "{root}/data"
+log = {{ {{ levels = {{ min = "info" }}, to = "console" }} }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+s2s_ports = {{ }}; http_ports = {{ }}; https_ports = {{ }}
+plugin_paths = {{ "/usr/lib/prosody/modules" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "posix" }}
+modules_disabled = {{ "s2s", "tls" }}
+authentication = "dovecot"
+dovecot_auth_host = "127.0.0.1"
+dovecot_auth_port = "{auth_port}"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+VirtualHost "{domain}"
+"#,
+                root = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("prosody.log");
+        let mut child = Command::new("prosody")
+            .args(["-F", "--config"])
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "prosody", &mut child, &log);
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
