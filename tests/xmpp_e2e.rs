@@ -225,3 +225,111 @@ fn wrong_scope_and_main_passwords_are_refused_and_revocation_ends_the_stream() {
         revoked.elapsed()
     );
 }
+
+/// Raw bytes to the STARTTLS listener (XML is parsed before TLS too); returns what the gateway
+/// answered until it closed.
+fn raw(w: &World, chunks: &[&[u8]], repeat_last: usize) -> String {
+    let mut c = Raw::connect(w.gateway.ports.http);
+    use std::io::Write;
+    for chunk in chunks {
+        if c.writer.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    if let Some(last) = chunks.last() {
+        for _ in 0..repeat_last {
+            if c.writer.write_all(last).is_err() {
+                break;
+            }
+        }
+    }
+    c.rest()
+}
+
+const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+#[test]
+fn hostile_xml_gets_a_stream_error_and_a_closed_connection_with_flat_memory() {
+    let w = world();
+    let before = peak_rss_kib(w.gateway.pid());
+    // Billion laughs.
+    let laughs = b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol1 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'><!ENTITY lol2 '&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;'>]><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol2;";
+    let reply = raw(&w, &[laughs], 0);
+    assert!(
+        reply.contains("<stream:error>") && reply.ends_with("</stream:stream>"),
+        "{reply}"
+    );
+    // An element that never closes, fed 64 MiB.
+    let reply = raw(
+        &w,
+        &[
+            HEADER,
+            b"<message to='bob@example.org'><body>",
+            &[b'a'; 65536],
+        ],
+        1024,
+    );
+    assert!(reply.contains("policy-violation"), "{reply}");
+    // A 100 MiB attribute.
+    let reply = raw(&w, &[HEADER, b"<message to='", &[b'x'; 65536]], 1600);
+    assert!(
+        reply.contains("policy-violation") || reply.contains("restricted-xml"),
+        "{reply}"
+    );
+    let after = peak_rss_kib(w.gateway.pid());
+    eprintln!("gateway peak RSS: {before} KiB before, {after} KiB after the hostile XML");
+    assert!(
+        after < before + 32 * 1024,
+        "memory grew from {before} to {after} KiB"
+    );
+    // Authentication before TLS is refused.
+    let reply = raw(&w, &[HEADER, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth></stream:stream>"], 0);
+    assert!(
+        reply.contains("<starttls") && reply.contains("<encryption-required/>"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_backend_that_is_down_gives_a_stream_error() {
+    require_python_module("slixmpp", "pip install slixmpp");
+    let auth_port = free_port();
+    let tail = format!(
+        r#"
+[[listener]]
+protocol = "xmpp"
+address = "127.0.0.1:{{http}}"
+tls = "starttls"
+backend = "prosody"
+[backend.prosody]
+address = "127.0.0.1:{}"
+domain = "example.org"
+login = "ticket"
+strip_domain = true
+timeout_secs = 2
+"#,
+        free_port()
+    );
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            extra: format!("[auth_server]\nlisten = [\"127.0.0.1:{auth_port}\"]\n"),
+            tail,
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main");
+    let xmpp = gateway.app_password("alice", "xmpp", "Jabber");
+    let w = World {
+        gateway,
+        _prosody: Prosody::start(free_port(), "elsewhere.org", free_port()),
+    };
+    let client = Client::start(&w, "alice@example.org", &xmpp, "receive", "");
+    let end = client.expect(&["STREAM-ERROR", "LOGGED-IN"], Duration::from_secs(15));
+    assert!(
+        end.as_deref()
+            .is_some_and(|l| l.starts_with("STREAM-ERROR remote-connection-failed")),
+        "{end:?}"
+    );
+}

@@ -27,7 +27,7 @@ const IDLE: Duration = Duration::from_secs(1800);
 
 pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerContext>) {
     let session = Session::new(context, client, Protocol::Xmpp);
-    let Some(mut stream) = session.open(tcp).await else {
+    let Some(stream) = session.open(tcp).await else {
         return;
     };
     let shared = &context.shared;
@@ -41,36 +41,33 @@ pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerCon
         plaintext_auth: context.config.allow_plaintext_auth_on_loopback,
         stream_id: id,
     });
-    let mut greet = true;
-    let (stream, backend, grant) = loop {
-        let PreAuthEnd::LoggedIn {
-            stream: mut client_stream,
-            tag,
-            grant,
-        } = session.pre_auth(stream, &mut machine, greet).await
-        else {
-            return;
-        };
-        greet = false;
-        let ticket = shared.tickets.mint(&grant.login, Service::Xmpp, 0);
-        let user = context.backend.user_for(&grant.login);
-        match backend_xmpp::login(&context.backend, &user, &ticket).await {
-            Ok(backend) => break (client_stream, backend, grant),
-            Err(e) => {
-                if !session
-                    .backend_failed(&mut client_stream, &mut machine, &tag, e)
-                    .await
-                {
-                    return;
-                }
-                stream = client_stream;
+    let PreAuthEnd::LoggedIn {
+        stream: mut client,
+        grant,
+        ..
+    } = session.pre_auth(stream, &mut machine, true).await
+    else {
+        return;
+    };
+    let ticket = shared.tickets.mint(&grant.login, Service::Xmpp, 0);
+    let user = context.backend.user_for(&grant.login);
+    let backend = match backend_xmpp::login(&context.backend, &user, &ticket).await {
+        Ok(backend) => backend,
+        Err(e) => {
+            // RFC 6120 4.9.3.15: the server could not reach the one it serves for.
+            tracing::warn!(error = %e, backend = %context.backend.name, "backend login failed");
+            if let crate::protocol::Action::Close(bytes) =
+                machine.stream_error("remote-connection-failed", None)
+            {
+                let _ = crate::server::session::write(&mut client, &bytes).await;
             }
+            return;
         }
     };
     let (success, pipelined) = machine.login_accepted();
     session
         .relay(
-            stream,
+            client,
             backend.stream,
             &grant,
             success,
