@@ -990,6 +990,16 @@ impl Drop for Prosody {
 impl Prosody {
     /// Serves `domain` on `port`, asking the auth server on `auth_port`.
     pub fn start(auth_port: u16, domain: &str, port: u16) -> Self {
+        Self::start_with_tls(auth_port, domain, port, None)
+    }
+
+    /// With `Some((cert, key, tls_port))`, also direct TLS (XEP-0368) on `tls_port`.
+    pub fn start_with_tls(
+        auth_port: u16,
+        domain: &str,
+        port: u16,
+        tls: Option<(&Path, &Path, u16)>,
+    ) -> Self {
         require("prosody", "apt-get install prosody prosody-modules");
         let dir = open_tempdir();
         let config = dir.path().join("prosody.cfg.lua");
@@ -1006,14 +1016,21 @@ c2s_ports = {{ {port} }}
 s2s_ports = {{ }}; http_ports = {{ }}; https_ports = {{ }}
 plugin_paths = {{ "/usr/lib/prosody/modules" }}
 modules_enabled = {{ "roster", "saslauth", "disco", "ping", "posix" }}
-modules_disabled = {{ "s2s", "tls" }}
+modules_disabled = {{ "s2s"{no_tls} }}
 authentication = "dovecot"
 dovecot_auth_host = "127.0.0.1"
 dovecot_auth_port = "{auth_port}"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
+{tls}
 VirtualHost "{domain}"
 "#,
+                no_tls = if tls.is_some() { "" } else { ", \"tls\"" },
+                tls = tls.map_or(String::new(), |(cert, key, tls_port)| format!(
+                    "c2s_direct_tls_ports = {{ {tls_port} }}\nssl = {{ certificate = \"{}\", key = \"{}\" }}",
+                    cert.display(),
+                    key.display()
+                )),
                 root = dir.path().display()
             ),
         )
