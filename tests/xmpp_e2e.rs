@@ -14,18 +14,27 @@ use common::*;
 struct World {
     gateway: Gateway,
     _prosody: Prosody,
+    /// The direct-TLS (XEP-0368) listener.
+    direct_port: u16,
 }
 
 fn world() -> World {
     require_python_module("slixmpp", "pip install slixmpp");
     let auth_port = free_port();
     let prosody_port = free_port();
+    let direct_port = free_port();
     let tail = format!(
         r#"
 [[listener]]
 protocol = "xmpp"
 address = "127.0.0.1:{{http}}"
 tls = "starttls"
+backend = "prosody"
+
+[[listener]]
+protocol = "xmpp"
+address = "127.0.0.1:{direct_port}"
+tls = "implicit"
 backend = "prosody"
 
 [backend.prosody]
@@ -52,6 +61,7 @@ timeout_secs = 5
     World {
         gateway,
         _prosody: prosody,
+        direct_port,
     }
 }
 
@@ -85,6 +95,9 @@ class Client(slixmpp.ClientXMPP):
         print("DISCONNECTED", flush=True)
 client = Client()
 client.ca_certs = ca
+if mode == "direct":
+    client.enable_direct_tls = True
+    client.enable_starttls = False
 client.connect(host="127.0.0.1", port=int(port))
 loop = asyncio.get_event_loop()
 try:
@@ -324,6 +337,7 @@ timeout_secs = 2
     let w = World {
         gateway,
         _prosody: Prosody::start(free_port(), "elsewhere.org", free_port()),
+        direct_port: 0,
     };
     let client = Client::start(&w, "alice@example.org", &xmpp, "receive", "");
     let end = client.expect(&["STREAM-ERROR", "LOGGED-IN"], Duration::from_secs(15));
@@ -332,4 +346,46 @@ timeout_secs = 2
             .is_some_and(|l| l.starts_with("STREAM-ERROR remote-connection-failed")),
         "{end:?}"
     );
+}
+
+#[test]
+fn direct_tls_logs_in_too() {
+    // XEP-0368: TLS from the first byte, then the same stream and SASL exchange.
+    let w = world();
+    let secret = w.gateway.app_password("alice", "xmpp", "Conversations");
+    let mut t = TlsRaw::connect(w.direct_port, &w.gateway.ca);
+    t.send(HEADER);
+    let mut seen = String::new();
+    while !seen.contains("</stream:features>") {
+        let line = t.chunk();
+        assert!(!line.is_empty(), "no features: {seen}");
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains("<mechanism>PLAIN</mechanism>") && !seen.contains("starttls"),
+        "{seen}"
+    );
+    t.send(
+        format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain("", "alice", &secret)
+        )
+        .as_bytes(),
+    );
+    let mut reply = String::new();
+    while !reply.contains("/>") && !reply.contains("</failure>") {
+        let more = t.chunk();
+        assert!(!more.is_empty(), "no answer: {reply}");
+        reply.push_str(&more);
+    }
+    assert!(reply.contains("<success"), "{reply}\n{}", w.gateway.log());
+    // The restarted stream reaches Prosody, whose features (resource binding) come back.
+    t.send(HEADER);
+    let mut seen = String::new();
+    while !seen.contains("</stream:features>") {
+        let line = t.chunk();
+        assert!(!line.is_empty(), "no features from the backend: {seen}");
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{seen}");
 }

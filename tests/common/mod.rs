@@ -962,6 +962,15 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 impl TlsRaw {
+    /// Whatever the server sends next (one read); empty when it closed or went quiet.
+    pub fn chunk(&mut self) -> String {
+        let mut buf = [0u8; 8192];
+        match self.stream.read(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Writes; false when the server has closed the connection.
     pub fn try_send(&mut self, bytes: &[u8]) -> bool {
         self.stream.get_mut().write_all(bytes).is_ok() && self.stream.get_mut().flush().is_ok()
