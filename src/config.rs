@@ -726,8 +726,13 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.default_domain.as_deref(), Some("example.org"));
-        assert_eq!(config.listeners.len(), 5);
+        assert_eq!(config.listeners.len(), 6);
         assert_eq!(config.listeners[4].routes.len(), 3);
+        assert_eq!(
+            config.backends["prosody"].domain.as_deref(),
+            Some("example.org")
+        );
+        assert!(config.auth_server.is_some());
         assert!(config.backends.contains_key("dovecot-imap"));
         assert!(config.backends["radicale"].is_http());
         assert!(config.backends.contains_key("dovecot-submission"));

@@ -230,6 +230,6 @@ fn the_example_config_checks_and_the_default_path_is_used() {
     );
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("config/portcullis.toml: ok (5 listeners, 4 backends)")
+            .contains("config/portcullis.toml: ok (6 listeners, 5 backends)")
     );
 }
