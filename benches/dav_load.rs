@@ -14,7 +14,7 @@ mod support;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use support::{LoadResult, knob};
+use support::{LoadResult, closed_loop, knob};
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -213,50 +213,36 @@ async fn load(
     clients: usize,
     duration: Duration,
 ) -> LoadResult {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
     let method: http::Method = method.parse().expect("method");
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let client = client.clone();
-        let (method, url, auth) = (method.clone(), url.to_owned(), Arc::new(auth.to_owned()));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failed = 0usize;
-            while Instant::now() < deadline {
-                let request = http::Request::builder()
-                    .method(method.clone())
-                    .uri(&url)
-                    .header("authorization", auth.as_str())
-                    .header("depth", "0")
-                    .body(Full::new(Bytes::new()))
-                    .expect("request");
-                let start = Instant::now();
-                let ok =
-                    match tokio::time::timeout(Duration::from_secs(10), client.request(request))
-                        .await
-                    {
-                        Ok(Ok(response)) => {
-                            let good =
-                                response.status().is_success() || response.status().as_u16() == 207;
-                            good && response.into_body().collect().await.is_ok()
-                        }
-                        _ => false,
-                    };
-                if ok {
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
-                } else {
-                    failed += 1;
-                }
+    let (client, url, auth) = (
+        client.clone(),
+        Arc::new(url.to_owned()),
+        Arc::new(auth.to_owned()),
+    );
+    closed_loop(clients, duration, move || {
+        let (client, method, url, auth) =
+            (client.clone(), method.clone(), url.clone(), auth.clone());
+        async move {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(url.as_str())
+                .header("authorization", auth.as_str())
+                .header("depth", "0")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            if status.is_success() || status.as_u16() == 207 {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
             }
-            (latencies, failed)
-        }));
-    }
-    let mut parts = Vec::new();
-    for task in tasks {
-        if let Ok(part) = task.await {
-            parts.push(part);
         }
-    }
-    LoadResult::gather(parts, started.elapsed().as_secs_f64())
+    })
+    .await
 }

@@ -23,10 +23,10 @@ mod support;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use support::{LoadResult, knob};
+use support::{LoadResult, closed_loop, knob};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -166,8 +166,7 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// `clients` loops of full login cycles until `duration` has passed (bounded: every cycle has a
-/// 10 s timeout, and no cycle starts after the deadline).
+/// `clients` loops of full login cycles until `duration` has passed.
 async fn load(
     port: u16,
     user: &str,
@@ -176,43 +175,12 @@ async fn load(
     duration: Duration,
     config: Arc<rustls::ClientConfig>,
 ) -> LoadResult {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let config = config.clone();
-        let login = format!("a1 LOGIN {user} {password}\r\n");
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failed = 0;
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    cycle(port, &login, config.clone()),
-                )
-                .await
-                {
-                    Ok(Ok(())) => latencies.push(start.elapsed().as_secs_f64() * 1e3),
-                    Ok(Err(e)) => {
-                        if failed == 0 {
-                            eprintln!("login cycle on port {port} failed: {e}");
-                        }
-                        failed += 1;
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-            (latencies, failed)
-        }));
-    }
-    let mut parts = Vec::new();
-    for task in tasks {
-        if let Ok(part) = task.await {
-            parts.push(part);
-        }
-    }
-    LoadResult::gather(parts, started.elapsed().as_secs_f64())
+    let login = Arc::new(format!("a1 LOGIN {user} {password}\r\n"));
+    closed_loop(clients, duration, move || {
+        let (login, config) = (login.clone(), config.clone());
+        async move { cycle(port, &login, config).await.map_err(|e| e.to_string()) }
+    })
+    .await
 }
 
 /// One full login cycle.

@@ -11,10 +11,10 @@ mod common;
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use support::{LoadResult, knob};
+use support::{LoadResult, closed_loop, knob};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -111,43 +111,12 @@ async fn load(
     duration: Duration,
     config: Arc<rustls::ClientConfig>,
 ) -> LoadResult {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let auth = common::plain("", "alice", secret);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (config, auth) = (config.clone(), auth.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failed = 0usize;
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    login(port, &auth, config.clone()),
-                )
-                .await
-                {
-                    Ok(Ok(())) => latencies.push(start.elapsed().as_secs_f64() * 1e3),
-                    Ok(Err(e)) => {
-                        if failed == 0 {
-                            eprintln!("login on {port} failed: {e}");
-                        }
-                        failed += 1;
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-            (latencies, failed)
-        }));
-    }
-    let mut parts = Vec::new();
-    for task in tasks {
-        if let Ok(part) = task.await {
-            parts.push(part);
-        }
-    }
-    LoadResult::gather(parts, started.elapsed().as_secs_f64())
+    let auth = Arc::new(common::plain("", "alice", secret));
+    closed_loop(clients, duration, move || {
+        let (auth, config) = (auth.clone(), config.clone());
+        async move { login(port, &auth, config).await.map_err(|e| e.to_string()) }
+    })
+    .await
 }
 
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";

@@ -1,4 +1,8 @@
-//! What the load harnesses share: their knobs and the latency statistics of a run.
+//! What the load harnesses share: their knobs, the closed-loop driver, and the latency
+//! statistics of a run.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 /// A numeric knob from the environment (`LOAD_SECS=10 cargo bench ...`), or its default.
 pub fn knob(name: &str, default: u64) -> u64 {
@@ -42,4 +46,47 @@ impl LoadResult {
         let rank = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
         self.latencies_ms[rank.min(self.latencies_ms.len() - 1)]
     }
+}
+
+/// Runs `clients` workers that each repeat `operation` back to back until `duration` has
+/// passed. Bounded: no operation starts after the deadline and each has 10 s to finish. The
+/// first failure of each worker is printed, so a broken set-up shows why.
+// auth_load pipelines its requests instead, and each harness is compiled on its own.
+#[allow(dead_code)]
+pub async fn closed_loop<F, Fut>(clients: usize, duration: Duration, operation: F) -> LoadResult
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let operation = operation.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0usize;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match tokio::time::timeout(Duration::from_secs(10), operation()).await {
+                    Ok(Ok(())) => latencies.push(start.elapsed().as_secs_f64() * 1e3),
+                    Ok(Err(e)) => {
+                        if failed == 0 {
+                            eprintln!("operation failed: {e}");
+                        }
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut parts = Vec::new();
+    for task in tasks {
+        if let Ok(part) = task.await {
+            parts.push(part);
+        }
+    }
+    LoadResult::gather(parts, started.elapsed().as_secs_f64())
 }
