@@ -66,3 +66,42 @@ pub trait PreAuth: Send {
     /// What to say when the gateway shuts down before login.
     fn shutdown_goodbye(&self) -> &'static [u8];
 }
+
+/// Helpers for the machines' tests: drive a machine and read what it would write.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Action, PreAuth};
+
+    /// Feeds `input`, then collects actions until the machine needs input or does something
+    /// other than write (a login, STARTTLS, a close).
+    pub fn feed(machine: &mut dyn PreAuth, input: &[u8]) -> Vec<Action> {
+        machine.enqueue(input);
+        let mut out = Vec::new();
+        loop {
+            match machine.next_action() {
+                Action::NeedInput => return out,
+                action => {
+                    let stop = !matches!(action, Action::Write(_));
+                    out.push(action);
+                    if stop {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything the actions would write, with a login shown as `<login NAME>`.
+    pub fn written(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .map(|action| match action {
+                Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
+                    String::from_utf8_lossy(b).into_owned()
+                }
+                Action::Login(request) => format!("<login {}>", request.credentials.login),
+                Action::NeedInput => String::new(),
+            })
+            .collect()
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::testing::{feed, written};
 use crate::protocol::{Action, LoginRequest, PreAuth as _};
 
 fn settings() -> Settings {
@@ -19,40 +20,6 @@ fn plaintext() -> Settings {
         starttls: true,
         ..settings()
     }
-}
-
-/// Feeds `input` and collects actions until the machine needs input.
-fn feed(machine: &mut PreAuth, input: &[u8]) -> Vec<Action> {
-    machine.enqueue(input);
-    let mut out = Vec::new();
-    loop {
-        match machine.next_action() {
-            Action::NeedInput => return out,
-            action => {
-                let stop = matches!(
-                    action,
-                    Action::Close(_) | Action::Login(_) | Action::StartTls(_)
-                );
-                out.push(action);
-                if stop {
-                    return out;
-                }
-            }
-        }
-    }
-}
-
-fn written(actions: &[Action]) -> String {
-    actions
-        .iter()
-        .map(|a| match a {
-            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
-                String::from_utf8_lossy(b).into_owned()
-            }
-            Action::Login(LoginRequest { tag, .. }) => format!("<login {tag}>"),
-            Action::NeedInput => String::new(),
-        })
-        .collect()
 }
 
 fn login_of(actions: &[Action]) -> (&str, &str, &[u8]) {

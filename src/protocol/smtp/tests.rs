@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::testing::{feed, written};
 use crate::protocol::{Action, LoginRequest, PreAuth as _};
 
 fn settings() -> Settings {
@@ -22,36 +23,6 @@ fn settings() -> Settings {
     }
 }
 
-fn feed(m: &mut PreAuth, input: &[u8]) -> Vec<Action> {
-    m.enqueue(input);
-    let mut out = Vec::new();
-    loop {
-        match m.next_action() {
-            Action::NeedInput => return out,
-            a => {
-                let stop = !matches!(a, Action::Write(_));
-                out.push(a);
-                if stop {
-                    return out;
-                }
-            }
-        }
-    }
-}
-
-fn text(actions: &[Action]) -> String {
-    actions
-        .iter()
-        .map(|a| match a {
-            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
-                String::from_utf8_lossy(b).into_owned()
-            }
-            Action::Login(LoginRequest { credentials: c, .. }) => format!("<login {}>", c.login),
-            Action::NeedInput => String::new(),
-        })
-        .collect()
-}
-
 fn login(actions: &[Action]) -> (&str, &[u8]) {
     match actions.last() {
         Some(Action::Login(LoginRequest { credentials: c, .. })) => (&c.login, c.secret.expose()),
@@ -63,7 +34,7 @@ fn login(actions: &[Action]) -> (&str, &[u8]) {
 fn ehlo_offers_the_backend_extensions_and_our_auth() {
     let mut m = PreAuth::new(settings());
     assert_eq!(m.greeting(), b"220 gw.test ESMTP portcullis\r\n");
-    let reply = text(&feed(&mut m, b"EHLO client.example\r\n"));
+    let reply = written(&feed(&mut m, b"EHLO client.example\r\n"));
     assert_eq!(
         reply,
         "250-gw.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 AUTH PLAIN LOGIN\r\n"
@@ -78,19 +49,19 @@ fn before_tls_auth_is_neither_offered_nor_accepted() {
         starttls: true,
         ..settings()
     });
-    let reply = text(&feed(&mut m, b"EHLO c\r\n"));
+    let reply = written(&feed(&mut m, b"EHLO c\r\n"));
     assert!(
         reply.contains("250-STARTTLS\r\n") || reply.ends_with("250 STARTTLS\r\n"),
         "{reply}"
     );
     assert!(!reply.contains("AUTH"), "{reply}");
-    let reply = text(&feed(
+    let reply = written(&feed(
         &mut m,
         b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n",
     ));
     assert_eq!(reply, "530 5.7.0 Must issue a STARTTLS command first\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"MAIL FROM:<a@b>\r\n")),
+        written(&feed(&mut m, b"MAIL FROM:<a@b>\r\n")),
         "530 5.7.0 Authentication required\r\n"
     );
     // STARTTLS with an injected command in the same packet: the command is discarded.
@@ -103,13 +74,13 @@ fn before_tls_auth_is_neither_offered_nor_accepted() {
     assert!(feed(&mut m, b"").is_empty());
     // EHLO again is required after TLS.
     assert_eq!(
-        text(&feed(
+        written(&feed(
             &mut m,
             b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n"
         )),
         "503 5.5.1 Send EHLO first\r\n"
     );
-    let reply = text(&feed(&mut m, b"EHLO c\r\n"));
+    let reply = written(&feed(&mut m, b"EHLO c\r\n"));
     assert!(
         reply.ends_with("250 AUTH PLAIN LOGIN\r\n") && !reply.contains("STARTTLS"),
         "{reply}"
@@ -125,7 +96,7 @@ fn auth_plain_with_and_without_initial_response() {
     assert_eq!(login(&out), ("test", &b"1234"[..]));
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
-    assert_eq!(text(&feed(&mut m, b"AUTH PLAIN\r\n")), "334 \r\n");
+    assert_eq!(written(&feed(&mut m, b"AUTH PLAIN\r\n")), "334 \r\n");
     let out = feed(&mut m, b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
     assert_eq!(login(&out), ("tim", &b"tanstaaftanstaaf"[..]));
 }
@@ -135,16 +106,19 @@ fn auth_login_both_ways() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"AUTH LOGIN\r\n")),
+        written(&feed(&mut m, b"AUTH LOGIN\r\n")),
         "334 VXNlcm5hbWU6\r\n"
     );
-    assert_eq!(text(&feed(&mut m, b"YWxpY2U=\r\n")), "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        written(&feed(&mut m, b"YWxpY2U=\r\n")),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
     let out = feed(&mut m, b"c2VjcmV0\r\n");
     assert_eq!(login(&out), ("alice", &b"secret"[..]));
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"auth login YWxpY2U=\r\n")),
+        written(&feed(&mut m, b"auth login YWxpY2U=\r\n")),
         "334 UGFzc3dvcmQ6\r\n"
     );
     assert_eq!(
@@ -158,24 +132,24 @@ fn sasl_errors() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"AUTH PLAIN %%%%\r\n")),
+        written(&feed(&mut m, b"AUTH PLAIN %%%%\r\n")),
         "501 5.5.2 Invalid base64 data\r\n"
     );
     feed(&mut m, b"AUTH PLAIN\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"*\r\n")),
+        written(&feed(&mut m, b"*\r\n")),
         "501 5.0.0 Authentication cancelled\r\n"
     );
     // NUL inside a field, empty response, another user's authzid, non-UTF-8 login.
     for ir in ["AGEAYgBj", "=", "Ym9iAGFsaWNlAHB3", "AP/+AHB3"] {
-        let reply = text(&feed(&mut m, format!("AUTH PLAIN {ir}\r\n").as_bytes()));
+        let reply = written(&feed(&mut m, format!("AUTH PLAIN {ir}\r\n").as_bytes()));
         assert!(
             reply.starts_with("501 5.5.2 Invalid authentication data"),
             "{ir}: {reply}"
         );
     }
     assert_eq!(
-        text(&feed(&mut m, b"AUTH CRAM-MD5\r\n")),
+        written(&feed(&mut m, b"AUTH CRAM-MD5\r\n")),
         "504 5.5.4 Unrecognized authentication type\r\n"
     );
     assert_eq!(
@@ -187,32 +161,32 @@ fn sasl_errors() {
 #[test]
 fn session_commands_and_errors() {
     let mut m = PreAuth::new(settings());
-    assert_eq!(text(&feed(&mut m, b"HELO c\r\n")), "250 gw.test\r\n");
-    assert_eq!(text(&feed(&mut m, b"NOOP\r\n")), "250 2.0.0 OK\r\n");
-    assert_eq!(text(&feed(&mut m, b"RSET\r\n")), "250 2.0.0 OK\r\n");
+    assert_eq!(written(&feed(&mut m, b"HELO c\r\n")), "250 gw.test\r\n");
+    assert_eq!(written(&feed(&mut m, b"NOOP\r\n")), "250 2.0.0 OK\r\n");
+    assert_eq!(written(&feed(&mut m, b"RSET\r\n")), "250 2.0.0 OK\r\n");
     assert_eq!(
-        text(&feed(&mut m, b"EHLO\r\n")),
+        written(&feed(&mut m, b"EHLO\r\n")),
         "501 5.5.4 Syntax: EHLO domain\r\n"
     );
     assert_eq!(
-        text(&feed(&mut m, b"FOO\r\n")),
+        written(&feed(&mut m, b"FOO\r\n")),
         "500 5.5.2 Command not recognized\r\n"
     );
     assert_eq!(
-        text(&feed(&mut m, b"NO\0OP\r\n")),
+        written(&feed(&mut m, b"NO\0OP\r\n")),
         "500 5.5.2 Syntax error: control characters\r\n"
     );
     assert_eq!(
-        text(&feed(&mut m, b"\xff\xfe\r\n")),
+        written(&feed(&mut m, b"\xff\xfe\r\n")),
         "500 5.5.2 Syntax error: not UTF-8\r\n"
     );
     assert_eq!(
-        text(&feed(&mut m, b"STARTTLS\r\n")),
+        written(&feed(&mut m, b"STARTTLS\r\n")),
         "502 5.5.1 STARTTLS not available\r\n"
     );
     let out = feed(&mut m, b"QUIT\r\n");
     assert!(matches!(out.last(), Some(Action::Close(_))));
-    assert_eq!(text(&out), "221 2.0.0 Bye\r\n");
+    assert_eq!(written(&out), "221 2.0.0 Bye\r\n");
 }
 
 #[test]
@@ -220,7 +194,7 @@ fn long_lines_close_the_connection_but_auth_lines_may_reach_12288() {
     let mut m = PreAuth::new(settings());
     feed(&mut m, b"EHLO c\r\n");
     let long_auth = format!("AUTH PLAIN {}\r\n", "A".repeat(10000));
-    let reply = text(&feed(&mut m, long_auth.as_bytes()));
+    let reply = written(&feed(&mut m, long_auth.as_bytes()));
     assert!(reply.starts_with("501"), "{reply}");
     let out = feed(&mut m, &vec![b'x'; 13000]);
     assert!(matches!(out.last(), Some(Action::Close(b)) if b.starts_with(b"500 5.5.6")));
@@ -233,7 +207,7 @@ fn failures_and_bad_commands_are_limited() {
     for i in 1..=3 {
         login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n"));
         let reply = m.login_rejected("");
-        assert!(text(std::slice::from_ref(&reply)).starts_with("535 5.7.8 "));
+        assert!(written(std::slice::from_ref(&reply)).starts_with("535 5.7.8 "));
         assert_eq!(matches!(reply, Action::Close(_)), i == 3);
     }
     let mut m = PreAuth::new(settings());
@@ -253,7 +227,7 @@ fn unavailable_then_success_hands_over_pipelined_bytes() {
     feed(&mut m, b"EHLO c\r\n");
     login(&feed(&mut m, b"AUTH PLAIN AGEAYg==\r\n"));
     assert_eq!(
-        text(&[m.login_unavailable("")]),
+        written(&[m.login_unavailable("")]),
         "454 4.7.0 Temporary authentication failure, try again later\r\n"
     );
     login(&feed(
@@ -290,7 +264,7 @@ fn plaintext_auth_when_the_operator_allows_it_on_loopback() {
         plaintext_auth: true,
         ..settings()
     });
-    let reply = text(&feed(&mut m, b"EHLO c\r\n"));
+    let reply = written(&feed(&mut m, b"EHLO c\r\n"));
     assert!(
         reply.contains("STARTTLS") && reply.contains("AUTH PLAIN LOGIN"),
         "{reply}"

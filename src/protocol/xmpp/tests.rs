@@ -1,5 +1,6 @@
 use super::*;
 use crate::protocol::PreAuth as _;
+use crate::protocol::testing::{feed, written};
 
 fn settings(tls: bool) -> Settings {
     Settings {
@@ -15,40 +16,10 @@ fn settings(tls: bool) -> Settings {
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
-fn feed(m: &mut PreAuth, input: &[u8]) -> Vec<Action> {
-    m.enqueue(input);
-    let mut out = Vec::new();
-    loop {
-        match m.next_action() {
-            Action::NeedInput => return out,
-            a => {
-                let stop = !matches!(a, Action::Write(_));
-                out.push(a);
-                if stop {
-                    return out;
-                }
-            }
-        }
-    }
-}
-
-fn text(actions: &[Action]) -> String {
-    actions
-        .iter()
-        .map(|a| match a {
-            Action::Write(b) | Action::Close(b) | Action::StartTls(b) => {
-                String::from_utf8_lossy(b).into_owned()
-            }
-            Action::Login(r) => format!("<login {}>", r.credentials.login),
-            Action::NeedInput => String::new(),
-        })
-        .collect()
-}
-
 #[test]
 fn starttls_is_required_then_plain_is_offered_after_the_restart() {
     let mut m = PreAuth::new(settings(false));
-    let out = text(&feed(&mut m, HEADER.as_bytes()));
+    let out = written(&feed(&mut m, HEADER.as_bytes()));
     assert!(
         out.contains("<stream:stream") && out.contains("from='example.org'"),
         "{out}"
@@ -59,7 +30,7 @@ fn starttls_is_required_then_plain_is_offered_after_the_restart() {
     );
     assert!(!out.contains("mechanism"), "no SASL before TLS: {out}");
     // Auth before TLS is refused.
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
     ));
@@ -71,7 +42,7 @@ fn starttls_is_required_then_plain_is_offered_after_the_restart() {
     );
     m.tls_started();
     assert!(feed(&mut m, b"").is_empty());
-    let out = text(&feed(&mut m, HEADER.as_bytes()));
+    let out = written(&feed(&mut m, HEADER.as_bytes()));
     assert!(
         out.contains("<mechanism>PLAIN</mechanism>") && !out.contains("starttls"),
         "{out}"
@@ -82,7 +53,7 @@ fn starttls_is_required_then_plain_is_offered_after_the_restart() {
 fn sasl_plain_with_and_without_initial_response() {
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
     ));
@@ -96,12 +67,12 @@ fn sasl_plain_with_and_without_initial_response() {
 
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
     ));
     assert_eq!(out, "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AGFsaWNlAHB3</response>",
     ));
@@ -125,7 +96,7 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
             b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
         );
         let reply = m.login_rejected("");
-        let out = text(std::slice::from_ref(&reply));
+        let out = written(std::slice::from_ref(&reply));
         assert!(out.starts_with(
             "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
         ));
@@ -133,17 +104,17 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
     }
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>",
     ));
     assert!(out.contains("<invalid-mechanism/>"), "{out}");
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!</auth>",
     ));
     assert!(out.contains("<incorrect-encoding/>"), "{out}");
-    let out = text(&feed(
+    let out = written(&feed(
         &mut m,
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYgBj</auth>",
     ));
@@ -151,7 +122,7 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
         out.contains("<malformed-request/>"),
         "NUL inside a field: {out}"
     );
-    let out = text(&m.login_unavailable("").into_iter_one());
+    let out = written(&m.login_unavailable("").into_iter_one());
     assert!(out.contains("<temporary-auth-failure/>"), "{out}");
     // A stanza before authentication ends the stream.
     let actions = feed(
@@ -178,7 +149,7 @@ fn hostile_xml_gets_a_stream_error() {
     // Billion laughs: a DTD is not XML we accept.
     let laughs = "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;'>]><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol2;";
     let mut m = PreAuth::new(settings(true));
-    let out = text(&feed(&mut m, laughs.as_bytes()));
+    let out = written(&feed(&mut m, laughs.as_bytes()));
     assert!(
         out.contains("<stream:error>") && out.ends_with("</stream:stream>"),
         "{out}"
@@ -236,7 +207,7 @@ fn hostile_xml_gets_a_stream_error() {
         ("\u{0}\u{1}garbage".to_owned(), "stream:error"),
     ] {
         let mut m = PreAuth::new(settings(true));
-        let out = text(&feed(&mut m, input.as_bytes()));
+        let out = written(&feed(&mut m, input.as_bytes()));
         assert!(
             out.contains(condition) && out.ends_with("</stream:stream>"),
             "{input}: {out}"
