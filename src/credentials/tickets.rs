@@ -1,7 +1,7 @@
 //! One-time tickets: how the gateway logs in to a backend that asks portcullis (through the
 //! authentication server) without ever handing it the client's secret.
 //!
-//! The XMPP gateway mints a ticket for the account, service and session it has just
+//! The XMPP gateway mints a ticket for each session, for the account and service it has just
 //! authenticated, sends it to the backend as the SASL password, and the backend asks the auth
 //! server, which redeems it: once, for that account and service only, within its lifetime.
 
@@ -23,7 +23,6 @@ const PREFIX: &str = "pct1-";
 struct Entry {
     login: Login,
     service: Service,
-    session: u64,
     expires: Instant,
 }
 
@@ -38,8 +37,8 @@ impl Tickets {
         Self::default()
     }
 
-    /// Mints a ticket for `login` on `service`, for the gateway session `session`.
-    pub fn mint(&self, login: &Login, service: Service, session: u64) -> Secret {
+    /// Mints a ticket for `login` on `service` (one per gateway session).
+    pub fn mint(&self, login: &Login, service: Service) -> Secret {
         self.sweep();
         let ticket = format!(
             "{PREFIX}{}",
@@ -50,7 +49,6 @@ impl Tickets {
             Entry {
                 login: login.clone(),
                 service,
-                session,
                 expires: Instant::now() + TICKET_LIFETIME,
             },
         );
@@ -62,12 +60,14 @@ impl Tickets {
         secret.expose().starts_with(PREFIX.as_bytes())
     }
 
-    /// Redeems a ticket: true once, for its account and service, before it expires. Returns
-    /// the session it was minted for.
-    pub fn redeem(&self, login: &Login, service: Service, secret: &Secret) -> Option<u64> {
-        let (_, entry) = self.outstanding.remove(&digest(secret.expose()))?;
-        (entry.login == *login && entry.service == service && entry.expires > Instant::now())
-            .then_some(entry.session)
+    /// Redeems a ticket: true once, for its account and service, before it expires. Any try
+    /// spends it.
+    pub fn redeem(&self, login: &Login, service: Service, secret: &Secret) -> bool {
+        self.outstanding
+            .remove(&digest(secret.expose()))
+            .is_some_and(|(_, entry)| {
+                entry.login == *login && entry.service == service && entry.expires > Instant::now()
+            })
     }
 
     fn sweep(&self) {
@@ -91,30 +91,20 @@ mod tests {
     #[test]
     fn a_ticket_is_good_once_for_its_account_and_service() {
         let tickets = Tickets::new();
-        let t = tickets.mint(&alice(), Service::Xmpp, 7);
+        let t = tickets.mint(&alice(), Service::Xmpp);
         assert!(Tickets::is_ticket(&t));
-        assert_eq!(tickets.redeem(&alice(), Service::Xmpp, &t), Some(7));
-        assert_eq!(
-            tickets.redeem(&alice(), Service::Xmpp, &t),
-            None,
-            "used twice"
-        );
-        let t = tickets.mint(&alice(), Service::Xmpp, 8);
+        assert!(tickets.redeem(&alice(), Service::Xmpp, &t));
+        assert!(!tickets.redeem(&alice(), Service::Xmpp, &t), "used twice");
+        let t = tickets.mint(&alice(), Service::Xmpp);
         let bob = Login::parse("bob@example.org", None).unwrap();
-        assert_eq!(
-            tickets.redeem(&bob, Service::Xmpp, &t),
-            None,
-            "another account"
-        );
-        assert_eq!(
-            tickets.redeem(&alice(), Service::Xmpp, &t),
-            None,
+        assert!(!tickets.redeem(&bob, Service::Xmpp, &t), "another account");
+        assert!(
+            !tickets.redeem(&alice(), Service::Xmpp, &t),
             "a failed try spends it"
         );
-        let t = tickets.mint(&alice(), Service::Xmpp, 9);
-        assert_eq!(
-            tickets.redeem(&alice(), Service::Mail, &t),
-            None,
+        let t = tickets.mint(&alice(), Service::Xmpp);
+        assert!(
+            !tickets.redeem(&alice(), Service::Mail, &t),
             "another service"
         );
         assert!(!Tickets::is_ticket(&Secret::from("abcdefghijklmnop")));
@@ -123,14 +113,14 @@ mod tests {
     #[test]
     fn tickets_expire() {
         let tickets = Tickets::new();
-        let t = tickets.mint(&alice(), Service::Xmpp, 1);
+        let t = tickets.mint(&alice(), Service::Xmpp);
         if let Some(mut entry) = tickets.outstanding.iter_mut().next() {
             entry.expires = Instant::now() - Duration::from_secs(1);
         }
-        assert_eq!(tickets.redeem(&alice(), Service::Xmpp, &t), None);
+        assert!(!tickets.redeem(&alice(), Service::Xmpp, &t));
         // Expired tickets are swept when the next is minted.
-        let _ = tickets.mint(&alice(), Service::Xmpp, 2);
-        let _ = tickets.mint(&alice(), Service::Xmpp, 3);
+        let _ = tickets.mint(&alice(), Service::Xmpp);
+        let _ = tickets.mint(&alice(), Service::Xmpp);
         assert_eq!(tickets.outstanding.len(), 2);
     }
 }

@@ -49,7 +49,7 @@ pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerCon
     else {
         return;
     };
-    let ticket = shared.tickets.mint(&grant.login, Service::Xmpp, 0);
+    let ticket = shared.tickets.mint(&grant.login, Service::Xmpp);
     let user = context.backend.user_for(&grant.login);
     let backend = match backend_xmpp::login(&context.backend, &user, &ticket).await {
         Ok(backend) => backend,

@@ -122,7 +122,7 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
         out.contains("<malformed-request/>"),
         "NUL inside a field: {out}"
     );
-    let out = written(&m.login_unavailable("").into_iter_one());
+    let out = written(&[m.login_unavailable("")]);
     assert!(out.contains("<temporary-auth-failure/>"), "{out}");
     // A stanza before authentication ends the stream.
     let actions = feed(
@@ -132,16 +132,6 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
     assert!(
         matches!(actions.last(), Some(Action::Close(b)) if String::from_utf8_lossy(b).contains("<not-authorized"))
     );
-}
-
-trait One {
-    fn into_iter_one(self) -> Vec<Action>;
-}
-
-impl One for Action {
-    fn into_iter_one(self) -> Vec<Action> {
-        vec![self]
-    }
 }
 
 #[test]
