@@ -20,7 +20,10 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
 
 use super::hashing::{PasswordHasher, app_password_digest, normalize_app_password};
-use super::model::{AccountId, AccountState, AppPasswordId, Generation, Login, Protocol, Service};
+use super::model::{
+    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Protocol,
+    Service,
+};
 use super::secret::Secret;
 use crate::store::{Store, StoreError, Use};
 
@@ -199,17 +202,34 @@ impl CredentialIndex {
         self.default_domain.as_deref()
     }
 
+    /// The account `credentials` claim, or a refusal: the login names no account, or the
+    /// authorization identity names another one (logged, since that is someone trying to act
+    /// for someone else; the client hears the same refusal as for a wrong password).
+    pub fn claimed_account(&self, credentials: &Credentials) -> Result<Login, AuthError> {
+        credentials
+            .account(self.default_domain.as_deref())
+            .map_err(|e| {
+                if e == IdentityError::OtherAccount {
+                    tracing::info!(
+                        login = %crate::protocol::printable(&credentials.login),
+                        authzid = %crate::protocol::printable(credentials.authzid.as_deref().unwrap_or_default()),
+                        "login refused: the authorization identity names another account"
+                    );
+                }
+                AuthError::Rejected
+            })
+    }
+
     /// Decides a login for `service`.
     pub async fn authenticate(
         &self,
         service: Service,
         protocol: Protocol,
-        raw_login: &str,
-        secret: &Secret,
+        credentials: &Credentials,
         peer: IpAddr,
     ) -> Result<Grant, AuthError> {
-        let login = Login::parse(raw_login, self.default_domain.as_deref())
-            .map_err(|_| AuthError::Rejected)?;
+        let login = self.claimed_account(credentials)?;
+        let secret = &credentials.secret;
         if secret.is_empty() {
             return Err(AuthError::Rejected);
         }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::secret::Secret;
+
 /// What a credential opens. Each listener serves exactly one service, and an app password is
 /// made for exactly one; a secret is only ever checked for the service it arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,6 +146,52 @@ impl Login {
 impl fmt::Display for Login {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// What a client presented to log in: the login it typed (the SASL authentication identity),
+/// the SASL authorization identity if it sent one, and the secret.
+#[derive(Debug)]
+pub struct Credentials {
+    pub login: String,
+    /// SASL PLAIN's authorization identity (RFC 4616): the identity to act as. Empty is `None`.
+    pub authzid: Option<String>,
+    pub secret: Secret,
+}
+
+/// Why presented credentials name no account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Login(#[from] LoginError),
+    /// The authorization identity names a different account than the login. Nobody acts for
+    /// someone else through the gateway.
+    #[error("the authorization identity names another account")]
+    OtherAccount,
+}
+
+impl Credentials {
+    /// Credentials without an authorization identity (IMAP `LOGIN`, SASL LOGIN, HTTP Basic).
+    pub fn new(login: String, secret: Secret) -> Self {
+        Self {
+            login,
+            authzid: None,
+            secret,
+        }
+    }
+
+    /// The account these credentials claim. Clients send the authorization identity as the
+    /// full address with a bare login, or the reverse: both name one account once
+    /// `default_domain` and case folding are applied, so that is accepted; one that names a
+    /// different account is not.
+    pub fn account(&self, default_domain: Option<&str>) -> Result<Login, IdentityError> {
+        let login = Login::parse(&self.login, default_domain)?;
+        if let Some(authzid) = &self.authzid
+            && Login::parse(authzid, default_domain)? != login
+        {
+            return Err(IdentityError::OtherAccount);
+        }
+        Ok(login)
     }
 }
 
@@ -311,6 +359,43 @@ mod tests {
         assert_eq!(Login::parse("@example.org", d), Err(LoginError::Malformed));
         assert_eq!(Login::parse("a@b@c", d), Err(LoginError::Malformed));
         assert_eq!(Login::parse(&"a".repeat(400), d), Err(LoginError::TooLong));
+    }
+
+    #[test]
+    fn an_authorization_identity_must_name_the_same_account() {
+        let d = Some("example.org");
+        let with = |login: &str, authzid: Option<&str>| Credentials {
+            login: login.to_owned(),
+            authzid: authzid.map(str::to_owned),
+            secret: Secret::from("pw"),
+        };
+        let alice = Login::parse("alice@example.org", None).unwrap();
+        for (login, authzid) in [
+            ("alice", None),
+            ("alice", Some("alice@example.org")),
+            ("alice@example.org", Some("alice")),
+            ("Alice", Some("ALICE@Example.Org")),
+            ("alice@EXAMPLE.org", Some("alice@example.org")),
+        ] {
+            assert_eq!(with(login, authzid).account(d), Ok(alice.clone()), "{login} {authzid:?}");
+        }
+        for (login, authzid) in [
+            ("alice", Some("bob")),
+            ("alice", Some("alice@example.net")),
+            ("bob@example.org", Some("alice")),
+        ] {
+            assert_eq!(
+                with(login, authzid).account(d),
+                Err(IdentityError::OtherAccount),
+                "{login} {authzid:?}"
+            );
+        }
+        // Without a default domain a bare name is no account, whichever side it is on.
+        assert_eq!(
+            with("alice@example.org", Some("alice")).account(None),
+            Err(IdentityError::Login(LoginError::NoDomain))
+        );
+        assert!(with("alice", Some("a*b")).account(d).is_err());
     }
 
     #[test]

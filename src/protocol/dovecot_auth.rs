@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::credentials::{Secret, Service};
+use crate::credentials::{Credentials, Service};
 use crate::protocol::sasl;
 
 /// Dovecot's own limit on a client line.
@@ -36,8 +36,7 @@ pub struct Request {
     pub service: Service,
     /// The `service=` value as sent (`smtp`, `xmpp`, ...).
     pub service_name: String,
-    pub login: String,
-    pub secret: Secret,
+    pub credentials: Credentials,
     /// The end user's address (`rip=`), for last-use records.
     pub remote_ip: Option<IpAddr>,
 }
@@ -213,7 +212,7 @@ impl AuthServer {
             Some(Pending::LoginUser(context)) => self.login_user(id, context, data),
             Some(Pending::LoginPassword(context, login)) => {
                 match decode(data).and_then(|b| sasl::parse_password_field(&b)) {
-                    Ok(secret) => self.verify(id, context, login, secret),
+                    Ok(secret) => self.verify(id, context, Credentials::new(login, secret)),
                     Err(e) => fail(id, &format!("reason={e}")),
                 }
             }
@@ -224,7 +223,7 @@ impl AuthServer {
 
     fn plain(&mut self, id: u32, context: Context, response: &str) -> Event {
         match decode(response).and_then(|b| sasl::parse_plain(&b)) {
-            Ok(credentials) => self.verify(id, context, credentials.login, credentials.secret),
+            Ok(credentials) => self.verify(id, context, credentials),
             Err(e) => fail(id, &format!("reason={e}")),
         }
     }
@@ -240,14 +239,13 @@ impl AuthServer {
         }
     }
 
-    fn verify(&mut self, id: u32, context: Context, login: String, secret: Secret) -> Event {
+    fn verify(&mut self, id: u32, context: Context, credentials: Credentials) -> Event {
         self.pending.insert(id, Pending::Verifying);
         Event::Verify(Request {
             id,
             service: context.service,
             service_name: context.service_name,
-            login,
-            secret,
+            credentials,
             remote_ip: context.remote_ip,
         })
     }
@@ -344,7 +342,7 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(
-            (r.id, r.service, r.login.as_str(), r.secret.expose()),
+            (r.id, r.service, r.credentials.login.as_str(), r.credentials.secret.expose()),
             (1, Service::Mail, "alice", &b"pw"[..])
         );
         assert_eq!(r.remote_ip, Some("192.0.2.7".parse().unwrap()));
@@ -372,11 +370,11 @@ mod tests {
             "{events:?}"
         );
         assert!(
-            matches!(&events[1], Event::Verify(r) if r.id == 1 && r.service == Service::Xmpp && r.login == "alice")
+            matches!(&events[1], Event::Verify(r) if r.id == 1 && r.service == Service::Xmpp && r.credentials.login == "alice")
         );
         let events = run(&mut s, "CONT\t2\tc2VjcmV0\n");
         assert!(
-            matches!(&events[0], Event::Verify(r) if r.id == 2 && r.login == "bob" && r.secret.expose() == b"secret")
+            matches!(&events[0], Event::Verify(r) if r.id == 2 && r.credentials.login == "bob" && r.credentials.secret.expose() == b"secret")
         );
     }
 

@@ -1,24 +1,19 @@
 //! SASL PLAIN (RFC 4616) and LOGIN, shared by IMAP and SMTP.
 //!
-//! Only what a gateway needs: turn the client's bytes into a login and a secret, refusing
-//! anything ambiguous (NUL inside a field, a login that is not UTF-8, an authorization identity
-//! that differs from the authentication identity: nobody may log in as someone else here).
+//! Only what a gateway needs: turn the client's bytes into a login, an optional authorization
+//! identity and a secret, refusing anything malformed (NUL inside a field, an identity that is
+//! not UTF-8). Whether an authorization identity names the login's own account is the
+//! credential core's rule ([`Credentials::account`]), applied at the credential check.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+pub use crate::credentials::Credentials;
 use crate::credentials::Secret;
 
 /// Longest SASL field accepted, in bytes (RFC 4616 allows 255 octets per field; passwords and
 /// logins longer than this are not ours).
 pub const MAX_FIELD: usize = 1024;
-
-/// A login and secret from a SASL exchange.
-#[derive(Debug)]
-pub struct Credentials {
-    pub login: String,
-    pub secret: Secret,
-}
 
 /// Why a SASL response was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,8 +24,6 @@ pub enum SaslError {
     Malformed,
     #[error("login is not UTF-8")]
     NotUtf8,
-    #[error("authorization identity differs from the login")]
-    Authzid,
     #[error("field too long")]
     TooLong,
 }
@@ -63,11 +56,10 @@ pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
         return Err(SaslError::TooLong);
     }
     let login = std::str::from_utf8(authcid).map_err(|_| SaslError::NotUtf8)?;
-    if !authzid.is_empty() && authzid != authcid {
-        return Err(SaslError::Authzid);
-    }
+    let authzid = std::str::from_utf8(authzid).map_err(|_| SaslError::NotUtf8)?;
     Ok(Credentials {
         login: login.to_owned(),
+        authzid: (!authzid.is_empty()).then(|| authzid.to_owned()),
         secret: Secret::new(passwd.to_vec()),
     })
 }
@@ -117,12 +109,17 @@ mod tests {
         let c = parse_plain(b"\0tim\0tanstaaftanstaaf").unwrap();
         assert_eq!(c.login, "tim");
         assert_eq!(c.secret.expose(), b"tanstaaftanstaaf");
+        assert_eq!(c.authzid, None);
+        // The authorization identity is carried to the credential check, which decides it.
+        let other = parse_plain(b"Ursel\0Kurt\0xipj3plmq").unwrap();
         assert_eq!(
-            parse_plain(b"Ursel\0Kurt\0xipj3plmq").unwrap_err(),
-            SaslError::Authzid
+            (other.login.as_str(), other.authzid.as_deref()),
+            ("Kurt", Some("Ursel"))
         );
-        let same = parse_plain(b"tim\0tim\0pw").unwrap();
-        assert_eq!(same.login, "tim");
+        assert_eq!(
+            parse_plain(b"\xff\0tim\0pw").unwrap_err(),
+            SaslError::NotUtf8
+        );
     }
 
     #[test]

@@ -114,11 +114,10 @@ fn set_owner_and_mode(path: &Path, config: &AuthServerConfig, mode: u32) -> Resu
 
 /// A ticket minted by one of our gateways: good once, for its account and service.
 fn redeem(shared: &Shared, request: &Request) -> Result<Login, AuthError> {
-    let login = Login::parse(&request.login, shared.index.default_domain())
-        .map_err(|_| AuthError::Rejected)?;
+    let login = shared.index.claimed_account(&request.credentials)?;
     if shared
         .tickets
-        .redeem(&login, request.service, &request.secret)
+        .redeem(&login, request.service, &request.credentials.secret)
     {
         Ok(login)
     } else {
@@ -201,7 +200,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
                         let protocol = Protocol::from_auth_service(&request.service_name)
                             .unwrap_or(Protocol::Imap);
-                        let outcome = if Tickets::is_ticket(&request.secret) {
+                        let outcome = if Tickets::is_ticket(&request.credentials.secret) {
                             redeem(&shared, &request)
                         } else {
                             shared
@@ -209,8 +208,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                                 .authenticate(
                                     request.service,
                                     protocol,
-                                    &request.login,
-                                    &request.secret,
+                                    &request.credentials,
                                     ip,
                                 )
                                 .await
@@ -220,12 +218,12 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                             // The user name in the form the daemon asked with: the full login
                             // for `alice@example.org`, the local part for `alice` (Prosody takes
                             // `user=` as the node of the JID it binds).
-                            Ok(login) if request.login.contains('@') => {
+                            Ok(login) if request.credentials.login.contains('@') => {
                                 (Verdict::Accepted, login.to_string())
                             }
                             Ok(login) => (Verdict::Accepted, login.local_part().to_owned()),
                             Err(AuthError::Rejected) => {
-                                tracing::info!(login = %crate::protocol::printable(&request.login), service = %request.service_name, "auth server refused a login");
+                                tracing::info!(login = %crate::protocol::printable(&request.credentials.login), service = %request.service_name, "auth server refused a login");
                                 let delay = Duration::from_millis(shared.auth.failure_delay_ms);
                                 tokio::time::sleep_until(arrived + delay).await;
                                 (Verdict::Rejected, String::new())

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::ListenerConfig;
 use crate::credentials::index::Credential;
-use crate::credentials::{AuthError, Grant, Protocol};
+use crate::credentials::{AuthError, Credentials, Grant, Protocol};
 use crate::protocol::http::sniffer::Verdict;
 use crate::protocol::http::{
     FramingSniffer, Route, Router, parse_basic, rewrite_prefix, strip_hop_by_hop,
@@ -374,10 +374,11 @@ async fn authenticate(
             .insert(header::WWW_AUTHENTICATE, listener.realm.clone());
         response
     };
-    let Some((login, secret)) = request
+    let Some(credentials) = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| parse_basic(v.as_bytes()))
+        .map(|(login, secret)| Credentials::new(login, secret))
     else {
         return Err(challenge());
     };
@@ -385,12 +386,12 @@ async fn authenticate(
     let protocol = Protocol::over_http(route.service).unwrap_or(Protocol::WebDav);
     match shared
         .index
-        .authenticate(route.service, protocol, &login, &secret, conn.peer.ip())
+        .authenticate(route.service, protocol, &credentials, conn.peer.ip())
         .await
     {
         Ok(grant) => Ok(grant),
         Err(AuthError::Rejected) => {
-            tracing::info!(login = %crate::protocol::printable(&login), service = %route.service, "login refused");
+            tracing::info!(login = %crate::protocol::printable(&credentials.login), service = %route.service, "login refused");
             tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms))
                 .await;
             Err(challenge())

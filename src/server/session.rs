@@ -178,8 +178,7 @@ impl<'a> Session<'a> {
             .authenticate(
                 self.protocol.service(),
                 self.protocol,
-                &credentials.login,
-                &credentials.secret,
+                &credentials,
                 self.client.peer.ip(),
             )
             .await;

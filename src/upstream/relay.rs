@@ -307,7 +307,12 @@ mod tests {
         let index = CredentialIndex::new(store.clone(), &settings);
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let grant = index
-            .authenticate(Service::Mail, Protocol::Imap, login.as_str(), &secret, peer)
+            .authenticate(
+                Service::Mail,
+                Protocol::Imap,
+                &crate::credentials::Credentials::new(login.as_str().to_owned(), secret),
+                peer,
+            )
             .await
             .unwrap();
 

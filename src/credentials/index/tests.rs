@@ -60,7 +60,12 @@ impl Fixture {
         secret: &Secret,
     ) -> Result<Grant, AuthError> {
         self.index
-            .authenticate(service, Protocol::Imap, user, secret, PEER)
+            .authenticate(
+                service,
+                Protocol::Imap,
+                &Credentials::new(user.to_owned(), secret.clone()),
+                PEER,
+            )
             .await
     }
 
@@ -104,6 +109,45 @@ async fn logins_are_normalised_and_typed_spaces_are_ignored() {
     }
     let grant = f.login(Service::Mail, "Alice", &mail).await.unwrap();
     assert_eq!(grant.login.as_str(), "alice@example.org");
+}
+
+#[tokio::test]
+async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
+    let f = fixture().await;
+    let bob = Login::parse("bob@example.org", None).unwrap();
+    f.store.create_account(&bob, "x").await.unwrap();
+    let (mail, _) = f.app_password(Service::Mail).await;
+    let with = |login: &str, authzid: &str| Credentials {
+        login: login.to_owned(),
+        authzid: Some(authzid.to_owned()),
+        secret: mail.clone(),
+    };
+    for (login, authzid) in [
+        ("alice", "alice@example.org"),
+        ("alice@example.org", "alice"),
+        ("ALICE", "Alice@Example.ORG"),
+    ] {
+        let grant = f
+            .index
+            .authenticate(Service::Mail, Protocol::Imap, &with(login, authzid), PEER)
+            .await
+            .unwrap_or_else(|e| panic!("{login} as {authzid}: {e}"));
+        assert_eq!(grant.login, login_of("alice@example.org"));
+    }
+    // Another account as the authorization identity is refused even with alice's good (and
+    // by now cached) secret, the same refusal as a wrong password.
+    for (login, authzid) in [("alice", "bob"), ("alice", "bob@example.org"), ("bob", "alice")] {
+        assert!(matches!(
+            f.index
+                .authenticate(Service::Mail, Protocol::Imap, &with(login, authzid), PEER)
+                .await,
+            Err(AuthError::Rejected)
+        ));
+    }
+}
+
+fn login_of(text: &str) -> Login {
+    Login::parse(text, None).unwrap()
 }
 
 #[tokio::test]
@@ -306,8 +350,7 @@ async fn a_wrong_app_password_guess_runs_no_slow_hash() {
             index.authenticate(
                 Service::Mail,
                 Protocol::Imap,
-                "alice",
-                &Secret::from(guess),
+                &Credentials::new("alice".to_owned(), Secret::from(guess)),
                 PEER,
             ),
         )

@@ -208,7 +208,7 @@ impl PreAuth {
                         self.state = State::Deciding;
                         Action::Login(LoginRequest {
                             tag,
-                            credentials: Credentials { login, secret },
+                            credentials: Credentials::new(login, secret),
                         })
                     }
                     (Err(e), _) | (_, Err(e)) => {

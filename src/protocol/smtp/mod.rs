@@ -284,7 +284,7 @@ impl super::PreAuth for PreAuth {
             State::AuthLoginPassword(login) => {
                 let outcome = sasl_line(&line)
                     .and_then(|b| Ok(sasl::parse_password_field(&b)?))
-                    .map(|secret| Credentials { login, secret });
+                    .map(|secret| Credentials::new(login, secret));
                 self.credentials_or_error(outcome)
             }
             State::Deciding | State::Closed => Action::NeedInput,
