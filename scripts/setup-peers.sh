@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
-# Postfix and swaks, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
+# Postfix and swaks, sendxmpp and go-sendxmpp, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
 # wsgidav, radicale, caldav, vdirsyncer and slixmpp.
 set -euo pipefail
 
@@ -18,6 +18,9 @@ command -v prosody >/dev/null 2>&1 || missing_debs+=(prosody)
 [ -e /usr/lib/prosody/modules/mod_auth_dovecot ] || missing_debs+=(prosody-modules)
 command -v postfix >/dev/null 2>&1 || missing_debs+=(postfix)
 command -v swaks >/dev/null 2>&1 || missing_debs+=(swaks)
+# Command-line Jabber clients whose habits differ from slixmpp's (see tests/xmpp_e2e.rs).
+command -v sendxmpp >/dev/null 2>&1 || missing_debs+=(sendxmpp)
+command -v go-sendxmpp >/dev/null 2>&1 || missing_debs+=(go-sendxmpp)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

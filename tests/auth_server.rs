@@ -118,6 +118,17 @@ fn the_auth_protocol_checks_scope_and_answers_pipelined_requests_in_any_order() 
         plain("", "alice", &mail)
     ));
     assert_eq!(c.line(), "FAIL\t5");
+    // An authorization identity naming the same account is that account; another is refused.
+    c.send(&format!(
+        "AUTH\t10\tPLAIN\tservice=smtp\tresp={}\n",
+        plain("alice@example.org", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "OK\t10\tuser=alice");
+    c.send(&format!(
+        "AUTH\t11\tPLAIN\tservice=smtp\tresp={}\n",
+        plain("bob", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "FAIL\t11");
     // Malformed base64 and unknown services fail; an unknown command ends the connection.
     c.send("AUTH\t6\tPLAIN\tservice=smtp\tresp=%%%\n");
     assert!(c.line().starts_with("FAIL\t6\treason="));

@@ -444,3 +444,70 @@ print("DONE")
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+const AUTHZID_SESSION: &str = r#"
+import imaplib, smtplib, ssl, sys, base64
+imaps, submissions, ca, authzid, authcid, password = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=ca)
+plain = f"{authzid}\0{authcid}\0{password}".encode()
+imap = imaplib.IMAP4_SSL("localhost", int(imaps), ssl_context=ctx)
+try:
+    typ, _ = imap.authenticate("PLAIN", lambda _: plain)
+    typ, data = imap.select("INBOX")
+    print("IMAP", typ)
+    imap.logout()
+except imaplib.IMAP4.error as e:
+    print("IMAP-FAILED", e)
+smtp = smtplib.SMTP_SSL("localhost", int(submissions), context=ctx, local_hostname="client.test")
+smtp.ehlo()
+code, text = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(plain).decode())
+print("SMTP", code)
+smtp.quit()
+"#;
+
+#[test]
+fn sasl_plain_with_an_authorization_identity_of_the_same_account_is_accepted() {
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Outlook");
+    let p = w.gateway.ports;
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let run = |authzid: &str, authcid: &str| {
+        python_ok(
+            AUTHZID_SESSION,
+            &[
+                &p.imaps.to_string(),
+                &p.submissions.to_string(),
+                &ca,
+                authzid,
+                authcid,
+                &secret,
+            ],
+        )
+    };
+    for (authzid, authcid) in [
+        ("alice@example.org", "alice"),
+        ("alice", "alice@example.org"),
+        ("ALICE@example.org", "Alice"),
+    ] {
+        let out = run(authzid, authcid);
+        assert!(
+            out.contains("IMAP OK") && out.contains("SMTP 235"),
+            "{authzid} / {authcid}: {out}\n{}",
+            w.gateway.log()
+        );
+    }
+    // Naming another account is refused exactly like a wrong password, and logged.
+    let out = run("bob@example.org", "alice");
+    assert!(
+        out.contains("IMAP-FAILED") && out.contains("AUTHENTICATIONFAILED"),
+        "{out}"
+    );
+    assert!(out.contains("SMTP 535"), "{out}");
+    let log = w.gateway.log();
+    assert_eq!(
+        log.matches("the authorization identity names another account")
+            .count(),
+        2,
+        "{log}"
+    );
+}

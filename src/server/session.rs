@@ -129,34 +129,49 @@ impl<'a> Session<'a> {
                     }
                 }
                 Action::NeedInput => {
-                    let shutdown = &self.context.shared.shutdown;
-                    let read = tokio::select! {
-                        () = shutdown.cancelled() => {
-                            let _ = self.write(&mut stream, machine.shutdown_goodbye()).await;
-                            return PreAuthEnd::Closed;
-                        }
-                        read = tokio::time::timeout_at(self.deadline, stream.read(&mut buffer)) => read,
+                    let Some(n) = self.read(&mut stream, machine, &mut buffer).await else {
+                        return PreAuthEnd::Closed;
                     };
-                    match read {
-                        Ok(Ok(0)) | Ok(Err(_)) => return PreAuthEnd::Closed,
-                        Ok(Ok(n)) => machine.enqueue(&buffer[..n]),
-                        Err(_) => {
-                            tracing::debug!("login deadline passed");
-                            // The deadline has passed, so the goodbye gets a moment of its own.
-                            let goodbye = write(&mut stream, machine.timeout_goodbye());
-                            let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
-                            close(&mut stream).await;
-                            return PreAuthEnd::Closed;
-                        }
-                    }
+                    machine.enqueue(&buffer[..n]);
                 }
+            }
+        }
+    }
+
+    /// Reads before the session is handed to the relay, under the login deadline and racing
+    /// shutdown, saying the machine's goodbye when either ends it. `None` once the connection
+    /// is over.
+    pub async fn read(
+        &self,
+        stream: &mut Stream,
+        machine: &mut dyn PreAuth,
+        buffer: &mut [u8],
+    ) -> Option<usize> {
+        let shutdown = &self.context.shared.shutdown;
+        let read = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = self.write(stream, machine.shutdown_goodbye()).await;
+                return None;
+            }
+            read = tokio::time::timeout_at(self.deadline, stream.read(buffer)) => read,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => None,
+            Ok(Ok(n)) => Some(n),
+            Err(_) => {
+                tracing::debug!("login deadline passed");
+                // The deadline has passed, so the goodbye gets a moment of its own.
+                let goodbye = write(stream, machine.timeout_goodbye());
+                let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+                close(stream).await;
+                None
             }
         }
     }
 
     /// Writes before login, bounded by the login deadline: a client that does not read cannot
     /// hold a connection past it.
-    async fn write(&self, stream: &mut Stream, bytes: &[u8]) -> bool {
+    pub async fn write(&self, stream: &mut Stream, bytes: &[u8]) -> bool {
         matches!(
             tokio::time::timeout_at(self.deadline, write(stream, bytes)).await,
             Ok(true)

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::ListenerContext;
 use super::session::{PreAuthEnd, Session};
 use crate::credentials::{Protocol, Service};
-use crate::protocol::xmpp::{PreAuth, Settings};
+use crate::protocol::xmpp::{PreAuth, Restart, Settings};
 use crate::upstream::relay::{Goodbyes, XmlBoundary};
 use crate::upstream::{ClientInfo, xmpp as backend_xmpp};
 
@@ -64,14 +64,36 @@ pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerCon
             return;
         }
     };
-    let (success, pipelined) = machine.login_accepted();
+    // The client restarts its stream after `<success/>`; the backend hears that restart in a
+    // form it accepts (see `PreAuth::next_restart`).
+    if !session.write(&mut client, &machine.login_accepted()).await {
+        return;
+    }
+    let mut buffer = vec![0u8; 4096];
+    let restart = loop {
+        match machine.next_restart() {
+            Restart::Restarted(bytes) => break bytes,
+            Restart::Failed(action) => {
+                if let crate::protocol::Action::Close(bytes) = action {
+                    let _ = session.write(&mut client, &bytes).await;
+                }
+                return;
+            }
+            Restart::NeedInput => {
+                let Some(n) = session.read(&mut client, &mut machine, &mut buffer).await else {
+                    return;
+                };
+                crate::protocol::PreAuth::enqueue(&mut machine, &buffer[..n]);
+            }
+        }
+    };
     session
         .relay(
             client,
             backend.stream,
             &grant,
-            success,
-            pipelined,
+            Vec::new(),
+            restart,
             &mut XmlBoundary::default(),
             &GOODBYES,
             IDLE,

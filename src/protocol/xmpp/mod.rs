@@ -42,7 +42,21 @@ enum State {
     /// `<response/>`.
     AwaitingResponse,
     Deciding,
+    /// Logged in and `<success/>` sent: waiting for the client's stream restart.
+    Restarting,
     Closed,
+}
+
+/// How the client's stream restart after `<success/>` went.
+#[derive(Debug)]
+pub enum Restart {
+    /// Read more input and pass it to `enqueue`.
+    NeedInput,
+    /// The restart, as the backend should hear it: the client's new stream header with any
+    /// whitespace and XML declaration before it dropped, then whatever the client sent after it.
+    Restarted(Vec<u8>),
+    /// Not a stream restart: write this stream error and close.
+    Failed(Action),
 }
 
 /// A top-level element being read.
@@ -67,6 +81,13 @@ pub struct PreAuth {
     /// Bytes the current element (or the header) has used so far.
     element_bytes: usize,
     failures: u32,
+    /// Bytes the current parser has taken: none means a stream header has yet to begin.
+    parser_used: usize,
+    /// While restarting: the bytes of the new stream header read so far.
+    restart_header: Vec<u8>,
+    /// While restarting: where the header's start tag begins in `restart_header` (after the
+    /// XML declaration, if any).
+    restart_tag_start: usize,
 }
 
 impl PreAuth {
@@ -80,6 +101,9 @@ impl PreAuth {
             element: None,
             element_bytes: 0,
             failures: 0,
+            parser_used: 0,
+            restart_header: Vec::new(),
+            restart_tag_start: 0,
         }
     }
 
@@ -305,8 +329,16 @@ impl super::PreAuth for PreAuth {
 
     fn next_action(&mut self) -> Action {
         loop {
-            if matches!(self.state, State::Deciding | State::Closed) {
+            if matches!(
+                self.state,
+                State::Deciding | State::Restarting | State::Closed
+            ) {
                 return Action::NeedInput;
+            }
+            if self.state == State::Header && !self.header_started() {
+                // Whitespace before a stream header (after the TCP or TLS handshake) is not
+                // XML, but harmless: clients send a newline there.
+                skip_whitespace(&mut self.buffer);
             }
             // Called even with no new bytes: the parser may hold an event (the end of a
             // self-closing element) that needs none.
@@ -314,6 +346,7 @@ impl super::PreAuth for PreAuth {
             let before = input.len();
             let parsed = self.parser.parse(&mut input, false);
             let used = before - input.len();
+            self.parser_used += used;
             self.buffer.drain(..used);
             match parsed {
                 Ok(Some(event)) => {
@@ -340,9 +373,11 @@ impl super::PreAuth for PreAuth {
     }
 
     fn tls_started(&mut self) {
+        self.restart_header.clear();
         self.settings.tls = true;
         self.buffer.clear();
         self.parser = new_parser(self.settings.max_element);
+        self.parser_used = 0;
         self.state = State::Header;
         self.header_sent = false;
         self.element = None;
@@ -374,14 +409,96 @@ impl super::PreAuth for PreAuth {
 }
 
 impl PreAuth {
-    /// The login succeeded: `<success/>` for the client, and the bytes it sent after its
-    /// authentication (usually the restarted stream header), which belong to the backend now.
-    pub fn login_accepted(self) -> (Vec<u8>, Vec<u8>) {
-        (
-            format!("<success xmlns='{NS_SASL}'/>").into_bytes(),
-            self.buffer,
-        )
+    /// Whether any byte of the current stream header has been parsed.
+    fn header_started(&self) -> bool {
+        self.parser_used > 0
     }
+
+    /// The login succeeded: `<success/>` for the client. The client restarts its stream next
+    /// (RFC 6120 section 6.4.6); call [`Self::next_restart`] to read it.
+    pub fn login_accepted(&mut self) -> Vec<u8> {
+        self.state = State::Restarting;
+        self.parser = new_parser(self.settings.max_element);
+        self.parser_used = 0;
+        self.element = None;
+        self.element_bytes = 0;
+        self.restart_header.clear();
+        self.restart_tag_start = 0;
+        format!("<success xmlns='{NS_SASL}'/>").into_bytes()
+    }
+
+    /// Reads the client's stream restart. The backend gets a restart it accepts whatever the
+    /// client put around it: whitespace left over after `</auth>` and before the new header is
+    /// dropped, and so is an XML declaration (optional, and a backend whose parser was reset
+    /// at `<success/>` refuses one that does not open its input). The header itself is checked
+    /// like the first one and passed on byte for byte, so its prefixes match what follows.
+    pub fn next_restart(&mut self) -> Restart {
+        if self.state != State::Restarting {
+            return Restart::Failed(self.stream_error("not-authorized", None));
+        }
+        if !self.header_started() {
+            skip_whitespace(&mut self.buffer);
+            if self.buffer.first().is_some_and(|&b| b != b'<') {
+                return Restart::Failed(self.stream_error("not-well-formed", None));
+            }
+        }
+        loop {
+            let mut input: &[u8] = &self.buffer;
+            let before = input.len();
+            let parsed = self.parser.parse(&mut input, false);
+            let used = before - input.len();
+            self.restart_header.extend_from_slice(&self.buffer[..used]);
+            self.parser_used += used;
+            self.buffer.drain(..used);
+            if self.restart_header.len() > self.settings.max_element {
+                return Restart::Failed(
+                    self.stream_error("policy-violation", Some("stream header too large")),
+                );
+            }
+            match parsed {
+                Ok(Some(XmlEvent::XmlDeclaration(..))) => {
+                    self.restart_tag_start = self.restart_header.len();
+                }
+                Ok(Some(XmlEvent::StartElement(_, (namespace, name), attributes))) => {
+                    if namespace.as_str() != NS_STREAMS || name.as_str() != "stream" {
+                        return Restart::Failed(self.stream_error("invalid-namespace", None));
+                    }
+                    if attributes
+                        .get(&rxml::Namespace::NONE, "to")
+                        .is_some_and(|to| !to.eq_ignore_ascii_case(&self.settings.domain))
+                    {
+                        return Restart::Failed(self.stream_error("host-unknown", None));
+                    }
+                    let tag = &self.restart_header[self.restart_tag_start..];
+                    let mut restart = tag.trim_ascii_start().to_vec();
+                    restart.append(&mut self.buffer);
+                    self.state = State::Closed;
+                    return Restart::Restarted(restart);
+                }
+                Ok(Some(_)) | Ok(None) => {
+                    return Restart::Failed(self.stream_error("not-well-formed", None));
+                }
+                Err(rxml::error::EndOrError::NeedMoreData) => {
+                    if used == 0 {
+                        return Restart::NeedInput;
+                    }
+                }
+                Err(rxml::error::EndOrError::Error(rxml::Error::RestrictedXml(what))) => {
+                    return Restart::Failed(self.stream_error("restricted-xml", Some(what)));
+                }
+                Err(_) => return Restart::Failed(self.stream_error("not-well-formed", None)),
+            }
+        }
+    }
+}
+
+/// Drops XML whitespace (RFC 6120 section 11.7) from the front of `buffer`.
+fn skip_whitespace(buffer: &mut Vec<u8>) {
+    let blank = buffer
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .count();
+    buffer.drain(..blank);
 }
 
 #[cfg(test)]

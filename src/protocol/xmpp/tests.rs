@@ -58,12 +58,11 @@ fn sasl_plain_with_and_without_initial_response() {
         b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
     ));
     assert_eq!(out, "<login alice>");
-    let (success, leftover) = m.login_accepted();
     assert_eq!(
-        success,
+        m.login_accepted(),
         b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
     );
-    assert!(leftover.is_empty());
+    assert!(matches!(m.next_restart(), Restart::NeedInput));
 
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
@@ -80,10 +79,106 @@ fn sasl_plain_with_and_without_initial_response() {
     // The restarted stream header pipelined behind the auth goes to the backend untouched.
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
-    let restart = "<stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
-    feed(&mut m, format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>{restart}").as_bytes());
-    let (_, leftover) = m.login_accepted();
-    assert_eq!(leftover, restart.as_bytes());
+    feed(&mut m, format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>{RESTART}").as_bytes());
+    m.login_accepted();
+    assert!(matches!(m.next_restart(), Restart::Restarted(b) if b == RESTART.as_bytes()));
+}
+
+const RESTART: &str = "<stream:stream to='example.org' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+const AUTH: &str =
+    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>";
+
+/// A logged-in machine, with `after_auth` sent right behind the `<auth/>`.
+fn logged_in(after_auth: &str) -> PreAuth {
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    assert_eq!(
+        written(&feed(&mut m, format!("{AUTH}{after_auth}").as_bytes())),
+        "<login alice>"
+    );
+    m.login_accepted();
+    m
+}
+
+/// Feeds `chunks` one by one after `<success/>`; the restart the backend would get.
+fn restart_after(after_auth: &str, chunks: &[&str]) -> Result<Vec<u8>, String> {
+    let mut m = logged_in(after_auth);
+    let mut chunks = chunks.iter();
+    loop {
+        match m.next_restart() {
+            Restart::Restarted(bytes) => return Ok(bytes),
+            Restart::Failed(action) => return Err(written(&[action])),
+            Restart::NeedInput => match chunks.next() {
+                Some(chunk) => m.enqueue(chunk.as_bytes()),
+                None => return Err("needs more input".into()),
+            },
+        }
+    }
+}
+
+#[test]
+fn the_backend_gets_a_clean_restart_whatever_whitespace_and_declaration_surround_it() {
+    let iq = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+    let cases: [(&str, Vec<String>, String); 7] = [
+        // A newline after </auth>, then a declaration and the header once <success/> came.
+        (
+            "\n",
+            vec![format!("<?xml version='1.0'?>\n{RESTART}\n")],
+            format!("{RESTART}\n"),
+        ),
+        // The same, everything pipelined behind the auth, with the bind request.
+        (
+            &*Box::leak(format!("\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?> {RESTART}{iq}").into_boxed_str()),
+            vec![],
+            format!("{RESTART}{iq}"),
+        ),
+        ("", vec![RESTART.to_owned()], RESTART.to_owned()),
+        ("  ", vec!["\t\n ".into(), RESTART.to_owned()], RESTART.to_owned()),
+        // Split anywhere, even inside the declaration and the header.
+        (
+            "\n",
+            vec!["<?xm".into(), "l version='1.0'?><stre".into(), format!("{}{iq}", &RESTART[5..])],
+            format!("{RESTART}{iq}"),
+        ),
+        // Whitespace, and nothing but the header, is what a backend may see first.
+        ("", vec![format!("{RESTART}\n\n")], format!("{RESTART}\n\n")),
+        (
+            "",
+            vec!["<?xml version='1.0'?>".into(), RESTART.to_owned()],
+            RESTART.to_owned(),
+        ),
+    ];
+    for (after_auth, chunks, want) in cases {
+        let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let got = restart_after(after_auth, &chunks).unwrap_or_else(|e| panic!("{after_auth:?} {chunks:?}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), want, "{after_auth:?} {chunks:?}");
+    }
+}
+
+#[test]
+fn anything_but_a_stream_restart_ends_the_stream() {
+    for (after_auth, chunk, condition) in [
+        ("", "<iq type='get' id='x'/>", "invalid-namespace"),
+        ("", "<stream:stream to='other.example' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>", "host-unknown"),
+        ("", "hello", "not-well-formed"),
+        ("", "<?xml version='1.0'?><?xml version='1.0'?>", "restricted-xml"),
+        ("", "<!DOCTYPE x [<!ENTITY a 'b'>]>", "not-well-formed"),
+    ] {
+        let out = restart_after(after_auth, &[chunk]).unwrap_err();
+        assert!(out.contains(&format!("<{condition} ")), "{chunk}: {out}");
+        assert!(out.ends_with("</stream:stream>"), "{chunk}: {out}");
+    }
+    // A header that never ends is cut off at the element limit, not buffered.
+    let long = format!("<stream:stream to='example.org' a='{}", "x".repeat(9000));
+    let out = restart_after("", &[&long]).unwrap_err();
+    assert!(out.contains("<policy-violation "), "{out}");
+}
+
+#[test]
+fn whitespace_before_the_first_header_is_harmless() {
+    let mut m = PreAuth::new(settings(true));
+    let out = written(&feed(&mut m, format!("\r\n{HEADER}").as_bytes()));
+    assert!(out.contains("<mechanism>PLAIN</mechanism>"), "{out}");
 }
 
 #[test]
