@@ -34,10 +34,13 @@ fn main() {
     let clients = knob("LOAD_CLIENTS", 16) as usize;
     let mib = knob("LOAD_MIB", 256);
 
-    let plain = Wsgidav::start();
-    let radicale = Radicale::start();
-    let tail =
-        http_listener(0, plain.port, radicale.port).replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
+    // One folder for everyone: the direct runs name no user (the gateway's runs would get a
+    // folder per user otherwise, at no measurable cost).
+    let plain = Wsgidav::start_with(None, false);
+    let calendar = Radicale::start();
+    let contacts = Radicale::start();
+    let tail = http_listener(0, plain.port, calendar.port, contacts.port)
+        .replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
     let gateway = Gateway::start(
         free_port(),
         free_port(),
@@ -50,7 +53,7 @@ fn main() {
     gateway.create_account("alice", "main password");
     let secret = gateway.app_password("alice", "disk", "bench");
     let key = gateway.dir.path().join("certs/localhost.key");
-    let tls_direct = Wsgidav::start_with_tls(Some((&gateway.ca, &key)));
+    let tls_direct = Wsgidav::start_with(Some((&gateway.ca, &key)), false);
     for root in [&plain.root, &tls_direct.root] {
         std::fs::write(root.join("small.txt"), vec![b'x'; 1024]).expect("write");
     }

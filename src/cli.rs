@@ -134,6 +134,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             for (name, backend) in &config.backends {
                 crate::upstream::Backend::new(name, backend)?;
             }
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             eprintln!(
                 "{}: ok ({} listeners, {} backends)",
                 cli.config.display(),

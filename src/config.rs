@@ -3,7 +3,7 @@
 //! The shape is the operator's contract; `config/portcullis.toml` is a working example and is
 //! parsed by a test. Relative paths are relative to the directory the gateway runs in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -363,6 +363,12 @@ pub struct BackendConfig {
     /// or below their thread count, or pooled connections wait in their accept queue.
     #[serde(default = "default_backend_connections")]
     pub max_connections: usize,
+    /// HTTP: this server is reached for more than one service (say calendar and contacts) and
+    /// keeps them apart itself. Without it, routes of two services that lead to one server are
+    /// a configuration error: the gateway scopes a password to its route, and a server that
+    /// serves both lets a calendar password read contacts through the calendar route.
+    #[serde(default)]
+    pub shared_between_services: bool,
 }
 
 fn default_backend_connections() -> usize {
@@ -382,6 +388,18 @@ fn default_backend_timeout() -> u64 {
 }
 
 impl BackendConfig {
+    /// `scheme://host:port` of an HTTP backend, with the scheme's default port spelled out:
+    /// two backend entries with the same origin are one server.
+    pub fn origin(&self) -> Option<String> {
+        let uri: http::Uri = self.url.as_deref()?.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let host = uri.host()?.to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Some(format!("{scheme}://{host}:{port}"))
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
@@ -530,6 +548,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_service_split()?;
         if let Some(auth_server) = &self.auth_server {
             if auth_server.listen.is_empty() {
                 return Err("[auth_server] listen is empty".into());
@@ -661,6 +680,74 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// The services each HTTP backend server is reached for, by origin, with the backend
+    /// names that lead there.
+    fn services_by_server(&self) -> BTreeMap<String, (BTreeSet<Service>, BTreeSet<&str>)> {
+        let mut servers: BTreeMap<String, (BTreeSet<Service>, BTreeSet<&str>)> = BTreeMap::new();
+        for route in self.listeners.iter().flat_map(|l| &l.routes) {
+            let Some((name, backend)) = self.backends.get_key_value(&route.backend) else {
+                continue;
+            };
+            let Some(origin) = backend.origin() else {
+                continue;
+            };
+            let entry = servers.entry(origin).or_default();
+            entry.0.insert(route.service);
+            entry.1.insert(name.as_str());
+        }
+        servers
+    }
+
+    /// Routes scope a password to one service, which holds only if the server behind a route
+    /// serves that service alone: one server behind two services is refused unless every
+    /// backend entry leading to it says the server keeps them apart.
+    fn validate_service_split(&self) -> Result<(), String> {
+        for (origin, (services, names)) in self.services_by_server() {
+            if services.len() < 2 {
+                continue;
+            }
+            let unmarked: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|name| !self.backends[*name].shared_between_services)
+                .collect();
+            if !unmarked.is_empty() {
+                return Err(format!(
+                    "{origin} is behind routes of {} (through [backend.{}]): a password made for one of them would reach the others' data on that server. Give each service its own server, or set shared_between_services = true on [backend.{}] if the server keeps the services apart itself",
+                    join_services(&services),
+                    names.iter().copied().collect::<Vec<_>>().join("], [backend."),
+                    unmarked.join("] and [backend."),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings that are allowed but that an operator should hear about, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (origin, (services, names)) in self.services_by_server() {
+            if services.len() > 1 {
+                warnings.push(format!(
+                    "{origin} serves {} (shared_between_services on [backend.{}]): the service boundary there is the server's, not the gateway's",
+                    join_services(&services),
+                    names.iter().copied().collect::<Vec<_>>().join("], [backend."),
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+fn join_services(services: &BTreeSet<Service>) -> String {
+    services
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Whether one path prefix contains the other at a segment boundary (`/` and `/dav/` do,
@@ -798,11 +885,49 @@ mod tests {
           [[listener.route]]
           path_prefix = "/cal"
           service = "calendar"
-          backend = "dav"
+          backend = "cal"
         [backend.dav]
         url = "http://127.0.0.1:18090/"
         login = "trusted-header"
+        [backend.cal]
+        url = "http://127.0.0.1:15232/"
+        login = "trusted-header"
     "#;
+
+    #[test]
+    fn one_server_behind_two_services_is_refused_unless_marked_shared() {
+        // The same backend entry, or two entries with one origin (the default port spelled out
+        // or not, the host in any case).
+        for (cal_url, cal_backend) in [
+            ("http://127.0.0.1:15232/", "dav"),
+            ("http://LOCALHOST:80/cal/", "cal"),
+        ] {
+            let text = HTTP
+                .replace("backend = \"cal\"", &format!("backend = \"{cal_backend}\""))
+                .replace("http://127.0.0.1:18090/", "http://localhost/dav/")
+                .replace("http://127.0.0.1:15232/", cal_url);
+            let err = Config::parse(&format!("{MINIMAL}{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("http://localhost:80 is behind routes of disk and calendar")
+                    && err.contains("shared_between_services = true"),
+                "{err}"
+            );
+            let marked = text.replace(
+                "login = \"trusted-header\"",
+                "login = \"trusted-header\"\nshared_between_services = true",
+            );
+            let config = Config::parse(&format!("{MINIMAL}{marked}")).unwrap();
+            assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
+            assert!(config.warnings()[0].contains("disk and calendar"));
+        }
+        // Two services on two servers, or one service on one server twice, is fine.
+        let config = Config::parse(&format!("{MINIMAL}{HTTP}")).unwrap();
+        assert!(config.warnings().is_empty());
+        let twice = HTTP.replace("service = \"calendar\"\n          backend = \"cal\"", "service = \"disk\"\n          backend = \"dav\"");
+        assert!(Config::parse(&format!("{MINIMAL}{twice}")).is_ok());
+    }
 
     #[test]
     fn http_listeners_and_their_routes() {

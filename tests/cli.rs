@@ -228,8 +228,36 @@ fn the_example_config_checks_and_the_default_path_is_used() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("config/portcullis.toml: ok (6 listeners, 5 backends)")
+        stderr.contains("config/portcullis.toml: ok (6 listeners, 6 backends)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // Calendar and contacts on one server: refused, unless the operator says that server
+    // keeps them apart, which check-config then repeats as a warning.
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("15233", "15232");
+    std::fs::write(dir.path().join("config/portcullis.toml"), &text).unwrap();
+    let out = run(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("http://127.0.0.1:15232 is behind routes of calendar and contacts"),
+        "{stderr}"
+    );
+    let marked = text.replace(
+        "url = \"http://127.0.0.1:15232/\"",
+        "url = \"http://127.0.0.1:15232/\"\nshared_between_services = true",
+    );
+    std::fs::write(dir.path().join("config/portcullis.toml"), marked).unwrap();
+    let out = run(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: http://127.0.0.1:15232 serves calendar and contacts"),
+        "{stderr}"
     );
 }

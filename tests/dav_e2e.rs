@@ -12,7 +12,8 @@ struct World {
     _sink: SmtpSink,
     _dovecot: Dovecot,
     wsgidav: Wsgidav,
-    _radicale: Radicale,
+    _calendar: Radicale,
+    _contacts: Radicale,
     gateway: Gateway,
 }
 
@@ -20,10 +21,11 @@ fn world(options: Options) -> World {
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start(sink.port, &["alice@example.org"]);
     let wsgidav = Wsgidav::start();
-    let radicale = Radicale::start();
+    let calendar = Radicale::start();
+    let contacts = Radicale::start();
     let tail = format!(
         "{}\n{}",
-        http_listener(0, wsgidav.port, radicale.port),
+        http_listener(0, wsgidav.port, calendar.port, contacts.port),
         options.tail
     )
     .replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
@@ -37,7 +39,8 @@ fn world(options: Options) -> World {
         _sink: sink,
         _dovecot: dovecot,
         wsgidav,
-        _radicale: radicale,
+        _calendar: calendar,
+        _contacts: contacts,
         gateway,
     }
 }
@@ -182,7 +185,7 @@ fn dav_services_are_scoped_and_the_backend_sees_the_login() {
     );
     // The file landed in wsgidav's root, owned by the request of alice.
     assert_eq!(
-        std::fs::read_to_string(w.wsgidav.root.join("hello.txt")).unwrap(),
+        std::fs::read_to_string(w.wsgidav.home("alice@example.org").join("hello.txt")).unwrap(),
         "hello"
     );
     // RFC 6764 well-known redirect for CalDAV.
@@ -196,6 +199,110 @@ fn dav_services_are_scoped_and_the_backend_sees_the_login() {
         head.contains(" 301") && head.to_ascii_lowercase().contains("location: /cal/"),
         "{head}"
     );
+}
+
+/// curl with `user:password` against the gateway; (status, body).
+fn request(w: &World, method: &str, url: &str, user: &str, extra: &[&str]) -> (String, String) {
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--cacert", &ca, "-w", "\n%{http_code}", "-X", method, "-u", user,
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let (_, out) = curl(&args);
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (code.to_owned(), body.to_owned())
+}
+
+const VCARD: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nFN:Carol Secret\r\nN:Secret;Carol;;;\r\nEND:VCARD\r\n";
+const EVENT: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:e1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260101T100000Z\r\nSUMMARY:Secret meeting\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+#[test]
+fn a_calendar_password_reads_no_contacts_and_a_contacts_password_no_calendars() {
+    let w = world(Options::default());
+    let calendar = format!("alice:{}", w.gateway.app_password("alice", "calendar", "Calendar"));
+    let contacts = format!("alice:{}", w.gateway.app_password("alice", "contacts", "Contacts"));
+    let port = w.gateway.ports.http;
+    let card = format!("https://localhost:{port}/card/alice@example.org");
+    let cal = format!("https://localhost:{port}/cal/alice@example.org");
+    let xml = ["-H", "Content-Type: application/xml"];
+
+    // An address book and a contact, through the contacts route.
+    let mkcol = r#"<?xml version="1.0"?><D:mkcol xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><C:addressbook/></D:resourcetype></D:prop></D:set></D:mkcol>"#;
+    let (code, body) = request(&w, "MKCOL", &format!("{card}/book/"), &contacts, &[&xml[..], &["--data-binary", mkcol]].concat());
+    assert_eq!(code, "201", "{body}");
+    let (code, body) = request(&w, "PUT", &format!("{card}/book/c1.vcf"), &contacts, &["-H", "Content-Type: text/vcard", "--data-binary", VCARD]);
+    assert_eq!(code, "201", "{body}");
+    // A calendar and an event, through the calendar route.
+    let (code, body) = request(&w, "MKCALENDAR", &format!("{cal}/work/"), &calendar, &[]);
+    assert_eq!(code, "201", "{body}");
+    let (code, body) = request(&w, "PUT", &format!("{cal}/work/e1.ics"), &calendar, &["-H", "Content-Type: text/calendar", "--data-binary", EVENT]);
+    assert_eq!(code, "201", "{body}");
+    // Each is readable with its own password only.
+    let (code, body) = request(&w, "GET", &format!("{card}/book/c1.vcf"), &contacts, &[]);
+    assert_eq!((code.as_str(), body.contains("Carol Secret")), ("200", true), "{body}");
+    let (code, body) = request(&w, "GET", &format!("{cal}/work/e1.ics"), &calendar, &[]);
+    assert_eq!((code.as_str(), body.contains("Secret meeting")), ("200", true), "{body}");
+    // The other service's route with the other service's password: nothing there, whatever
+    // the method or the path form.
+    for (route_base, secret, path) in [
+        (&cal, &calendar, "book/c1.vcf"),
+        (&cal, &calendar, "book/"),
+        (&card, &contacts, "work/e1.ics"),
+        (&card, &contacts, "work/"),
+    ] {
+        for method in ["GET", "PROPFIND", "REPORT"] {
+            let (code, body) = request(&w, method, &format!("{route_base}/{path}"), secret, &["-H", "Depth: 1"]);
+            assert!(
+                !body.contains("Carol Secret") && !body.contains("Secret meeting"),
+                "{method} {route_base}/{path}: {code} {body}"
+            );
+            assert!(code.starts_with('4'), "{method} {route_base}/{path}: {code} {body}");
+        }
+    }
+    // The hosts of the example configuration, too.
+    let (code, body) = request(
+        &w,
+        "GET",
+        &format!("https://caldav.localhost:{port}/alice@example.org/book/c1.vcf"),
+        &calendar,
+        &["--resolve", &format!("caldav.localhost:{port}:127.0.0.1")],
+    );
+    assert_eq!(code, "404", "{body}");
+}
+
+#[test]
+fn every_user_sees_only_their_own_files() {
+    let w = world(Options::default());
+    w.gateway.create_account("bob", "bob main password");
+    let alice = format!("alice:{}", w.gateway.app_password("alice", "disk", "Files"));
+    let bob = format!("bob:{}", w.gateway.app_password("bob", "disk", "Files"));
+    let base = format!("https://127.0.0.1:{}", w.gateway.ports.http);
+    let (code, _) = request(&w, "PUT", &format!("{base}/diary.txt"), &alice, &["--data-binary", "alice's diary"]);
+    assert_eq!(code, "201");
+    let (code, _) = request(&w, "PUT", &format!("{base}/notes.txt"), &bob, &["--data-binary", "bob's notes"]);
+    assert_eq!(code, "201");
+
+    // bob lists, reads and deletes nothing of alice's. (Paths with dot segments are the
+    // gateway's to refuse before they reach a backend: tests/dav_hostile.rs.)
+    let (code, listing) = request(&w, "PROPFIND", &format!("{base}/"), &bob, &["-H", "Depth: 1"]);
+    assert_eq!(code, "207");
+    assert!(listing.contains("notes.txt") && !listing.contains("diary"), "{listing}");
+    for (method, path, extra) in [
+        ("GET", "/diary.txt", vec![]),
+        ("GET", "/alice@example.org/diary.txt", vec![]),
+        ("DELETE", "/diary.txt", vec![]),
+    ] {
+        let (code, body) = request(&w, method, &format!("{base}{path}"), &bob, &extra);
+        assert!(
+            code.starts_with('4') && !body.contains("alice's diary"),
+            "{method} {path}: {code} {body}"
+        );
+    }
+    let (code, body) = request(&w, "GET", &format!("{base}/diary.txt"), &alice, &[]);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "alice's diary"));
+    assert!(w.wsgidav.home("alice@example.org").join("diary.txt").exists());
+    assert!(w.wsgidav.home("bob@example.org").join("notes.txt").exists());
 }
 
 /// litmus's per-suite summary lines ("<- summary for `basic': of 16 tests run: 16 passed, 0 failed.").
@@ -220,11 +327,11 @@ fn litmus(url: &str, user: &str, password: &str) -> Vec<String> {
 fn litmus_scores_the_same_through_the_gateway_as_directly() {
     let w = world(Options::default());
     let disk = w.gateway.app_password("alice", "disk", "litmus");
-    std::fs::create_dir_all(w.wsgidav.root.join("litmus")).unwrap();
+    std::fs::create_dir_all(w.wsgidav.home("alice@example.org").join("litmus")).unwrap();
     // Directly against a wsgidav serving HTTPS too: litmus skips its expect100 test over TLS,
     // so only HTTPS against HTTPS compares like with like.
     let key = w.gateway.dir.path().join("certs/localhost.key");
-    let direct_dav = Wsgidav::start_with_tls(Some((&w.gateway.ca, &key)));
+    let direct_dav = Wsgidav::start_with(Some((&w.gateway.ca, &key)), false);
     std::fs::create_dir_all(direct_dav.root.join("litmus")).unwrap();
     let direct = litmus(
         &format!("https://127.0.0.1:{}/litmus/", direct_dav.port),
@@ -459,7 +566,7 @@ fn a_large_file_streams_both_ways_in_constant_memory() {
         &url,
     ]);
     assert!(ok && out.trim() == "201", "{out}");
-    assert_eq!(sha(&w.wsgidav.root.join("big.bin")), original);
+    assert_eq!(sha(&w.wsgidav.home("alice@example.org").join("big.bin")), original);
     let back = dir.path().join("back.bin");
     let (ok, out) = curl(&[
         "--cacert",

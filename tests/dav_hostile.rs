@@ -10,15 +10,22 @@ use common::*;
 
 struct World {
     _wsgidav: Wsgidav,
-    _radicale: Radicale,
+    _calendar: Radicale,
+    _contacts: Radicale,
     gateway: Gateway,
     disk: String,
 }
 
 fn world(limits: &str, wsgidav_port: Option<u16>) -> World {
     let wsgidav = Wsgidav::start();
-    let radicale = Radicale::start();
-    let tail = http_listener(0, wsgidav_port.unwrap_or(wsgidav.port), radicale.port)
+    let calendar = Radicale::start();
+    let contacts = Radicale::start();
+    let tail = http_listener(
+        0,
+        wsgidav_port.unwrap_or(wsgidav.port),
+        calendar.port,
+        contacts.port,
+    )
         .replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
     // The mail listeners need backends to exist only when used: point them anywhere.
     let gateway = Gateway::start(
@@ -36,7 +43,8 @@ fn world(limits: &str, wsgidav_port: Option<u16>) -> World {
     let disk = gateway.app_password("alice", "disk", "t");
     World {
         _wsgidav: wsgidav,
-        _radicale: radicale,
+        _calendar: calendar,
+        _contacts: contacts,
         gateway,
         disk,
     }
@@ -99,7 +107,7 @@ fn smuggling_attempts_are_refused_and_the_connection_closed() {
         let last_status = reply.rfind("HTTP/1.1 ").map_or("", |i| &reply[i..]);
         assert!(last_status.starts_with("HTTP/1.1 400"), "{what}: {reply}");
         assert!(
-            !w._wsgidav.root.join(&request[5..7]).exists(),
+            !w._wsgidav.home("alice@example.org").join(&request[5..7]).exists(),
             "{what}: the request reached the backend"
         );
     }

@@ -9,7 +9,7 @@ use super::secret::Secret;
 
 /// What a credential opens. Each listener serves exactly one service, and an app password is
 /// made for exactly one; a secret is only ever checked for the service it arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Service {
     /// IMAP and SMTP submission.

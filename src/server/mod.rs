@@ -87,6 +87,9 @@ impl Gateway {
     /// Starts everything the configuration names. Fails before accepting anything if a
     /// listener cannot bind or a file cannot be read.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = Store::open(&config.store.url).await?;
         let (uses, use_writer) = spawn_use_writer(store.clone());
         let settings = IndexSettings {

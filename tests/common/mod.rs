@@ -782,21 +782,42 @@ pub struct Wsgidav {
     child: Child,
     pub port: u16,
     pub root: PathBuf,
+    /// Every user has a folder of their own under `root` (config/wsgidav_home_folders.py, as
+    /// in the shipped set-up); otherwise all share `root`.
+    per_user: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Wsgidav {
+    /// As `scripts/run` runs it: over HTTP, a folder per user.
     pub fn start() -> Self {
-        Self::start_with_tls(None)
+        Self::start_with(None, true)
     }
 
-    /// With `Some((cert, key))`, serves HTTPS (for comparisons with the gateway on equal terms).
-    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Self {
+    /// With `Some((cert, key))`, serves HTTPS (for comparisons with the gateway on equal terms);
+    /// `per_user: false` serves one folder to everyone, for clients that talk to wsgidav
+    /// directly and name no user.
+    pub fn start_with(tls: Option<(&Path, &Path)>, per_user: bool) -> Self {
         require("wsgidav", "pip install wsgidav cheroot");
         let dir = open_tempdir();
         let port = free_port();
         let root = dir.path().join("davroot");
         std::fs::create_dir_all(&root).expect("mkdir");
+        let provider = if per_user {
+            format!(
+                "{{\"/\": {{class: wsgidav_home_folders.HomeFolders, args: [\"{}\"]}}}}",
+                root.display()
+            )
+        } else {
+            format!("{{\"/\": \"{}\"}}", root.display())
+        };
+        // Per user: only requests naming a user in the trusted header get in. Shared: anyone
+        // reaching the port (the direct runs of comparisons).
+        let (basic, users) = if per_user {
+            ("false", r#"{"no-basic-login": {password: null}}"#)
+        } else {
+            ("true", "true")
+        };
         let config = dir.path().join("wsgidav.yaml");
         std::fs::write(
             &config,
@@ -807,19 +828,18 @@ server: cheroot
 verbose: 1
 logging:
   enable_loggers: []
-provider_mapping: {{"/": "{root}"}}
+provider_mapping: {provider}
 http_authenticator:
   domain_controller: null
-  accept_basic: true
+  accept_basic: {basic}
   accept_digest: false
   default_to_digest: false
   trusted_auth_header: HTTP_X_REMOTE_USER
-simple_dc: {{user_mapping: {{"*": true}}}}
+simple_dc: {{user_mapping: {{"*": {users}}}}}
 property_manager: true
 lock_storage: true
 {ssl}
 "#,
-                root = root.display(),
                 ssl = tls.map_or(String::new(), |(cert, key)| format!(
                     "ssl_certificate: {}\nssl_private_key: {}",
                     cert.display(),
@@ -832,6 +852,7 @@ lock_storage: true
         let mut child = Command::new("wsgidav")
             .arg("--config")
             .arg(&config)
+            .env("PYTHONPATH", repo_path("config"))
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(Stdio::null())
             .spawn()
@@ -841,9 +862,24 @@ lock_storage: true
             child,
             port,
             root,
+            per_user,
             _dir: dir,
         }
     }
+
+    /// Where `user`'s files are on disk.
+    pub fn home(&self, user: &str) -> PathBuf {
+        if self.per_user {
+            self.root.join(user)
+        } else {
+            self.root.clone()
+        }
+    }
+}
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 impl Drop for Wsgidav {
@@ -897,8 +933,10 @@ impl Drop for Radicale {
 }
 
 /// The `[[listener]]` for HTTP that the DAV tests use: disk on host 127.0.0.1 and
-/// webdav.localhost, calendar under /cal and contacts under /card on host localhost.
-pub fn http_listener(port: u16, wsgidav: u16, radicale: u16) -> String {
+/// webdav.localhost, calendar under /cal and contacts under /card on host localhost, each
+/// service on a server of its own as in the shipped set-up (calendar and contacts on two
+/// Radicale instances).
+pub fn http_listener(port: u16, wsgidav: u16, calendar: u16, contacts: u16) -> String {
     format!(
         r#"
 [[listener]]
@@ -920,18 +958,23 @@ tls = "implicit"
   host = "localhost"
   path_prefix = "/cal"
   service = "calendar"
-  backend = "radicale"
+  backend = "radicale-calendar"
 
   [[listener.route]]
   host = "localhost"
   path_prefix = "/card"
   service = "contacts"
-  backend = "radicale"
+  backend = "radicale-contacts"
 
   [[listener.route]]
   host = "caldav.localhost"
   service = "calendar"
-  backend = "radicale"
+  backend = "radicale-calendar"
+
+  [[listener.route]]
+  host = "carddav.localhost"
+  service = "contacts"
+  backend = "radicale-contacts"
 
 [backend.wsgidav]
 url = "http://127.0.0.1:{wsgidav}/"
@@ -941,8 +984,14 @@ timeout_secs = 5
 # cheroot serves 10 connections at once.
 max_connections = 8
 
-[backend.radicale]
-url = "http://127.0.0.1:{radicale}/"
+[backend.radicale-calendar]
+url = "http://127.0.0.1:{calendar}/"
+login = "trusted-header"
+header = "X-Remote-User"
+timeout_secs = 5
+
+[backend.radicale-contacts]
+url = "http://127.0.0.1:{contacts}/"
 login = "trusted-header"
 header = "X-Remote-User"
 timeout_secs = 5
