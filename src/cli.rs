@@ -369,10 +369,14 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
             if json {
                 println!("{}", serde_json::to_string(&passwords)?);
             } else {
-                println!(
-                    "{:>5}  {:<9} {:<8} {:<22} {:<22} NAME",
-                    "ID", "SERVICE", "STATE", "CREATED", "LAST USED"
-                );
+                let mut rows = vec![[
+                    "ID".to_owned(),
+                    "SERVICE".to_owned(),
+                    "STATE".to_owned(),
+                    "CREATED".to_owned(),
+                    "LAST USED".to_owned(),
+                    "NAME".to_owned(),
+                ]];
                 for p in &passwords {
                     let state = match (p.alive, p.revoked_at) {
                         (true, _) => "alive",
@@ -385,16 +389,16 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         }
                         _ => "never".to_owned(),
                     };
-                    println!(
-                        "{:>5}  {:<9} {:<8} {:<22} {:<22} {}",
-                        p.id,
-                        p.service,
-                        state,
+                    rows.push([
+                        p.id.to_string(),
+                        p.service.to_string(),
+                        state.to_owned(),
                         timestamp(p.created_at),
                         last,
-                        p.name
-                    );
+                        p.name.clone(),
+                    ]);
                 }
+                print!("{}", table(&rows));
             }
         }
         AppPasswordCommand::Revoke { login, id } => {
@@ -439,9 +443,67 @@ fn timestamp(ms: i64) -> String {
     )
 }
 
+/// Rows as aligned columns, two spaces apart; the first column (ids) right-aligned, the last
+/// (free text) not padded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            let pad = " ".repeat(width - cell.chars().count());
+            match i {
+                0 => line.push_str(&format!("{pad}{cell}")),
+                _ if i == N - 1 => line.push_str(cell),
+                _ => line.push_str(&format!("{cell}{pad}")),
+            }
+            if i + 1 < N {
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_line_up_whatever_the_cell_widths() {
+        let rows = [
+            ["ID", "SERVICE", "LAST USED", "NAME"].map(str::to_owned),
+            ["7", "calendar", "never", "Phone"].map(str::to_owned),
+            [
+                "12",
+                "mail",
+                "2026-11-22 04:00:00 192.0.2.10 imap",
+                "Thunderbird at home",
+            ]
+            .map(str::to_owned),
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID  SERVICE   LAST USED                            NAME"
+        );
+        assert_eq!(
+            lines[1],
+            " 7  calendar  never                                Phone"
+        );
+        assert_eq!(
+            lines[2],
+            "12  mail      2026-11-22 04:00:00 192.0.2.10 imap  Thunderbird at home"
+        );
+    }
 
     #[test]
     fn timestamps_are_utc_dates() {

@@ -54,6 +54,11 @@ pub struct AuthServerConfig {
     /// Group of the unix sockets (a group name, e.g. `postfix`).
     #[serde(default)]
     pub unix_group: Option<String>,
+    /// Accept a TCP `listen` address that is neither loopback nor private (a public address,
+    /// or every interface). The protocol carries passwords in the clear: only for a network
+    /// the operator protects some other way.
+    #[serde(default)]
+    pub allow_public_listen: bool,
 }
 
 fn default_socket_mode() -> String {
@@ -553,7 +558,16 @@ impl Config {
             if auth_server.listen.is_empty() {
                 return Err("[auth_server] listen is empty".into());
             }
-            auth_server.addresses()?;
+            for address in auth_server.addresses()? {
+                if let AuthListen::Tcp(address) = address
+                    && !is_private(address.ip())
+                    && !auth_server.allow_public_listen
+                {
+                    return Err(format!(
+                        "[auth_server] listen {address}: the auth protocol carries passwords in the clear, so it listens on loopback or a private network only (or set allow_public_listen = true)"
+                    ));
+                }
+            }
             auth_server.mode()?;
         }
         if self.auth.max_failures == 0 {
@@ -718,7 +732,11 @@ impl Config {
                 return Err(format!(
                     "{origin} is behind routes of {} (through [backend.{}]): a password made for one of them would reach the others' data on that server. Give each service its own server, or set shared_between_services = true on [backend.{}] if the server keeps the services apart itself",
                     join_services(&services),
-                    names.iter().copied().collect::<Vec<_>>().join("], [backend."),
+                    names
+                        .iter()
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("], [backend."),
                     unmarked.join("] and [backend."),
                 ));
             }
@@ -748,6 +766,21 @@ fn join_services(services: &BTreeSet<Service>) -> String {
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+/// Loopback or a private network (RFC 1918, IPv6 unique local): not reachable from the
+/// internet. Unspecified addresses (every interface) are not private.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    }
 }
 
 /// Whether one path prefix contains the other at a segment boundary (`/` and `/dav/` do,
@@ -895,6 +928,38 @@ mod tests {
     "#;
 
     #[test]
+    fn the_auth_server_listens_on_loopback_or_private_networks_unless_told_otherwise() {
+        let with = |listen: &str, extra: &str| {
+            Config::parse(&format!(
+                "{MINIMAL}\n[auth_server]\nlisten = [\"{listen}\"]\n{extra}"
+            ))
+        };
+        for ok in [
+            "127.0.0.1:12345",
+            "10.1.2.3:12345",
+            "192.168.0.9:1",
+            "[::1]:12345",
+            "[fd00::5]:12345",
+            "unix:/run/a.sock",
+        ] {
+            assert!(with(ok, "").is_ok(), "{ok}");
+        }
+        for public in [
+            "0.0.0.0:12345",
+            "[::]:12345",
+            "192.0.2.7:12345",
+            "[2001:db8::1]:1",
+        ] {
+            let err = with(public, "").unwrap_err().to_string();
+            assert!(err.contains("allow_public_listen"), "{public}: {err}");
+            assert!(
+                with(public, "allow_public_listen = true").is_ok(),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
     fn one_server_behind_two_services_is_refused_unless_marked_shared() {
         // The same backend entry, or two entries with one origin (the default port spelled out
         // or not, the host in any case).
@@ -925,7 +990,10 @@ mod tests {
         // Two services on two servers, or one service on one server twice, is fine.
         let config = Config::parse(&format!("{MINIMAL}{HTTP}")).unwrap();
         assert!(config.warnings().is_empty());
-        let twice = HTTP.replace("service = \"calendar\"\n          backend = \"cal\"", "service = \"disk\"\n          backend = \"dav\"");
+        let twice = HTTP.replace(
+            "service = \"calendar\"\n          backend = \"cal\"",
+            "service = \"disk\"\n          backend = \"dav\"",
+        );
         assert!(Config::parse(&format!("{MINIMAL}{twice}")).is_ok());
     }
 

@@ -85,7 +85,11 @@ fn status(w: &World, method: &str, url: &str, user: &str, extra: &[&str]) -> Str
 
 #[test]
 fn dav_services_are_scoped_and_the_backend_sees_the_login() {
-    let w = world(Options::default());
+    // The default log level, as an operator runs it.
+    let w = world(Options {
+        log_filter: "info",
+        ..Options::default()
+    });
     let disk = w.gateway.app_password("alice", "disk", "Files");
     let calendar = w
         .gateway
@@ -195,9 +199,62 @@ fn dav_services_are_scoped_and_the_backend_sees_the_login() {
         "-I",
         &format!("https://localhost:{port}/.well-known/caldav"),
     ]);
+    // The redirect keeps the scheme, host and port the client used.
     assert!(
-        head.contains(" 301") && head.to_ascii_lowercase().contains("location: /cal/"),
+        head.contains(" 301")
+            && head
+                .to_ascii_lowercase()
+                .contains(&format!("location: https://localhost:{port}/cal/\r\n")),
         "{head}"
+    );
+    let (_, head) = curl(&[
+        "--cacert",
+        &ca,
+        "-I",
+        "--resolve",
+        &format!("carddav.localhost:{port}:127.0.0.1"),
+        &format!("https://carddav.localhost:{port}/.well-known/carddav"),
+    ]);
+    assert!(
+        head.contains(" 301")
+            && head
+                .to_ascii_lowercase()
+                .contains(&format!("location: https://carddav.localhost:{port}/\r\n")),
+        "{head}"
+    );
+    // Refused credentials leave a line in the log at the default level, with the client's
+    // address; so do credentials that are not Basic at all.
+    assert_eq!(
+        status(
+            &w,
+            "PROPFIND",
+            &disk_url,
+            "mallory:guess",
+            &["-H", "Depth: 1"]
+        ),
+        "401"
+    );
+    assert_eq!(
+        status(
+            &w,
+            "PROPFIND",
+            &disk_url,
+            "x:y",
+            &["-H", "Authorization: Basic !!!", "-H", "Depth: 1"]
+        ),
+        "401"
+    );
+    let log = w.gateway.log();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("peer=127.0.0.1:")
+            && l.contains("login refused")
+            && l.contains("login=mallory")),
+        "{log}"
+    );
+    assert!(
+        log.contains("login refused: malformed Basic credentials"),
+        "{log}"
     );
 }
 
@@ -205,7 +262,14 @@ fn dav_services_are_scoped_and_the_backend_sees_the_login() {
 fn request(w: &World, method: &str, url: &str, user: &str, extra: &[&str]) -> (String, String) {
     let ca = w.gateway.ca.to_string_lossy().into_owned();
     let mut args = vec![
-        "--cacert", &ca, "-w", "\n%{http_code}", "-X", method, "-u", user,
+        "--cacert",
+        &ca,
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "-u",
+        user,
     ];
     args.extend_from_slice(extra);
     args.push(url);
@@ -214,14 +278,21 @@ fn request(w: &World, method: &str, url: &str, user: &str, extra: &[&str]) -> (S
     (code.to_owned(), body.to_owned())
 }
 
-const VCARD: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nFN:Carol Secret\r\nN:Secret;Carol;;;\r\nEND:VCARD\r\n";
+const VCARD: &str =
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nFN:Carol Secret\r\nN:Secret;Carol;;;\r\nEND:VCARD\r\n";
 const EVENT: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:e1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260101T100000Z\r\nSUMMARY:Secret meeting\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
 
 #[test]
 fn a_calendar_password_reads_no_contacts_and_a_contacts_password_no_calendars() {
     let w = world(Options::default());
-    let calendar = format!("alice:{}", w.gateway.app_password("alice", "calendar", "Calendar"));
-    let contacts = format!("alice:{}", w.gateway.app_password("alice", "contacts", "Contacts"));
+    let calendar = format!(
+        "alice:{}",
+        w.gateway.app_password("alice", "calendar", "Calendar")
+    );
+    let contacts = format!(
+        "alice:{}",
+        w.gateway.app_password("alice", "contacts", "Contacts")
+    );
     let port = w.gateway.ports.http;
     let card = format!("https://localhost:{port}/card/alice@example.org");
     let cal = format!("https://localhost:{port}/cal/alice@example.org");
@@ -229,20 +300,46 @@ fn a_calendar_password_reads_no_contacts_and_a_contacts_password_no_calendars() 
 
     // An address book and a contact, through the contacts route.
     let mkcol = r#"<?xml version="1.0"?><D:mkcol xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><C:addressbook/></D:resourcetype></D:prop></D:set></D:mkcol>"#;
-    let (code, body) = request(&w, "MKCOL", &format!("{card}/book/"), &contacts, &[&xml[..], &["--data-binary", mkcol]].concat());
+    let (code, body) = request(
+        &w,
+        "MKCOL",
+        &format!("{card}/book/"),
+        &contacts,
+        &[&xml[..], &["--data-binary", mkcol]].concat(),
+    );
     assert_eq!(code, "201", "{body}");
-    let (code, body) = request(&w, "PUT", &format!("{card}/book/c1.vcf"), &contacts, &["-H", "Content-Type: text/vcard", "--data-binary", VCARD]);
+    let (code, body) = request(
+        &w,
+        "PUT",
+        &format!("{card}/book/c1.vcf"),
+        &contacts,
+        &["-H", "Content-Type: text/vcard", "--data-binary", VCARD],
+    );
     assert_eq!(code, "201", "{body}");
     // A calendar and an event, through the calendar route.
     let (code, body) = request(&w, "MKCALENDAR", &format!("{cal}/work/"), &calendar, &[]);
     assert_eq!(code, "201", "{body}");
-    let (code, body) = request(&w, "PUT", &format!("{cal}/work/e1.ics"), &calendar, &["-H", "Content-Type: text/calendar", "--data-binary", EVENT]);
+    let (code, body) = request(
+        &w,
+        "PUT",
+        &format!("{cal}/work/e1.ics"),
+        &calendar,
+        &["-H", "Content-Type: text/calendar", "--data-binary", EVENT],
+    );
     assert_eq!(code, "201", "{body}");
     // Each is readable with its own password only.
     let (code, body) = request(&w, "GET", &format!("{card}/book/c1.vcf"), &contacts, &[]);
-    assert_eq!((code.as_str(), body.contains("Carol Secret")), ("200", true), "{body}");
+    assert_eq!(
+        (code.as_str(), body.contains("Carol Secret")),
+        ("200", true),
+        "{body}"
+    );
     let (code, body) = request(&w, "GET", &format!("{cal}/work/e1.ics"), &calendar, &[]);
-    assert_eq!((code.as_str(), body.contains("Secret meeting")), ("200", true), "{body}");
+    assert_eq!(
+        (code.as_str(), body.contains("Secret meeting")),
+        ("200", true),
+        "{body}"
+    );
     // The other service's route with the other service's password: nothing there, whatever
     // the method or the path form.
     for (route_base, secret, path) in [
@@ -252,12 +349,21 @@ fn a_calendar_password_reads_no_contacts_and_a_contacts_password_no_calendars() 
         (&card, &contacts, "work/"),
     ] {
         for method in ["GET", "PROPFIND", "REPORT"] {
-            let (code, body) = request(&w, method, &format!("{route_base}/{path}"), secret, &["-H", "Depth: 1"]);
+            let (code, body) = request(
+                &w,
+                method,
+                &format!("{route_base}/{path}"),
+                secret,
+                &["-H", "Depth: 1"],
+            );
             assert!(
                 !body.contains("Carol Secret") && !body.contains("Secret meeting"),
                 "{method} {route_base}/{path}: {code} {body}"
             );
-            assert!(code.starts_with('4'), "{method} {route_base}/{path}: {code} {body}");
+            assert!(
+                code.starts_with('4'),
+                "{method} {route_base}/{path}: {code} {body}"
+            );
         }
     }
     // The hosts of the example configuration, too.
@@ -278,16 +384,37 @@ fn every_user_sees_only_their_own_files() {
     let alice = format!("alice:{}", w.gateway.app_password("alice", "disk", "Files"));
     let bob = format!("bob:{}", w.gateway.app_password("bob", "disk", "Files"));
     let base = format!("https://127.0.0.1:{}", w.gateway.ports.http);
-    let (code, _) = request(&w, "PUT", &format!("{base}/diary.txt"), &alice, &["--data-binary", "alice's diary"]);
+    let (code, _) = request(
+        &w,
+        "PUT",
+        &format!("{base}/diary.txt"),
+        &alice,
+        &["--data-binary", "alice's diary"],
+    );
     assert_eq!(code, "201");
-    let (code, _) = request(&w, "PUT", &format!("{base}/notes.txt"), &bob, &["--data-binary", "bob's notes"]);
+    let (code, _) = request(
+        &w,
+        "PUT",
+        &format!("{base}/notes.txt"),
+        &bob,
+        &["--data-binary", "bob's notes"],
+    );
     assert_eq!(code, "201");
 
     // bob lists, reads and deletes nothing of alice's. (Paths with dot segments are the
     // gateway's to refuse before they reach a backend: tests/dav_hostile.rs.)
-    let (code, listing) = request(&w, "PROPFIND", &format!("{base}/"), &bob, &["-H", "Depth: 1"]);
+    let (code, listing) = request(
+        &w,
+        "PROPFIND",
+        &format!("{base}/"),
+        &bob,
+        &["-H", "Depth: 1"],
+    );
     assert_eq!(code, "207");
-    assert!(listing.contains("notes.txt") && !listing.contains("diary"), "{listing}");
+    assert!(
+        listing.contains("notes.txt") && !listing.contains("diary"),
+        "{listing}"
+    );
     for (method, path, extra) in [
         ("GET", "/diary.txt", vec![]),
         ("GET", "/alice@example.org/diary.txt", vec![]),
@@ -301,7 +428,12 @@ fn every_user_sees_only_their_own_files() {
     }
     let (code, body) = request(&w, "GET", &format!("{base}/diary.txt"), &alice, &[]);
     assert_eq!((code.as_str(), body.as_str()), ("200", "alice's diary"));
-    assert!(w.wsgidav.home("alice@example.org").join("diary.txt").exists());
+    assert!(
+        w.wsgidav
+            .home("alice@example.org")
+            .join("diary.txt")
+            .exists()
+    );
     assert!(w.wsgidav.home("bob@example.org").join("notes.txt").exists());
 }
 
@@ -566,7 +698,10 @@ fn a_large_file_streams_both_ways_in_constant_memory() {
         &url,
     ]);
     assert!(ok && out.trim() == "201", "{out}");
-    assert_eq!(sha(&w.wsgidav.home("alice@example.org").join("big.bin")), original);
+    assert_eq!(
+        sha(&w.wsgidav.home("alice@example.org").join("big.bin")),
+        original
+    );
     let back = dir.path().join("back.bin");
     let (ok, out) = curl(&[
         "--cacert",

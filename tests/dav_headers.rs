@@ -78,11 +78,17 @@ tls = "implicit"
   path_prefix = "/cal"
   service = "calendar"
   backend = "echo"
+  [[listener.route]]
+  host = "root.localhost"
+  service = "disk"
+  backend = "echo"
 [backend.echo]
 url = "http://127.0.0.1:{port}/dav/"
 login = "trusted-header"
 header = "X-Remote-User"
 strip_domain = true
+# One echo server behind both routes, knowingly: it serves no data, it reports what it got.
+shared_between_services = true
 "#
     );
     let gateway = Gateway::start(
@@ -155,6 +161,8 @@ strip_domain = true
             &format!("Destination: {base}/files/c/d.txt"),
             "-H",
             "Depth: infinity",
+            "-H",
+            "X-Script-Name: /elsewhere",
         ],
     );
     assert_eq!(seen["method"], "MOVE");
@@ -171,7 +179,14 @@ strip_domain = true
     );
     assert_eq!(header(&seen, "x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(header(&seen, "forwarded").len(), 1);
-    assert!(header(&seen, "forwarded")[0].starts_with("for=127.0.0.1;proto=https;host="));
+    // RFC 7239: a host with a port is not a token, so it is quoted.
+    assert_eq!(
+        header(&seen, "forwarded"),
+        vec![format!(
+            "for=127.0.0.1;proto=https;host=\"localhost:{}\"",
+            gateway.ports.http
+        )]
+    );
     assert!(header(&seen, "x-client-private").is_empty() && header(&seen, "keep-alive").is_empty());
     assert_eq!(header(&seen, "depth"), vec!["infinity"]);
     assert_eq!(
@@ -187,6 +202,22 @@ strip_domain = true
         "{head}"
     );
     assert!(!head.contains("x-backend-private"), "{head}");
+    // On a route at the root the backend gets no script name, least of all the client's.
+    let (seen, _) = request(
+        "GET",
+        "/x.txt",
+        &disk,
+        &[
+            "--resolve",
+            &format!("root.localhost:{}:127.0.0.1", gateway.ports.http),
+            "-H",
+            &format!("Host: root.localhost:{}", gateway.ports.http),
+            "-H",
+            "X-Script-Name: /elsewhere",
+        ],
+    );
+    assert_eq!(seen["path"], "/dav/x.txt");
+    assert!(header(&seen, "x-script-name").is_empty(), "{seen}");
 
     // Every DAV method passes through, with its body.
     for method in [

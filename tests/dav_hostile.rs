@@ -26,7 +26,7 @@ fn world(limits: &str, wsgidav_port: Option<u16>) -> World {
         calendar.port,
         contacts.port,
     )
-        .replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
+    .replace("127.0.0.1:0\"", "127.0.0.1:{http}\"");
     // The mail listeners need backends to exist only when used: point them anywhere.
     let gateway = Gateway::start(
         free_port(),
@@ -107,7 +107,10 @@ fn smuggling_attempts_are_refused_and_the_connection_closed() {
         let last_status = reply.rfind("HTTP/1.1 ").map_or("", |i| &reply[i..]);
         assert!(last_status.starts_with("HTTP/1.1 400"), "{what}: {reply}");
         assert!(
-            !w._wsgidav.home("alice@example.org").join(&request[5..7]).exists(),
+            !w._wsgidav
+                .home("alice@example.org")
+                .join(&request[5..7])
+                .exists(),
             "{what}: the request reached the backend"
         );
     }

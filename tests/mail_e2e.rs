@@ -511,3 +511,61 @@ fn sasl_plain_with_an_authorization_identity_of_the_same_account_is_accepted() {
         "{log}"
     );
 }
+
+const LOGOUT_AND_HANG_UP: &str = r#"
+import socket, ssl, sys, time
+port, ca, password, command = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+s.recv(1000)
+if command == "LOGOUT":
+    s.sendall(b"a LOGIN alice " + password.encode() + b"\r\n")
+    reply = s.recv(1000)
+    assert b"a OK" in reply, reply
+    s.sendall(b"b LOGOUT\r\n")
+else:
+    s.sendall(b"EHLO client.test\r\n")
+    time.sleep(0.3)
+    s.recv(4000)
+    import base64
+    s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0" + password.encode()) + b"\r\n")
+    reply = s.recv(1000)
+    assert reply.startswith(b"235"), reply
+    s.sendall(b"QUIT\r\n")
+# Like many clients: close the socket without TLS's close_notify, without waiting.
+s.close()
+print("DONE")
+"#;
+
+#[test]
+fn a_client_that_says_goodbye_and_hangs_up_is_a_closed_session_not_an_error() {
+    let w = world(Options::default());
+    let secret = w.gateway.app_password("alice", "mail", "Thunderbird");
+    let p = w.gateway.ports;
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    for (port, command) in [(p.imaps, "LOGOUT"), (p.submissions, "QUIT")] {
+        let out = python_ok(
+            LOGOUT_AND_HANG_UP,
+            &[&port.to_string(), &ca, &secret, command],
+        );
+        assert!(out.contains("DONE"), "{out}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.gateway.log().matches("session ended").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = w.gateway.log();
+    let ends: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(ends.len(), 2, "{log}");
+    for line in ends {
+        assert!(
+            line.contains("end=ClientClosed") || line.contains("end=BackendClosed"),
+            "{line}"
+        );
+    }
+    // Log files carry no terminal colour codes.
+    assert!(!log.contains('\u{1b}'), "{log}");
+}

@@ -448,7 +448,10 @@ fn a_restart_after_whitespace_and_with_a_declaration_reaches_the_backend() {
         );
         t.send(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>\n");
         let bound = read_until(&mut t, "</iq>");
-        assert!(bound.contains("<jid>alice@example.org/raw</jid>"), "{bound}");
+        assert!(
+            bound.contains("<jid>alice@example.org/raw</jid>"),
+            "{bound}"
+        );
     }
 }
 
@@ -494,7 +497,9 @@ fn sendxmpprc(dir: &std::path::Path, user: &str, password: &str, port: u16) -> s
     };
     std::fs::write(
         &path,
-        format!("username: {user}\njserver: 127.0.0.1\nport: {port}\npassword: {password}\n{component}"),
+        format!(
+            "username: {user}\njserver: 127.0.0.1\nport: {port}\npassword: {password}\n{component}"
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -549,7 +554,12 @@ fn go_sendxmpp_newline_after_auth_and_declaration_on_restart() {
     require("go-sendxmpp", "apt-get install go-sendxmpp");
     let w = world();
     let alice = w.gateway.app_password("alice", "xmpp", "go-sendxmpp");
-    let rc = sendxmpprc(w.gateway.dir.path(), "alice@example.org", &alice, w.gateway.ports.http);
+    let rc = sendxmpprc(
+        w.gateway.dir.path(),
+        "alice@example.org",
+        &alice,
+        w.gateway.ports.http,
+    );
     let rc = rc.to_string_lossy().into_owned();
     // -n: the development certificate is not in the system store.
     send_with(
@@ -573,7 +583,15 @@ fn sendxmpp_authorization_identity_and_declaration_on_restart() {
     send_with(
         &w,
         "sendxmpp",
-        &["-f", &rc, "-t", "-n", "--message-type", "chat", "bob@example.org"],
+        &[
+            "-f",
+            &rc,
+            "-t",
+            "-n",
+            "--message-type",
+            "chat",
+            "bob@example.org",
+        ],
         "hello from sendxmpp",
     );
 }

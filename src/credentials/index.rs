@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::hashing::{PasswordHasher, app_password_digest, normalize_app_password};
 use super::model::{
-    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Protocol,
-    Service,
+    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login,
+    Protocol, Service,
 };
 use super::secret::Secret;
 use crate::store::{Store, StoreError, Use};

@@ -377,7 +377,11 @@ mod tests {
             ("Alice", Some("ALICE@Example.Org")),
             ("alice@EXAMPLE.org", Some("alice@example.org")),
         ] {
-            assert_eq!(with(login, authzid).account(d), Ok(alice.clone()), "{login} {authzid:?}");
+            assert_eq!(
+                with(login, authzid).account(d),
+                Ok(alice.clone()),
+                "{login} {authzid:?}"
+            );
         }
         for (login, authzid) in [
             ("alice", Some("bob")),

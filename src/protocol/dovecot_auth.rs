@@ -342,7 +342,12 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(
-            (r.id, r.service, r.credentials.login.as_str(), r.credentials.secret.expose()),
+            (
+                r.id,
+                r.service,
+                r.credentials.login.as_str(),
+                r.credentials.secret.expose()
+            ),
             (1, Service::Mail, "alice", &b"pw"[..])
         );
         assert_eq!(r.remote_ip, Some("192.0.2.7".parse().unwrap()));

@@ -51,8 +51,12 @@ pub async fn start(
                             () = shared.shutdown.cancelled() => return,
                             accepted = socket.accept() => accepted,
                         };
-                        let Ok((stream, peer)) = accepted else {
-                            continue;
+                        let (stream, peer) = match accepted {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                super::accept_failed(&e).await;
+                                continue;
+                            }
                         };
                         spawn(stream, Some(peer.ip()), &shared, &connections, &inner);
                     }
@@ -79,7 +83,13 @@ pub async fn start(
                             () = shared.shutdown.cancelled() => return,
                             accepted = socket.accept() => accepted,
                         };
-                        let Ok((stream, _)) = accepted else { continue };
+                        let stream = match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(e) => {
+                                super::accept_failed(&e).await;
+                                continue;
+                            }
+                        };
                         spawn(stream, None, &shared, &connections, &inner);
                     }
                 });
@@ -150,10 +160,11 @@ fn spawn<S>(
     let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
     let shared = shared.clone();
     let span = tracing::info_span!("auth-client", id);
-    tracker.spawn(
+    let tracker = tracker.clone();
+    tracker.clone().spawn(
         async move {
             let _permit = permit;
-            serve(stream, peer, id, shared).await;
+            serve(stream, peer, id, shared, tracker).await;
         }
         .instrument(span),
     );
@@ -164,6 +175,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     peer: Option<IpAddr>,
     id: u64,
     shared: Arc<Shared>,
+    tracker: TaskTracker,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let cookie = crate::credentials::hashing::hex(&rand::random::<[u8; 16]>());
@@ -192,48 +204,14 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                 Event::Verify(request) => {
                     let shared = shared.clone();
                     let answers = answers.clone();
-                    tokio::spawn(async move {
-                        let arrived = Instant::now();
-                        let ip = request
-                            .remote_ip
-                            .or(peer)
-                            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-                        let protocol = Protocol::from_auth_service(&request.service_name)
-                            .unwrap_or(Protocol::Imap);
-                        let outcome = if Tickets::is_ticket(&request.credentials.secret) {
-                            redeem(&shared, &request)
-                        } else {
-                            shared
-                                .index
-                                .authenticate(
-                                    request.service,
-                                    protocol,
-                                    &request.credentials,
-                                    ip,
-                                )
-                                .await
-                                .map(|grant| grant.login)
-                        };
-                        let (verdict, login) = match outcome {
-                            // The user name in the form the daemon asked with: the full login
-                            // for `alice@example.org`, the local part for `alice` (Prosody takes
-                            // `user=` as the node of the JID it binds).
-                            Ok(login) if request.credentials.login.contains('@') => {
-                                (Verdict::Accepted, login.to_string())
-                            }
-                            Ok(login) => (Verdict::Accepted, login.local_part().to_owned()),
-                            Err(AuthError::Rejected) => {
-                                tracing::info!(login = %crate::protocol::printable(&request.credentials.login), service = %request.service_name, "auth server refused a login");
-                                let delay = Duration::from_millis(shared.auth.failure_delay_ms);
-                                tokio::time::sleep_until(arrived + delay).await;
-                                (Verdict::Rejected, String::new())
-                            }
-                            Err(AuthError::Unavailable(reason)) => {
-                                tracing::warn!(%reason, "credential check unavailable");
-                                (Verdict::Temporary, String::new())
-                            }
-                        };
-                        let _ = answers.send((request.id, verdict, login)).await;
+                    // On the gateway's tracker, so shutdown waits for (or cuts) them rather
+                    // than leaving them running behind it.
+                    let shutdown = shared.shutdown.clone();
+                    tracker.spawn(async move {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = verify(request, peer, &shared, &answers) => {}
+                        }
                     });
                 }
             }
@@ -264,6 +242,51 @@ async fn serve<S: AsyncRead + AsyncWrite>(
             }
         }
     }
+}
+
+/// Decides one request and hands the verdict to the connection's writer. A refusal is answered
+/// `failure_delay` after the request arrived, whatever failed.
+async fn verify(
+    request: Request,
+    peer: Option<IpAddr>,
+    shared: &Shared,
+    answers: &mpsc::Sender<(u32, Verdict, String)>,
+) {
+    let arrived = Instant::now();
+    let ip = request
+        .remote_ip
+        .or(peer)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
+    let outcome = if Tickets::is_ticket(&request.credentials.secret) {
+        redeem(shared, &request)
+    } else {
+        shared
+            .index
+            .authenticate(request.service, protocol, &request.credentials, ip)
+            .await
+            .map(|grant| grant.login)
+    };
+    let (verdict, login) = match outcome {
+        // The user name in the form the daemon asked with: the full login
+        // for `alice@example.org`, the local part for `alice` (Prosody takes
+        // `user=` as the node of the JID it binds).
+        Ok(login) if request.credentials.login.contains('@') => {
+            (Verdict::Accepted, login.to_string())
+        }
+        Ok(login) => (Verdict::Accepted, login.local_part().to_owned()),
+        Err(AuthError::Rejected) => {
+            tracing::info!(login = %crate::protocol::printable(&request.credentials.login), service = %request.service_name, "auth server refused a login");
+            let delay = Duration::from_millis(shared.auth.failure_delay_ms);
+            tokio::time::sleep_until(arrived + delay).await;
+            (Verdict::Rejected, String::new())
+        }
+        Err(AuthError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "credential check unavailable");
+            (Verdict::Temporary, String::new())
+        }
+    };
+    let _ = answers.send((request.id, verdict, login)).await;
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Shared;
 use crate::config::ListenerConfig;
@@ -37,7 +38,7 @@ use crate::credentials::index::Credential;
 use crate::credentials::{AuthError, Credentials, Grant, Protocol};
 use crate::protocol::http::sniffer::Verdict;
 use crate::protocol::http::{
-    FramingSniffer, Route, Router, parse_basic, rewrite_prefix, strip_hop_by_hop,
+    FramingSniffer, Route, Router, forwarded_value, parse_basic, rewrite_prefix, strip_hop_by_hop,
 };
 use crate::upstream::http::{HttpBackend, HttpBackendError};
 
@@ -200,7 +201,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<HttpListener>
     let service = {
         let conn = conn.clone();
         let listener = listener.clone();
-        service_fn(move |request| handle(request, conn.clone(), listener.clone()))
+        // HTTP/2 streams run as tasks of their own: carry the connection's span (session id,
+        // client address) into each request's log lines.
+        let span = tracing::Span::current();
+        service_fn(move |request| {
+            handle(request, conn.clone(), listener.clone()).instrument(span.clone())
+        })
     };
     let idle = Duration::from_secs(limits.http_idle_timeout_secs);
     let shutdown = listener.shared.shutdown.clone();
@@ -318,11 +324,19 @@ async fn route(
     let path = request.uri().path().to_owned();
 
     if let Some(route) = listener.router.well_known(host.as_deref(), &path) {
-        // RFC 6764 section 5: redirect to the context path of the service.
-        let location = if route.prefix == "/" {
+        // RFC 6764 section 5: redirect to the context path of the service, on the scheme, host
+        // and port the client used (clients compare the origin of the redirect).
+        let context = if route.prefix == "/" {
             "/".to_owned()
         } else {
             format!("{}/", route.prefix)
+        };
+        let location = match host
+            .as_deref()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        {
+            Some(authority) => format!("https://{authority}{context}"),
+            None => context,
         };
         let mut response = simple(StatusCode::MOVED_PERMANENTLY, "");
         if let Ok(value) = HeaderValue::from_str(&location) {
@@ -374,15 +388,19 @@ async fn authenticate(
             .insert(header::WWW_AUTHENTICATE, listener.realm.clone());
         response
     };
-    let Some(credentials) = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| parse_basic(v.as_bytes()))
-        .map(|(login, secret)| Credentials::new(login, secret))
-    else {
+    let arrived = Instant::now();
+    let Some(authorization) = request.headers().get(header::AUTHORIZATION) else {
+        // The first request of most clients: they send credentials once challenged.
         return Err(challenge());
     };
-    let arrived = Instant::now();
+    let Some(credentials) = parse_basic(authorization.as_bytes())
+        .map(|(login, secret)| Credentials::new(login, secret))
+    else {
+        tracing::info!(service = %route.service, "login refused: malformed Basic credentials");
+        tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms))
+            .await;
+        return Err(challenge());
+    };
     let protocol = Protocol::over_http(route.service).unwrap_or(Protocol::WebDav);
     match shared
         .index
@@ -459,6 +477,8 @@ async fn forward(
         "x-forwarded-host",
         "x-forwarded-proto",
         "x-real-ip",
+        // The prefix the backend builds its links under is the route's, never the client's.
+        "x-script-name",
     ] {
         headers.remove(name);
     }
@@ -476,19 +496,17 @@ async fn forward(
     let ip = conn.peer.ip().to_string();
     insert(headers, "x-forwarded-for", &ip);
     insert(headers, "x-forwarded-proto", "https");
+    let for_ip = if conn.peer.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.clone()
+    };
+    let mut forwarded = format!("for={};proto=https", forwarded_value(&for_ip));
     if let Some(host) = host {
         insert(headers, "x-forwarded-host", host);
-        let quoted_ip = if conn.peer.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip.clone()
-        };
-        insert(
-            headers,
-            "forwarded",
-            &format!("for={quoted_ip};proto=https;host=\"{host}\""),
-        );
+        forwarded.push_str(&format!(";host={}", forwarded_value(host)));
     }
+    insert(headers, "forwarded", &forwarded);
     if route.prefix != "/" {
         // Radicale and WSGI servers build their links under this prefix.
         insert(headers, "x-script-name", &route.prefix);

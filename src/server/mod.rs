@@ -323,9 +323,7 @@ async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e).await;
                 continue;
             }
         };
@@ -353,6 +351,13 @@ async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// An accept that failed (out of file descriptors and the like): say so and back off, instead
+/// of spinning on an error that the next call returns at once.
+async fn accept_failed(error: &std::io::Error) {
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Over the connection limit: one best-effort line where the protocol starts in plaintext

@@ -202,6 +202,7 @@ pub async fn relay(
                     }
                     deadline = Instant::now() + idle;
                 }
+                Err(e) if gone(&e) => return RelayEnd::ClientClosed,
                 Err(_) => return RelayEnd::ClientError,
             },
             read = backend.read(&mut from_backend) => match read {
@@ -209,8 +210,10 @@ pub async fn relay(
                 Ok(n) => {
                     boundary.observe(&from_backend[..n]);
                     tokio::select! {
-                        written = client.write_all(&from_backend[..n]) => if written.is_err() {
-                            return RelayEnd::ClientError;
+                        written = client.write_all(&from_backend[..n]) => match written {
+                            Ok(()) => {}
+                            Err(e) if gone(&e) => return RelayEnd::ClientClosed,
+                            Err(_) => return RelayEnd::ClientError,
                         },
                         () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
                         () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
@@ -230,6 +233,17 @@ pub async fn relay(
             () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
         }
     }
+}
+
+/// A peer that hung up rather than failed: most clients end a session (after `LOGOUT` or
+/// `QUIT`, or none) by closing the socket without TLS's close_notify, and one that has closed
+/// makes the next write fail.
+fn gone(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        error.kind(),
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+    )
 }
 
 async fn goodbye(client: &mut Stream, boundary: &dyn Boundary, text: &[u8]) -> bool {

@@ -136,7 +136,11 @@ async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
     }
     // Another account as the authorization identity is refused even with alice's good (and
     // by now cached) secret, the same refusal as a wrong password.
-    for (login, authzid) in [("alice", "bob"), ("alice", "bob@example.org"), ("bob", "alice")] {
+    for (login, authzid) in [
+        ("alice", "bob"),
+        ("alice", "bob@example.org"),
+        ("bob", "alice"),
+    ] {
         assert!(matches!(
             f.index
                 .authenticate(Service::Mail, Protocol::Imap, &with(login, authzid), PEER)

@@ -209,6 +209,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A value for a `Forwarded` parameter (RFC 7239 section 4): a token as it is, anything else
+/// as a quoted-string (a host with a port has a `:`, which a token cannot hold).
+pub fn forwarded_value(value: &str) -> String {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !value.is_empty() && value.chars().all(tchar) {
+        return value.to_owned();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
 /// If `uri` starts with `from` (an origin plus path prefix), the same URI under `to`.
 /// Used for `Destination` (public → backend) and `Location` (backend → public).
 pub fn rewrite_prefix(uri: &str, from: &str, to: &str) -> Option<String> {

@@ -174,3 +174,13 @@ fn origin_rewriting() {
         Some("https://h/x?q=1")
     );
 }
+
+#[test]
+fn forwarded_values_are_tokens_or_quoted_strings() {
+    assert_eq!(forwarded_value("192.0.2.60"), "192.0.2.60");
+    assert_eq!(forwarded_value("https"), "https");
+    assert_eq!(forwarded_value("example.org:8443"), "\"example.org:8443\"");
+    assert_eq!(forwarded_value("[2001:db8::1]"), "\"[2001:db8::1]\"");
+    assert_eq!(forwarded_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    assert_eq!(forwarded_value(""), "\"\"");
+}

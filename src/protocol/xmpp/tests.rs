@@ -128,16 +128,27 @@ fn the_backend_gets_a_clean_restart_whatever_whitespace_and_declaration_surround
         ),
         // The same, everything pipelined behind the auth, with the bind request.
         (
-            &*Box::leak(format!("\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?> {RESTART}{iq}").into_boxed_str()),
+            &*Box::leak(
+                format!("\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?> {RESTART}{iq}")
+                    .into_boxed_str(),
+            ),
             vec![],
             format!("{RESTART}{iq}"),
         ),
         ("", vec![RESTART.to_owned()], RESTART.to_owned()),
-        ("  ", vec!["\t\n ".into(), RESTART.to_owned()], RESTART.to_owned()),
+        (
+            "  ",
+            vec!["\t\n ".into(), RESTART.to_owned()],
+            RESTART.to_owned(),
+        ),
         // Split anywhere, even inside the declaration and the header.
         (
             "\n",
-            vec!["<?xm".into(), "l version='1.0'?><stre".into(), format!("{}{iq}", &RESTART[5..])],
+            vec![
+                "<?xm".into(),
+                "l version='1.0'?><stre".into(),
+                format!("{}{iq}", &RESTART[5..]),
+            ],
             format!("{RESTART}{iq}"),
         ),
         // Whitespace, and nothing but the header, is what a backend may see first.
@@ -150,8 +161,13 @@ fn the_backend_gets_a_clean_restart_whatever_whitespace_and_declaration_surround
     ];
     for (after_auth, chunks, want) in cases {
         let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
-        let got = restart_after(after_auth, &chunks).unwrap_or_else(|e| panic!("{after_auth:?} {chunks:?}: {e}"));
-        assert_eq!(String::from_utf8_lossy(&got), want, "{after_auth:?} {chunks:?}");
+        let got = restart_after(after_auth, &chunks)
+            .unwrap_or_else(|e| panic!("{after_auth:?} {chunks:?}: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            want,
+            "{after_auth:?} {chunks:?}"
+        );
     }
 }
 
@@ -159,9 +175,17 @@ fn the_backend_gets_a_clean_restart_whatever_whitespace_and_declaration_surround
 fn anything_but_a_stream_restart_ends_the_stream() {
     for (after_auth, chunk, condition) in [
         ("", "<iq type='get' id='x'/>", "invalid-namespace"),
-        ("", "<stream:stream to='other.example' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>", "host-unknown"),
+        (
+            "",
+            "<stream:stream to='other.example' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+            "host-unknown",
+        ),
         ("", "hello", "not-well-formed"),
-        ("", "<?xml version='1.0'?><?xml version='1.0'?>", "restricted-xml"),
+        (
+            "",
+            "<?xml version='1.0'?><?xml version='1.0'?>",
+            "restricted-xml",
+        ),
         ("", "<!DOCTYPE x [<!ENTITY a 'b'>]>", "not-well-formed"),
     ] {
         let out = restart_after(after_auth, &[chunk]).unwrap_err();
