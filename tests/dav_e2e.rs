@@ -440,8 +440,11 @@ fn every_user_sees_only_their_own_files() {
 /// litmus's per-suite summary lines ("<- summary for `basic': of 16 tests run: 16 passed, 0 failed.").
 fn litmus(url: &str, user: &str, password: &str) -> Vec<String> {
     require("litmus", "apt-get install litmus");
+    // litmus writes debug.log and child.log into its working directory: a temporary one.
+    let dir = open_tempdir();
     let out = Command::new("litmus")
         .args(["-k", url, user, password])
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .output()
         .expect("litmus");
@@ -477,6 +480,10 @@ fn litmus_scores_the_same_through_the_gateway_as_directly() {
     );
     eprintln!("litmus direct:  {direct:#?}\nlitmus through: {through:#?}");
     assert_eq!(direct, through, "litmus scores differ\n{}", w.gateway.log());
+    // Tests write only to temporary folders.
+    for file in ["debug.log", "child.log"] {
+        assert!(!repo_path(file).exists(), "litmus wrote {file} into the repository");
+    }
     // Every suite passes in full directly, and so through the gateway.
     for suite in ["basic", "copymove", "props", "locks", "http"] {
         let line = through
