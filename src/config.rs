@@ -854,7 +854,9 @@ mod tests {
         );
         assert!(config.auth_server.is_some());
         assert!(config.backends.contains_key("dovecot-imap"));
-        assert!(config.backends["radicale"].is_http());
+        assert!(config.backends["radicale-calendar"].is_http());
+        assert!(config.backends["radicale-contacts"].is_http());
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
         assert!(config.backends.contains_key("dovecot-submission"));
     }
 
