@@ -482,7 +482,10 @@ fn litmus_scores_the_same_through_the_gateway_as_directly() {
     assert_eq!(direct, through, "litmus scores differ\n{}", w.gateway.log());
     // Tests write only to temporary folders.
     for file in ["debug.log", "child.log"] {
-        assert!(!repo_path(file).exists(), "litmus wrote {file} into the repository");
+        assert!(
+            !repo_path(file).exists(),
+            "litmus wrote {file} into the repository"
+        );
     }
     // Every suite passes in full directly, and so through the gateway.
     for suite in ["basic", "copymove", "props", "locks", "http"] {

@@ -261,6 +261,150 @@ shared_between_services = true
 }
 
 #[test]
+fn a_path_or_destination_cannot_leave_its_route() {
+    // Two routes on one host leading to one server under different base paths, the layout of
+    // Nextcloud-style servers.
+    let (port, _echo) = start_echo();
+    let tail = format!(
+        r#"
+[[listener]]
+protocol = "http"
+address = "127.0.0.1:{{http}}"
+tls = "implicit"
+  [[listener.route]]
+  path_prefix = "/dav"
+  service = "disk"
+  backend = "files"
+  [[listener.route]]
+  path_prefix = "/cal"
+  service = "calendar"
+  backend = "calendars"
+[backend.files]
+url = "http://127.0.0.1:{port}/disk/"
+login = "trusted-header"
+shared_between_services = true
+[backend.calendars]
+url = "http://127.0.0.1:{port}/cal/"
+login = "trusted-header"
+shared_between_services = true
+"#
+    );
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail,
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main");
+    let disk = gateway.app_password("alice", "disk", "t");
+    let ca = gateway.ca.to_string_lossy().into_owned();
+    let base = format!("https://localhost:{}", gateway.ports.http);
+    // (status, what the echo backend saw).
+    let send = |method: &str, path: &str, extra: &[&str]| -> (String, String) {
+        let mut args = vec![
+            "-sS".to_owned(),
+            "--http1.1".to_owned(),
+            "--path-as-is".to_owned(),
+            "--cacert".to_owned(),
+            ca.clone(),
+            "-w".to_owned(),
+            "\n%{http_code}".to_owned(),
+            "-X".to_owned(),
+            method.to_owned(),
+            "-u".to_owned(),
+            format!("alice:{disk}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{base}{path}"));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_owned(), body.to_owned())
+    };
+
+    // Dot segments are resolved before routing: out of /dav they land in /cal, where a disk
+    // password is refused, whatever the method.
+    for method in [
+        "GET", "PUT", "DELETE", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK",
+    ] {
+        for path in [
+            "/dav/../cal/secret.ics",
+            "/dav/./x/../../cal/secret.ics",
+            "//dav/..//cal/secret.ics",
+        ] {
+            let (code, body) = send(method, path, &[]);
+            assert_eq!(code, "401", "{method} {path}: {body}");
+        }
+    }
+    // What does not normalise cleanly is refused before anything else.
+    for path in [
+        "/dav/%2e%2e/cal/secret.ics",
+        "/dav/.%2E/cal/secret.ics",
+        "/dav/..%2fcal/secret.ics",
+        "/dav%2F..%2Fcal/secret.ics",
+        "/dav/..\\cal/secret.ics",
+        "/dav/%5c../cal/secret.ics",
+        "/dav/%00/x",
+    ] {
+        let (code, body) = send("GET", path, &[]);
+        assert_eq!(code, "400", "{path}: {body}");
+    }
+    // Inside the route the backend gets exactly the path that was routed.
+    let (code, body) = send("GET", "/dav/a/./b/../c//d%7e.txt", &[]);
+    assert_eq!(code, "200", "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/disk/a/c/d~.txt");
+
+    // Destination: rewritten for the backend when it stays in the route, refused otherwise.
+    let destination = |value: &str| {
+        send(
+            "MOVE",
+            "/dav/a.txt",
+            &["-H", &format!("Destination: {value}")],
+        )
+    };
+    for (value, want) in [
+        (format!("{base}/dav/b.txt"), "/disk/b.txt"),
+        (format!("{base}/dav/x/../b.txt"), "/disk/b.txt"),
+        ("/dav/c%20d.txt".to_owned(), "/disk/c%20d.txt"),
+    ] {
+        let (code, body) = destination(&value);
+        assert_eq!(code, "200", "{value}: {body}");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let headers = seen["headers"].as_array().unwrap();
+        let got: Vec<&str> = headers
+            .iter()
+            .filter(|h| h[0] == "destination")
+            .filter_map(|h| h[1].as_str())
+            .collect();
+        assert_eq!(
+            got,
+            vec![format!("http://127.0.0.1:{port}{want}")],
+            "{value}"
+        );
+    }
+    for value in [
+        format!("{base}/cal/secret.ics"),
+        format!("{base}/dav/../cal/secret.ics"),
+        "/cal/secret.ics".to_owned(),
+        "https://elsewhere.example/dav/b.txt".to_owned(),
+        format!("http://localhost:{}/dav/b.txt", gateway.ports.http),
+    ] {
+        let (code, body) = destination(&value);
+        assert_eq!(code, "502", "{value}: {body}");
+    }
+    for value in [
+        format!("{base}/dav/%2e%2e/cal/x"),
+        "not a uri at all".to_owned(),
+    ] {
+        let (code, body) = destination(&value);
+        assert_eq!(code, "400", "{value}: {body}");
+    }
+}
+
+#[test]
 fn max_connections_bounds_requests_in_flight_to_a_backend() {
     let (port, _echo) = start_echo();
     let tail = format!(

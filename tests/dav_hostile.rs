@@ -262,3 +262,67 @@ fn a_backend_that_is_down_or_silent_gives_502_or_504() {
     assert!(reply.starts_with("HTTP/1.1 504"), "{reply:.200}");
     assert!(start.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn a_client_cannot_name_the_user_a_wsgi_backend_trusts() {
+    // WSGI servers turn `X-Remote-User` and `X_Remote_User` into the same HTTP_X_REMOTE_USER;
+    // a copy from the client that survived would be joined to the gateway's ("bob,alice").
+    let w = world("", None);
+    let a = auth(&w.disk);
+    for (i, spoof) in [
+        "X_Remote_User: bob",
+        "x_remote-user: bob",
+        "X-REMOTE_USER: bob",
+        "X-Remote-User: bob",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let reply = exchange(
+            &w,
+            format!("PUT /spoof{i}.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\n{spoof}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").as_bytes(),
+        );
+        assert!(reply.starts_with("HTTP/1.1 201"), "{spoof}: {reply}");
+        assert!(
+            w._wsgidav
+                .home("alice@example.org")
+                .join(format!("spoof{i}.txt"))
+                .exists(),
+            "{spoof}: the file is not alice's"
+        );
+    }
+    // Only alice's folder exists: the backend never saw another user.
+    let users: Vec<String> = std::fs::read_dir(&w._wsgidav.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(users, vec!["alice@example.org".to_owned()]);
+}
+
+#[test]
+fn a_client_cannot_name_the_user_radicale_trusts() {
+    // Radicale runs on wsgiref, which folds `-` and `_` and joins repeated headers with a
+    // comma: a surviving `X_Remote_User: bob` made the user "bob,alice@example.org", who owns
+    // nothing of alice's.
+    let w = world("", None);
+    let calendar = w.gateway.app_password("alice", "calendar", "t");
+    let a = auth(&calendar);
+    for (i, spoof) in [
+        "X_Remote_User: bob",
+        "x_remote-user: bob",
+        "X-REMOTE_USER: bob",
+        "X-Remote-User: bob",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let reply = exchange(
+            &w,
+            format!("MKCALENDAR /cal/alice@example.org/spoof{i}/ HTTP/1.1\r\nHost: localhost\r\n{a}\r\n{spoof}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 201"),
+            "{spoof}: the backend did not see alice alone: {reply}"
+        );
+    }
+}

@@ -38,7 +38,8 @@ use crate::credentials::index::Credential;
 use crate::credentials::{AuthError, Credentials, Grant, Protocol};
 use crate::protocol::http::sniffer::Verdict;
 use crate::protocol::http::{
-    FramingSniffer, Route, Router, forwarded_value, parse_basic, rewrite_prefix, strip_hop_by_hop,
+    FramingSniffer, Route, Router, forwarded_value, normalize_path, parse_basic, rewrite_prefix,
+    strip_hop_by_hop,
 };
 use crate::upstream::http::{HttpBackend, HttpBackendError};
 
@@ -321,7 +322,15 @@ async fn route(
         return simple(StatusCode::URI_TOO_LONG, "URI too long\n");
     }
     let host = request_host(&request);
-    let path = request.uri().path().to_owned();
+    // Routed and forwarded by one spelling of the path: `..` or an escape cannot lead a
+    // request out of the route it was authorised for.
+    let path = match normalize_path(request.uri().path()) {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::info!(error = %e, "request path refused");
+            return simple(StatusCode::BAD_REQUEST, "Bad request path\n");
+        }
+    };
 
     if let Some(route) = listener.router.well_known(host.as_deref(), &path) {
         // RFC 6764 section 5: redirect to the context path of the service, on the scheme, host
@@ -356,7 +365,11 @@ async fn route(
         Err(response) => return response,
     };
     watch(conn, &grant);
-    forward(request, route, backend, &grant, conn, host.as_deref()).await
+    let target = Target {
+        path: &path,
+        host: host.as_deref(),
+    };
+    forward(request, route, listener, backend, &grant, conn, target).await
 }
 
 /// The Host header (HTTP/1.1) or the URI authority (HTTP/2).
@@ -445,20 +458,66 @@ fn watch(conn: &Connection, grant: &Grant) {
     }
 }
 
+/// Where a request was routed: its normalised path and the host it named.
+struct Target<'a> {
+    path: &'a str,
+    host: Option<&'a str>,
+}
+
+/// Why a WebDAV `Destination` was refused.
+enum DestinationError {
+    /// Not a URI, or a path that does not normalise (400).
+    Malformed,
+    /// Another host, or another route on this one (502, RFC 4918 section 9.8.5: the destination
+    /// is in another namespace).
+    Elsewhere,
+}
+
+/// The backend URL for a `Destination` (RFC 4918 section 10.3): an absolute URI on the host the
+/// request named, or an absolute path, whose normalised path lies in the request's own route.
+fn backend_destination(
+    value: &str,
+    route: &Route,
+    listener: &HttpListener,
+    backend: &HttpBackend,
+    host: Option<&str>,
+) -> Result<String, DestinationError> {
+    let uri: http::Uri = value.parse().map_err(|_| DestinationError::Malformed)?;
+    if let Some(authority) = uri.authority() {
+        let same_host = host.is_some_and(|h| {
+            crate::protocol::http::host_without_port(h)
+                == crate::protocol::http::host_without_port(authority.as_str())
+        });
+        if !same_host || uri.scheme_str().is_some_and(|s| s != "https") {
+            return Err(DestinationError::Elsewhere);
+        }
+    }
+    let path = normalize_path(uri.path()).map_err(|_| DestinationError::Malformed)?;
+    match listener.router.find(host, &path) {
+        Some(found) if found == route => Ok(join(
+            backend.origin(),
+            &route.map_path(&path, backend.base_path()),
+        )),
+        _ => Err(DestinationError::Elsewhere),
+    }
+}
+
 async fn forward(
     request: Request<Incoming>,
     route: &Route,
+    listener: &HttpListener,
     backend: &HttpBackend,
     grant: &Grant,
     conn: &Connection,
-    host: Option<&str>,
+    target: Target<'_>,
 ) -> Response<ResponseBody> {
+    let host = target.host;
     let (mut parts, body) = request.into_parts();
     let public_origin = host.map(|h| format!("https://{h}"));
     let public_base = public_origin.as_deref().map(|o| join(o, &route.prefix));
     let backend_base = join(backend.origin(), backend.base_path());
 
-    let path = route.map_path(parts.uri.path(), backend.base_path());
+    let path = route.map_path(target.path, backend.base_path());
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
@@ -470,8 +529,11 @@ async fn forward(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
-    // Forwarding headers from the client are not believed: ours replace them.
-    for name in [
+    // Forwarding headers and the user header from the client are not believed: ours replace
+    // them. Names are compared with `_` folded to `-`, since WSGI and CGI backends read
+    // `X_Remote_User` and `X-Remote-User` as one variable (and join the two values).
+    let user_header = HeaderName::from_bytes(backend.config.header.as_bytes()).ok();
+    let mut ours: Vec<&str> = vec![
         "forwarded",
         "x-forwarded-for",
         "x-forwarded-host",
@@ -479,19 +541,33 @@ async fn forward(
         "x-real-ip",
         // The prefix the backend builds its links under is the route's, never the client's.
         "x-script-name",
-    ] {
-        headers.remove(name);
-    }
-    let user_header = HeaderName::from_bytes(backend.config.header.as_bytes()).ok();
+    ];
     if let Some(name) = &user_header {
-        headers.remove(name);
+        ours.push(name.as_str());
     }
-    if let Some(destination) = headers.get(header::HeaderName::from_static("destination"))
-        && let (Ok(text), Some(public)) = (destination.to_str(), public_base.as_deref())
-        && let Some(rewritten) = rewrite_prefix(text, public, &backend_base)
-        && let Ok(value) = HeaderValue::from_str(&rewritten)
-    {
-        headers.insert(HeaderName::from_static("destination"), value);
+    strip_spoofable(headers, &ours);
+    let destination = HeaderName::from_static("destination");
+    if let Some(value) = headers.get(&destination) {
+        let rewritten = value
+            .to_str()
+            .map_err(|_| DestinationError::Malformed)
+            .and_then(|text| backend_destination(text, route, listener, backend, host))
+            .and_then(|url| HeaderValue::from_str(&url).map_err(|_| DestinationError::Malformed));
+        match rewritten {
+            Ok(value) => {
+                headers.insert(destination, value);
+            }
+            Err(DestinationError::Malformed) => {
+                return simple(StatusCode::BAD_REQUEST, "Bad Destination\n");
+            }
+            Err(DestinationError::Elsewhere) => {
+                tracing::info!(login = %grant.login, "Destination outside the route refused");
+                return simple(
+                    StatusCode::BAD_GATEWAY,
+                    "The Destination is outside this service\n",
+                );
+            }
+        }
     }
     let ip = conn.peer.ip().to_string();
     insert(headers, "x-forwarded-for", &ip);
@@ -550,6 +626,9 @@ async fn forward(
     tracing::debug!(%method, status = %response.status(), login = %grant.login, "forwarded");
 
     let (mut parts, body) = response.into_parts();
+    // The backend's HTTP version is its own business (wsgiref answers HTTP/1.0); the client
+    // gets the version of its own connection.
+    parts.version = http::Version::default();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(public) = public_base.as_deref() {
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -563,6 +642,24 @@ async fn forward(
         }
     }
     Response::from_parts(parts, body.boxed())
+}
+
+/// Removes every header that a backend could read as one of `names` (lower-case): the same
+/// name with `_` for `-`, in any case.
+fn strip_spoofable(headers: &mut http::HeaderMap, names: &[&str]) {
+    let folded = |name: &str| name.replace('_', "-");
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|key| {
+            names
+                .iter()
+                .any(|name| folded(name) == folded(key.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
 }
 
 fn join(origin: &str, path: &str) -> String {

@@ -49,6 +49,102 @@ impl Route {
     }
 }
 
+/// Why a request path was refused (400) instead of routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path does not start with /")]
+    NotAbsolute,
+    #[error("the path has an encoded slash")]
+    EncodedSlash,
+    #[error("the path has an encoded dot segment")]
+    EncodedDotSegment,
+    #[error("the path has a backslash")]
+    Backslash,
+    #[error("the path has a NUL byte")]
+    Nul,
+    #[error("the path has a malformed percent-encoding")]
+    BadEscape,
+}
+
+/// The path a request is routed by and forwarded with: one spelling for every way of writing
+/// it, so no trick of the path leads out of a route.
+///
+/// Dot segments are removed (RFC 3986 section 5.2.4; `..` at the root stays there),
+/// percent-encoded unreserved characters decoded and other escapes upper-cased (section 6.2.2),
+/// and empty segments (`//`) dropped. What backends would not all read the same way is refused:
+/// an encoded `/` (one segment or two?), an encoded dot segment (`%2e%2e`: a backend that
+/// decodes after routing would climb), a backslash (a separator on some servers) and NUL.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = raw.ends_with('/');
+    for raw_segment in rest.split('/') {
+        let (segment, had_encoded_dot) = decode_segment(raw_segment)?;
+        match segment.as_str() {
+            "." | ".." if had_encoded_dot => return Err(PathError::EncodedDotSegment),
+            "" => {}
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = raw.ends_with('/');
+            }
+        }
+    }
+    let mut path = format!("/{}", segments.join("/"));
+    if trailing_slash && !segments.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// One path segment with unreserved characters decoded and other escapes upper-cased; also
+/// whether a `.` in it was encoded.
+fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut encoded_dot = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::Nul),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let text = std::str::from_utf8(hex).map_err(|_| PathError::BadEscape)?;
+                if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(PathError::BadEscape);
+                }
+                let byte = u8::from_str_radix(text, 16).map_err(|_| PathError::BadEscape)?;
+                match byte {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::Backslash),
+                    0 => return Err(PathError::Nul),
+                    b'.' => {
+                        encoded_dot = true;
+                        out.push('.');
+                    }
+                    b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') => {
+                        out.push(char::from(b));
+                    }
+                    b => out.push_str(&format!("%{b:02X}")),
+                }
+                i += 3;
+            }
+            _ => {
+                // Not an escape: copy the character whole (the path is a str).
+                let c = raw[i..].chars().next().ok_or(PathError::BadEscape)?;
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    Ok((out, encoded_dot))
+}
+
 /// `base` and `rest` joined with exactly one slash between them.
 pub fn join_path(base: &str, rest: &str) -> String {
     let base = base.trim_end_matches('/');

@@ -184,3 +184,44 @@ fn forwarded_values_are_tokens_or_quoted_strings() {
     assert_eq!(forwarded_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
     assert_eq!(forwarded_value(""), "\"\"");
 }
+
+#[test]
+fn paths_have_one_spelling() {
+    for (raw, normal) in [
+        ("/", "/"),
+        ("/dav/a.txt", "/dav/a.txt"),
+        ("/dav/", "/dav/"),
+        ("/dav/../cal/secret.ics", "/cal/secret.ics"),
+        ("/dav/./x/../../cal/", "/cal/"),
+        ("/../../etc/passwd", "/etc/passwd"),
+        ("//dav///a//b", "/dav/a/b"),
+        ("/dav/x/..", "/dav/"),
+        ("/dav/x/.", "/dav/x/"),
+        ("/..", "/"),
+        ("/d%61v/%7Euser/%41", "/dav/~user/A"),
+        ("/dav/a%20b/%e2%82%ac", "/dav/a%20b/%E2%82%AC"),
+        ("/dav/file%2etxt", "/dav/file.txt"),
+        ("/dav/a..b/...", "/dav/a..b/..."),
+        ("/dav/caf\u{e9}", "/dav/caf\u{e9}"),
+    ] {
+        assert_eq!(normalize_path(raw).as_deref(), Ok(normal), "{raw}");
+    }
+    for (raw, error) in [
+        ("dav/x", PathError::NotAbsolute),
+        ("*", PathError::NotAbsolute),
+        ("/dav/%2e%2e/cal/secret.ics", PathError::EncodedDotSegment),
+        ("/dav/%2E%2E/cal/", PathError::EncodedDotSegment),
+        ("/dav/.%2e/cal/", PathError::EncodedDotSegment),
+        ("/dav/%2e/x", PathError::EncodedDotSegment),
+        ("/dav/..%2fcal/x", PathError::EncodedSlash),
+        ("/dav%2Fcal/x", PathError::EncodedSlash),
+        ("/dav/..\\cal/x", PathError::Backslash),
+        ("/dav/%5c/x", PathError::Backslash),
+        ("/dav/%00x", PathError::Nul),
+        ("/dav/%zz", PathError::BadEscape),
+        ("/dav/%+1", PathError::BadEscape),
+        ("/dav/%4", PathError::BadEscape),
+    ] {
+        assert_eq!(normalize_path(raw), Err(error), "{raw}");
+    }
+}
