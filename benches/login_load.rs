@@ -55,9 +55,12 @@ fn main() {
 
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start_with_tls(sink.port, &["alice@example.org"], Some((&cert, &key)));
+    // Every simulated client comes from 127.0.0.1: lift the per-address share of pre-login
+    // connections, which would otherwise cap the load at 32 clients logging in at once.
     let quiet = || Options {
         log_filter: "warn",
         max_connections: 10_000,
+        limits: "max_pre_login_per_address = 10000".to_owned(),
         ..Options::default()
     };
     let through_dovecot = Gateway::start(dovecot.imap_port, dovecot.submission_port, quiet());

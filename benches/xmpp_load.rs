@@ -48,6 +48,8 @@ strip_domain = true
             extra: format!("[auth_server]\nlisten = [\"127.0.0.1:{auth_port}\"]\n"),
             tail,
             log_filter: "warn",
+            // Every simulated client comes from 127.0.0.1.
+            limits: "max_pre_login_per_address = 10000".to_owned(),
             ..Options::default()
         },
     );

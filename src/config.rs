@@ -59,6 +59,22 @@ pub struct AuthServerConfig {
     /// the operator protects some other way.
     #[serde(default)]
     pub allow_public_listen: bool,
+    /// Connections from daemons at once (default 64), apart from the clients' connections:
+    /// the daemons' own pool of logins is not the clients' to exhaust, nor the reverse.
+    #[serde(default = "default_auth_connections")]
+    pub max_connections: usize,
+    /// Seconds a daemon's connection may stay silent before it is closed (default 600;
+    /// daemons reconnect when they need to).
+    #[serde(default = "default_auth_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_auth_connections() -> usize {
+    64
+}
+
+fn default_auth_idle() -> u64 {
+    600
 }
 
 fn default_socket_mode() -> String {
@@ -166,6 +182,13 @@ pub struct Limits {
     /// Open client connections across all listeners (default 10000); past it a new connection
     /// gets a "busy" reply and is closed.
     pub max_connections: usize,
+    /// Of those, connections that have not logged in yet (default: half of `max_connections`),
+    /// so logins and logged-in sessions keep the rest whatever a flood of idle connections
+    /// holds.
+    pub max_pre_login_connections: Option<usize>,
+    /// Connections not logged in yet from one client network: an IPv4 address or an IPv6 /64
+    /// (default 32), so one address cannot take every connection.
+    pub max_pre_login_per_address: usize,
     /// Seconds from accept to a successful login (default 60); then the connection is closed.
     pub login_timeout_secs: u64,
     /// Seconds for a TLS handshake (default 10).
@@ -201,6 +224,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_pre_login_connections: None,
+            max_pre_login_per_address: 32,
             login_timeout_secs: 60,
             handshake_timeout_secs: 10,
             max_line: 8192,
@@ -219,6 +244,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// `max_pre_login_connections`, or half of `max_connections` (at least one).
+    pub fn pre_login_connections(&self) -> usize {
+        self.max_pre_login_connections
+            .unwrap_or(self.max_connections / 2)
+            .clamp(1, self.max_connections.max(1))
+    }
+
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout_secs)
     }
@@ -575,6 +607,11 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err("[limits] max_connections must be at least 1".into());
+        }
+        if self.limits.max_pre_login_connections == Some(0)
+            || self.limits.max_pre_login_per_address == 0
+        {
+            return Err("[limits] max_pre_login_connections and max_pre_login_per_address must be at least 1".into());
         }
         if self.limits.max_line < 512 {
             return Err("[limits] max_line must be at least 512 (RFC 5321)".into());

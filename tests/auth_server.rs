@@ -376,3 +376,145 @@ fn postfix_with_smtpd_sasl_type_dovecot_asks_portcullis() {
     assert!(refused.contains("<** 535 5.7.8"), "{refused}");
     assert!(!refused.contains(" 235 "), "{refused}");
 }
+
+/// CPU time the process has used so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // Linux reports in clock ticks of 1/100 s.
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn a_flood_of_wrong_main_passwords_is_bounded_in_time_memory_and_work() {
+    let (gateway, port) = gateway_with_auth_server();
+    // A legacy account: its main password opens the protocols, so every guess is a slow hash.
+    gateway.cli_ok(&["account", "app-passwords", "alice", "off"], None);
+    let mail = gateway.app_password("alice", "mail", "Thunderbird");
+    let pid = gateway.pid();
+    let rss_before = rss_kib(pid);
+
+    // 1000 wrong guesses in flight on one connection, then more on three others.
+    let mut flooders: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
+    for (n, flooder) in flooders.iter_mut().enumerate() {
+        let mut burst = String::new();
+        for i in 0..1000 {
+            burst.push_str(&format!(
+                "AUTH\t{}\tPLAIN\tservice=imap\tresp={}\n",
+                i + 1,
+                plain("", "alice", &format!("guess {n} {i}"))
+            ));
+        }
+        flooder.send(&burst);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // During the flood: an unknown account and the known one answer in the same time, at the
+    // failure delay (300 ms), and an app password still logs in at once.
+    let timed = |login: &str, password: &str| {
+        let mut c = Client::connect(port);
+        let started = Instant::now();
+        c.send(&format!(
+            "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+            plain("", login, password)
+        ));
+        let line = c.line();
+        (line, started.elapsed())
+    };
+    for _ in 0..3 {
+        let (unknown, unknown_time) = timed("nobody", "wrong password");
+        let (known, known_time) = timed("alice", "wrong password");
+        eprintln!("refusals under the flood: unknown {unknown_time:?}, known {known_time:?}");
+        assert_eq!((unknown.as_str(), known.as_str()), ("FAIL\t1", "FAIL\t1"));
+        for time in [unknown_time, known_time] {
+            assert!(
+                time >= Duration::from_millis(290) && time < Duration::from_millis(450),
+                "a refusal took {time:?} (unknown {unknown_time:?}, known {known_time:?})"
+            );
+        }
+        let (good, good_time) = timed("alice", &mail);
+        assert_eq!(good, "OK\t1\tuser=alice");
+        assert!(good_time < Duration::from_millis(290), "{good_time:?}");
+    }
+
+    // The flooders hang up: their queued checks are dropped, not run.
+    drop(flooders);
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = cpu_time(pid).saturating_sub(cpu_before);
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "after the flood: {busy:?} of CPU in 2 s; RSS {rss_before} KiB before, {rss_after} KiB after"
+    );
+    assert!(busy < Duration::from_millis(300), "work went on: {busy:?}");
+    assert!(
+        rss_after < rss_before + 96 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+#[test]
+fn daemons_have_their_own_connections_and_silent_ones_are_closed() {
+    let port = free_port();
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            extra: format!(
+                "[auth_server]\nlisten = [\"127.0.0.1:{port}\"]\nmax_connections = 4\nidle_timeout_secs = 2\n"
+            ),
+            // Clients' connections all taken: the auth server is not affected.
+            max_connections: 1,
+            ..Options::default()
+        },
+    );
+    wait_for_auth(port);
+    gateway.create_account("alice", "alice main password");
+    let mail = gateway.app_password("alice", "mail", "Postfix");
+    let _client = TcpStream::connect(("127.0.0.1", gateway.ports.imap)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut daemons: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
+    daemons[0].send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(daemons[0].line(), "OK\t1\tuser=alice");
+    // A fifth daemon connection is past the auth server's own limit.
+    let mut fifth = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    use std::io::Read;
+    assert_eq!(
+        fifth.read(&mut buf).unwrap_or(0),
+        0,
+        "a fifth connection was served"
+    );
+    // Silent for longer than idle_timeout_secs: closed, and the places come back.
+    let started = Instant::now();
+    assert_eq!(
+        daemons[1].line(),
+        "",
+        "a silent daemon connection stayed open"
+    );
+    let closed_after = started.elapsed();
+    assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
+    drop(daemons);
+    let mut again = Client::connect(port);
+    again.send(&format!(
+        "AUTH\t2\tPLAIN\tservice=smtp\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(again.line(), "OK\t2\tuser=alice");
+}

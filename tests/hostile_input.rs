@@ -407,3 +407,68 @@ impl WriteIgnoringReset for TcpStream {
         Ok(())
     }
 }
+
+const HOLD_CONNECTIONS: &str = r#"
+import socket, sys, time
+source, port, count, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+held, greeted, refused = [], 0, 0
+for _ in range(count):
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(5)
+    try:
+        first = s.recv(200)
+    except OSError:
+        first = b""
+    if first.startswith(b"* OK"):
+        greeted += 1
+        held.append(s)
+    else:
+        refused += 1
+        s.close()
+print(f"greeted={greeted} refused={refused}", flush=True)
+time.sleep(hold)
+"#;
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    // 300 idle connections from one address, as in a lock-out attack: it gets its share (32)
+    // of the pre-login connections and no more; a user elsewhere still logs in.
+    let (_sink, _dovecot, gw) = gateway(Options {
+        max_connections: 300,
+        ..Options::default()
+    });
+    let secret = gw.app_password("alice", "mail", "t");
+    let mut attacker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            HOLD_CONNECTIONS,
+            "127.0.0.3",
+            &gw.ports.imap.to_string(),
+            "300",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = attacker.stdout.take().unwrap();
+        std::io::BufReader::new(stdout).read_line(&mut out).unwrap();
+    }
+    assert_eq!(out.trim(), "greeted=32 refused=268", "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("pre-login connection limit for this address reached"),
+        "{}",
+        gw.log()
+    );
+    // From another address: still served, over both listener kinds.
+    still_serving(&gw, &secret);
+    let mut c = Raw::connect(gw.ports.imap);
+    assert!(c.line().starts_with("* OK"));
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+}

@@ -8,9 +8,10 @@
 //! a SHA-256 digest is a safe way to store them and doubles as the lookup key: a login finds its
 //! app password with one indexed query, and a wrong guess costs no slow hash at all.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher as _, Version};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -72,19 +73,38 @@ pub enum HashError {
     Argon2(String),
     #[error("the hashing task was lost")]
     TaskLost,
+    /// More checks are waiting than the queue holds: this one is not run at all.
+    #[error("too many password checks waiting")]
+    Busy,
 }
 
-/// Runs argon2id off the async executor with bounded concurrency.
+/// Checks that may wait for a hashing slot, per slot: past that, a check is refused at once
+/// instead of queueing (memory and time spent on a flood stay bounded).
+const WAITING_PER_SLOT: usize = 16;
+
+/// Runs argon2id off the async executor with bounded concurrency, a bounded queue, and working
+/// memory allocated once per slot and reused (19 MiB a check: freed and allocated again per
+/// check, it left the process's heap fragmented and large after a flood).
 #[derive(Clone)]
 pub struct PasswordHasher {
     pub(crate) permits: Arc<Semaphore>,
+    /// Checks waiting for a permit or running.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+    /// argon2 working memory, one buffer per running check.
+    memory: Arc<Mutex<Vec<Vec<Block>>>>,
 }
 
 impl PasswordHasher {
-    /// `concurrency` hashes run at once at most; the rest wait their turn in order.
+    /// `concurrency` hashes run at once at most; the rest wait their turn in order, up to
+    /// [`WAITING_PER_SLOT`] per slot.
     pub fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued: concurrency * (WAITING_PER_SLOT + 1),
+            memory: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -102,16 +122,31 @@ impl PasswordHasher {
     }
 
     /// Checks a password against a stored PHC string. A malformed stored hash is a mismatch.
+    /// Dropping the future before it runs gives its place in the queue back.
     pub async fn verify(&self, password: &Secret, phc: &str) -> Result<bool, HashError> {
         let password = password.clone();
         let phc = phc.to_owned();
-        self.run(move || verify_blocking(&password, &phc)).await
+        let memory = self.memory.clone();
+        self.run(move || {
+            let mut blocks = memory
+                .lock()
+                .ok()
+                .and_then(|mut pool| pool.pop())
+                .unwrap_or_default();
+            let matches = verify_with_memory(&password, &phc, &mut blocks);
+            if let Ok(mut pool) = memory.lock() {
+                pool.push(blocks);
+            }
+            matches
+        })
+        .await
     }
 
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
+        let _queued = Queued::enter(&self.queued, self.max_queued).ok_or(HashError::Busy)?;
         let _permit = self
             .permits
             .acquire()
@@ -123,16 +158,138 @@ impl PasswordHasher {
     }
 }
 
+/// A place in the hasher's queue, given back on drop.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Queued(count))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The synchronous verify, for benchmarks and for callers already off the executor.
 pub fn verify_blocking(password: &Secret, phc: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.expose(), phc)
-        .is_ok()
+    verify_with_memory(password, phc, &mut Vec::new())
+}
+
+/// Verifies against a PHC string with `blocks` as argon2's working memory (grown to the
+/// stored parameters' size if needed, and kept for the next check).
+fn verify_with_memory(password: &Secret, phc: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm), Some(salt), Some(expected)) = (
+        Params::try_from(&hash),
+        Algorithm::try_from(hash.algorithm.as_str()),
+        hash.salt.as_ref(),
+        hash.hash.as_ref(),
+    ) else {
+        return false;
+    };
+    let Ok(version) = hash
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    if blocks.len() != params.block_count() {
+        blocks.resize(params.block_count(), Block::new());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.expose(),
+        salt,
+        &mut out,
+        &mut blocks[..],
+    );
+    let matches = computed.is_ok()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()));
+    zeroize::Zeroize::zeroize(&mut out);
+    matches
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verification_with_reused_memory_agrees_with_argon2() {
+        use argon2::PasswordVerifier as _;
+        let password = Secret::from("correct horse");
+        let phc = Argon2::default()
+            .hash_password(password.expose())
+            .unwrap()
+            .to_string();
+        let mut blocks = Vec::new();
+        for _ in 0..2 {
+            assert!(verify_with_memory(&password, &phc, &mut blocks));
+            assert!(!verify_with_memory(
+                &Secret::from("correct horsE"),
+                &phc,
+                &mut blocks
+            ));
+        }
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", phc.as_str())
+                .is_ok()
+        );
+        // Other stored parameters (a cheaper hash from an older setting) still verify.
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4096, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"old")
+        .unwrap()
+        .to_string();
+        assert!(verify_with_memory(
+            &Secret::from("old"),
+            &cheap,
+            &mut blocks
+        ));
+        assert!(!verify_with_memory(
+            &password,
+            "not a phc string",
+            &mut blocks
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let hasher = PasswordHasher::new(1);
+        let phc = hasher.hash(&Secret::from("pw")).await.unwrap();
+        let _held = hasher.permits.clone().acquire_owned().await.unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..hasher.max_queued {
+            let (hasher, phc) = (hasher.clone(), phc.clone());
+            waiting.push(tokio::spawn(async move {
+                hasher.verify(&Secret::from("pw"), &phc).await
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(matches!(
+            hasher.verify(&Secret::from("pw"), &phc).await,
+            Err(HashError::Busy)
+        ));
+        // Checks that give up leave the queue.
+        for task in &waiting {
+            task.abort();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(hasher.queued.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn generated_app_passwords_are_sixteen_lowercase_letters_and_differ() {

@@ -19,7 +19,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
 
-use super::hashing::{PasswordHasher, app_password_digest, normalize_app_password};
+use super::hashing::{HashError, PasswordHasher, app_password_digest, normalize_app_password};
 use super::model::{
     AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login,
     Protocol, Service,
@@ -308,7 +308,15 @@ impl CredentialIndex {
             .hasher
             .verify(secret, &password_hash)
             .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                // A full queue must look like any other refusal: a temporary failure here
+                // would say that the account exists.
+                HashError::Busy => {
+                    tracing::warn!("password check queue full; login refused");
+                    AuthError::Rejected
+                }
+                e => AuthError::Unavailable(e.to_string()),
+            })?;
         // The grant names the version of the hash that was checked (read in the same row), so
         // if the password changed since, the snapshot's newer version refuses it below.
         let credential = Credential::MainPassword {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::gate::Gate;
 use super::{Shared, StartError};
 use crate::config::{AuthListen, AuthServerConfig};
 use crate::credentials::tickets::Tickets;
@@ -32,10 +33,12 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 pub async fn start(
     config: &AuthServerConfig,
     shared: &Arc<Shared>,
-    connections: &Arc<Semaphore>,
     tracker: &TaskTracker,
 ) -> Result<(), StartError> {
     let mode = config.mode().map_err(StartError::Backend)?;
+    // The daemons' own pool: clients cannot take it, and it takes nothing from them.
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
     for address in config.addresses().map_err(StartError::Backend)? {
         match address {
             AuthListen::Tcp(address) => {
@@ -58,7 +61,7 @@ pub async fn start(
                                 continue;
                             }
                         };
-                        spawn(stream, Some(peer.ip()), &shared, &connections, &inner);
+                        spawn(stream, Some(peer.ip()), &shared, &connections, &inner, idle);
                     }
                 });
             }
@@ -90,7 +93,7 @@ pub async fn start(
                                 continue;
                             }
                         };
-                        spawn(stream, None, &shared, &connections, &inner);
+                        spawn(stream, None, &shared, &connections, &inner, idle);
                     }
                 });
             }
@@ -150,11 +153,12 @@ fn spawn<S>(
     shared: &Arc<Shared>,
     connections: &Arc<Semaphore>,
     tracker: &TaskTracker,
+    idle: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let Ok(permit) = connections.clone().try_acquire_owned() else {
-        tracing::warn!("connection limit reached; refusing an auth client");
+        tracing::warn!("[auth_server] max_connections reached; refusing an auth client");
         return;
     };
     let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +168,7 @@ fn spawn<S>(
     tracker.clone().spawn(
         async move {
             let _permit = permit;
-            serve(stream, peer, id, shared, tracker).await;
+            serve(stream, peer, id, shared, tracker, idle).await;
         }
         .instrument(span),
     );
@@ -176,6 +180,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     id: u64,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    idle: Duration,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let cookie = crate::credentials::hashing::hex(&rand::random::<[u8; 16]>());
@@ -184,6 +189,9 @@ async fn serve<S: AsyncRead + AsyncWrite>(
         return;
     }
     let (answers, mut answered) = mpsc::channel::<(u32, Verdict, String)>(256);
+    // Cancelled when this function returns, whichever way: the connection is over.
+    let gone = tokio_util::sync::CancellationToken::new();
+    let _gone = gone.clone().drop_guard();
     let mut machine = AuthServer::new();
     let mut buffer = vec![0u8; 8192];
     let handshake_deadline = Instant::now() + HANDSHAKE_DEADLINE;
@@ -205,20 +213,24 @@ async fn serve<S: AsyncRead + AsyncWrite>(
                     let shared = shared.clone();
                     let answers = answers.clone();
                     // On the gateway's tracker, so shutdown waits for (or cuts) them rather
-                    // than leaving them running behind it.
+                    // than leaving them running behind it; and cut when the daemon that asked
+                    // has gone, so nobody's work outlives its asker.
                     let shutdown = shared.shutdown.clone();
+                    let gone = gone.clone();
                     tracker.spawn(async move {
                         tokio::select! {
                             () = shutdown.cancelled() => {}
+                            () = gone.cancelled() => {}
                             () = verify(request, peer, &shared, &answers) => {}
                         }
                     });
                 }
             }
         }
-        // Daemons keep their connection open between logins; only the handshake has a deadline.
+        // Daemons keep their connection open between logins, but not forever in silence: a
+        // connection that sends nothing for `idle` gives its place back.
         let until = if machine.handshaken() {
-            Instant::now() + Duration::from_secs(365 * 24 * 3600)
+            Instant::now() + idle
         } else {
             handshake_deadline
         };
@@ -237,7 +249,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => machine.enqueue(&buffer[..n]),
             Err(_) => {
-                tracing::debug!("auth client did not finish the handshake in time");
+                tracing::debug!("auth client silent past its deadline; closing");
                 return;
             }
         }
@@ -252,39 +264,39 @@ async fn verify(
     shared: &Shared,
     answers: &mpsc::Sender<(u32, Verdict, String)>,
 ) {
-    let arrived = Instant::now();
+    let gate = Gate::arrived(shared);
     let ip = request
         .remote_ip
         .or(peer)
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
     let outcome = if Tickets::is_ticket(&request.credentials.secret) {
-        redeem(shared, &request)
+        let redeemed = redeem(shared, &request);
+        if redeemed.is_err() {
+            gate.refuse(
+                &request.credentials.login,
+                request.service,
+                protocol,
+                "ticket refused",
+            )
+            .await;
+        }
+        redeemed
     } else {
-        shared
-            .index
-            .authenticate(request.service, protocol, &request.credentials, ip)
+        gate.check(request.service, protocol, &request.credentials, ip)
             .await
             .map(|grant| grant.login)
     };
     let (verdict, login) = match outcome {
-        // The user name in the form the daemon asked with: the full login
-        // for `alice@example.org`, the local part for `alice` (Prosody takes
-        // `user=` as the node of the JID it binds).
+        // The user name in the form the daemon asked with: the full login for
+        // `alice@example.org`, the local part for `alice` (Prosody takes `user=` as the node
+        // of the JID it binds).
         Ok(login) if request.credentials.login.contains('@') => {
             (Verdict::Accepted, login.to_string())
         }
         Ok(login) => (Verdict::Accepted, login.local_part().to_owned()),
-        Err(AuthError::Rejected) => {
-            tracing::info!(login = %crate::protocol::printable(&request.credentials.login), service = %request.service_name, "auth server refused a login");
-            let delay = Duration::from_millis(shared.auth.failure_delay_ms);
-            tokio::time::sleep_until(arrived + delay).await;
-            (Verdict::Rejected, String::new())
-        }
-        Err(AuthError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "credential check unavailable");
-            (Verdict::Temporary, String::new())
-        }
+        Err(AuthError::Rejected) => (Verdict::Rejected, String::new()),
+        Err(AuthError::Unavailable(_)) => (Verdict::Temporary, String::new()),
     };
     let _ = answers.send((request.id, verdict, login)).await;
 }

@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Shared;
+use super::admission::Admitted;
+use super::gate::Gate;
 use crate::config::ListenerConfig;
 use crate::credentials::index::Credential;
 use crate::credentials::{AuthError, Credentials, Grant, Protocol};
@@ -60,6 +62,8 @@ pub struct HttpListener {
 /// What the requests of one connection share.
 struct Connection {
     peer: SocketAddr,
+    /// The connection's place in the limits: pre-login until a request authenticates.
+    admitted: Arc<Admitted>,
     /// Verdicts on HTTP/1 request heads, in order (`None` on HTTP/2, which has no such
     /// framing ambiguity).
     sniffer: Option<Arc<Mutex<FramingSniffer>>>,
@@ -172,7 +176,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
 }
 
 /// Serves one accepted connection.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<HttpListener>) {
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<HttpListener>,
+    admitted: Arc<Admitted>,
+) {
     let limits = &listener.shared.limits;
     let tls = match tokio::time::timeout(limits.handshake_timeout(), listener.tls.accept(tcp)).await
     {
@@ -190,6 +199,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<HttpListener>
     });
     let conn = Arc::new(Connection {
         peer,
+        admitted,
         sniffer: sniffer.clone(),
         watched: Mutex::new(HashSet::new()),
         watchers: Mutex::new(JoinSet::new()),
@@ -364,6 +374,7 @@ async fn route(
         Ok(grant) => grant,
         Err(response) => return response,
     };
+    conn.admitted.logged_in();
     watch(conn, &grant);
     let target = Target {
         path: &path,
@@ -401,34 +412,31 @@ async fn authenticate(
             .insert(header::WWW_AUTHENTICATE, listener.realm.clone());
         response
     };
-    let arrived = Instant::now();
     let Some(authorization) = request.headers().get(header::AUTHORIZATION) else {
         // The first request of most clients: they send credentials once challenged.
         return Err(challenge());
     };
+    let gate = Gate::arrived(shared);
+    let protocol = Protocol::over_http(route.service).unwrap_or(Protocol::WebDav);
     let Some(credentials) = parse_basic(authorization.as_bytes())
         .map(|(login, secret)| Credentials::new(login, secret))
     else {
-        tracing::info!(service = %route.service, "login refused: malformed Basic credentials");
-        tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms))
-            .await;
+        gate.refuse(
+            "",
+            route.service,
+            protocol,
+            "login refused: malformed Basic credentials",
+        )
+        .await;
         return Err(challenge());
     };
-    let protocol = Protocol::over_http(route.service).unwrap_or(Protocol::WebDav);
-    match shared
-        .index
-        .authenticate(route.service, protocol, &credentials, conn.peer.ip())
+    match gate
+        .check(route.service, protocol, &credentials, conn.peer.ip())
         .await
     {
         Ok(grant) => Ok(grant),
-        Err(AuthError::Rejected) => {
-            tracing::info!(login = %crate::protocol::printable(&credentials.login), service = %route.service, "login refused");
-            tokio::time::sleep_until(arrived + Duration::from_millis(shared.auth.failure_delay_ms))
-                .await;
-            Err(challenge())
-        }
-        Err(AuthError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "credential check unavailable");
+        Err(AuthError::Rejected) => Err(challenge()),
+        Err(AuthError::Unavailable(_)) => {
             let mut response = simple(StatusCode::SERVICE_UNAVAILABLE, "Try again later\n");
             response
                 .headers_mut()

@@ -6,7 +6,9 @@
 //! drops), then runs [`session`]'s pre-auth driver with its protocol's machine, and the
 //! protocol's post-login half ([`imap`], [`smtp`]): backend login, then the relay.
 
+pub mod admission;
 pub mod auth;
+pub mod gate;
 pub mod http;
 pub mod imap;
 pub mod session;
@@ -20,7 +22,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -186,7 +187,11 @@ impl Gateway {
             TlsAcceptor::from(Arc::new(config))
         };
 
-        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let admission = Arc::new(admission::Admission::new(
+            config.limits.max_connections,
+            config.limits.pre_login_connections(),
+            config.limits.max_pre_login_per_address,
+        ));
         let tracker = TaskTracker::new();
         let mut local_addrs = Vec::new();
         for (socket, listener) in bound {
@@ -243,12 +248,12 @@ impl Gateway {
                 socket,
                 served,
                 shared.clone(),
-                connections.clone(),
+                admission.clone(),
                 tracker.clone(),
             ));
         }
         if let Some(auth_server) = &config.auth_server {
-            auth::start(auth_server, &shared, &connections, &tracker).await?;
+            auth::start(auth_server, &shared, &tracker).await?;
         }
         Ok(Self {
             shared,
@@ -311,7 +316,7 @@ async fn accept_loop(
     socket: TcpListener,
     served: Served,
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
+    admission: Arc<admission::Admission>,
     tracker: TaskTracker,
 ) {
     let shutdown = shared.shutdown.clone();
@@ -327,9 +332,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refuse_busy(&tcp, &served);
-            continue;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => Arc::new(admitted),
+            Err(refusal) => {
+                refuse_busy(&tcp, &served, refusal, peer);
+                continue;
+            }
         };
         let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
         let served = served.clone();
@@ -341,11 +349,10 @@ async fn accept_loop(
         };
         tracker.spawn(
             async move {
-                let _permit = permit;
                 let _ = tcp.set_nodelay(true);
                 match served {
-                    Served::Mail(context) => handle_mail(tcp, peer, context).await,
-                    Served::Http(listener) => http::serve(tcp, peer, listener).await,
+                    Served::Mail(context) => handle_mail(tcp, peer, context, &admitted).await,
+                    Served::Http(listener) => http::serve(tcp, peer, listener, admitted).await,
                 }
             }
             .instrument(span),
@@ -362,8 +369,8 @@ async fn accept_failed(error: &std::io::Error) {
 
 /// Over the connection limit: one best-effort line where the protocol starts in plaintext
 /// (no waiting on the client), then close.
-fn refuse_busy(tcp: &TcpStream, served: &Served) {
-    tracing::warn!("connection limit reached; refusing a connection");
+fn refuse_busy(tcp: &TcpStream, served: &Served, refusal: admission::Refusal, peer: SocketAddr) {
+    tracing::warn!(%peer, "{}; refusing a connection", refusal.as_str());
     if let Served::Mail(context) = served
         && context.config.tls == crate::config::ListenerTls::Starttls
     {
@@ -377,15 +384,22 @@ fn refuse_busy(tcp: &TcpStream, served: &Served) {
     }
 }
 
-async fn handle_mail(tcp: TcpStream, peer: SocketAddr, context: Arc<ListenerContext>) {
+async fn handle_mail(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+    admitted: &admission::Admitted,
+) {
     let local = match tcp.local_addr() {
         Ok(local) => local,
         Err(_) => return,
     };
     let client = crate::upstream::ClientInfo { peer, local };
     match context.config.protocol {
-        ListenerProtocol::Submission => smtp::serve(tcp, client, &context).await,
-        ListenerProtocol::Xmpp => xmpp::serve(tcp, client, &context).await,
-        ListenerProtocol::Imap | ListenerProtocol::Http => imap::serve(tcp, client, &context).await,
+        ListenerProtocol::Submission => smtp::serve(tcp, client, &context, admitted).await,
+        ListenerProtocol::Xmpp => xmpp::serve(tcp, client, &context, admitted).await,
+        ListenerProtocol::Imap | ListenerProtocol::Http => {
+            imap::serve(tcp, client, &context, admitted).await
+        }
     }
 }

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ListenerContext;
+use super::admission::Admitted;
+use super::gate::Gate;
 use crate::config::ListenerTls;
 use crate::credentials::{AuthError, Grant, Protocol};
 use crate::io::Stream;
@@ -39,15 +41,23 @@ pub struct Session<'a> {
     pub protocol: Protocol,
     /// Login must succeed before this instant.
     pub deadline: Instant,
+    /// The connection's place in the limits; it stops counting as pre-login once logged in.
+    admitted: &'a Admitted,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(context: &'a Arc<ListenerContext>, client: ClientInfo, protocol: Protocol) -> Self {
+    pub fn new(
+        context: &'a Arc<ListenerContext>,
+        client: ClientInfo,
+        protocol: Protocol,
+        admitted: &'a Admitted,
+    ) -> Self {
         Self {
             deadline: Instant::now() + context.shared.limits.login_timeout(),
             context,
             client,
             protocol,
+            admitted,
         }
     }
 
@@ -178,43 +188,30 @@ impl<'a> Session<'a> {
         )
     }
 
-    /// The credential check. A refusal is answered `failure_delay` after the request arrived,
-    /// whatever failed, so unknown users, wrong secrets and wrong services look alike.
+    /// The credential check, through the login gate (which times and logs refusals).
     async fn check(
         &self,
         request: LoginRequest,
         machine: &mut dyn PreAuth,
     ) -> Result<(String, Grant), Action> {
-        let arrived = Instant::now();
         let LoginRequest { tag, credentials } = request;
-        let shared = &self.context.shared;
-        let outcome = shared
-            .index
-            .authenticate(
+        let outcome = Gate::arrived(&self.context.shared)
+            .check(
                 self.protocol.service(),
                 self.protocol,
                 &credentials,
                 self.client.peer.ip(),
             )
             .await;
-        drop(credentials.secret);
+        drop(credentials);
         match outcome {
             Ok(grant) => {
+                self.admitted.logged_in();
                 tracing::info!(login = %grant.login, credential = ?grant.credential, "login accepted");
                 Ok((tag, grant))
             }
-            Err(AuthError::Rejected) => {
-                tracing::info!(login = %crate::protocol::printable(&credentials.login), "login refused");
-                tokio::time::sleep_until(
-                    arrived + Duration::from_millis(shared.auth.failure_delay_ms),
-                )
-                .await;
-                Err(machine.login_rejected(&tag))
-            }
-            Err(AuthError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "credential check unavailable");
-                Err(machine.login_unavailable(&tag))
-            }
+            Err(AuthError::Rejected) => Err(machine.login_rejected(&tag)),
+            Err(AuthError::Unavailable(_)) => Err(machine.login_unavailable(&tag)),
         }
     }
 }

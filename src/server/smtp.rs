@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::ListenerContext;
+use super::admission::Admitted;
 use super::session::{PreAuthEnd, Session};
 use crate::credentials::Protocol;
 use crate::protocol::smtp::{PreAuth, Settings};
@@ -17,8 +18,13 @@ const GOODBYES: Goodbyes = Goodbyes {
     shutdown: b"421 4.3.2 Server shutting down\r\n",
 };
 
-pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerContext>) {
-    let session = Session::new(context, client, Protocol::Submission);
+pub async fn serve(
+    tcp: TcpStream,
+    client: ClientInfo,
+    context: &Arc<ListenerContext>,
+    admitted: &Admitted,
+) {
+    let session = Session::new(context, client, Protocol::Submission, admitted);
     let Some(mut stream) = session.open(tcp).await else {
         return;
     };

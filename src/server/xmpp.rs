@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::ListenerContext;
+use super::admission::Admitted;
 use super::session::{PreAuthEnd, Session};
 use crate::credentials::{Protocol, Service};
 use crate::protocol::xmpp::{PreAuth, Restart, Settings};
@@ -25,8 +26,13 @@ const MAX_PRE_AUTH_ELEMENT: usize = 16 * 1024;
 /// How long a relayed XMPP stream may be silent both ways (clients ping every few minutes).
 const IDLE: Duration = Duration::from_secs(1800);
 
-pub async fn serve(tcp: TcpStream, client: ClientInfo, context: &Arc<ListenerContext>) {
-    let session = Session::new(context, client, Protocol::Xmpp);
+pub async fn serve(
+    tcp: TcpStream,
+    client: ClientInfo,
+    context: &Arc<ListenerContext>,
+    admitted: &Admitted,
+) {
+    let session = Session::new(context, client, Protocol::Xmpp, admitted);
     let Some(stream) = session.open(tcp).await else {
         return;
     };

@@ -341,7 +341,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            failure_delay_ms: 50,
+            failure_delay_ms: 250,
             max_connections: 1000,
             login_timeout_secs: 30,
             backend_timeout_secs: 5,
