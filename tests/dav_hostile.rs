@@ -101,6 +101,22 @@ fn smuggling_attempts_are_refused_and_the_connection_closed() {
                 "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\n\r\nPUT /s4 HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
             ),
         ),
+        (
+            "chunked twice",
+            format!(
+                "PUT /s5 HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "a coding before chunked",
+            format!(
+                "PUT /s6 HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "bare line feeds",
+            format!("PUT /s7 HTTP/1.1\nHost: 127.0.0.1\n{a}\nContent-Length: 1\n\nx"),
+        ),
     ] {
         let reply = exchange(&w, request.as_bytes());
         // The last response on the connection (a body need not end with a newline).
@@ -114,6 +130,37 @@ fn smuggling_attempts_are_refused_and_the_connection_closed() {
             "{what}: the request reached the backend"
         );
     }
+    // The probe's framing: a chunk extension longer than the sniffer follows, sent in pieces,
+    // then a request with both lengths. The second request must not pass unjudged.
+    let mut t = TlsRaw::connect(w.gateway.ports.http, &w.gateway.ca);
+    t.send(
+        format!(
+            "PUT /s8a HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+        )
+        .as_bytes(),
+    );
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        t.send(&[b'e'; 1000]);
+    }
+    t.send(
+        format!("\r\nx\r\n0\r\n\r\nPUT /s8 HTTP/1.1\r\nHost: 127.0.0.1\r\n{a}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .as_bytes(),
+    );
+    let mut reply = String::new();
+    loop {
+        let line = t.line();
+        if line.is_empty() {
+            break;
+        }
+        reply.push_str(&line);
+    }
+    assert!(
+        !w._wsgidav.home("alice@example.org").join("s8").exists(),
+        "the smuggled request reached the backend: {reply}"
+    );
+    let last_status = reply.rfind("HTTP/1.1 ").map_or("", |i| &reply[i..]);
+    assert!(last_status.starts_with("HTTP/1.1 400"), "{reply}");
     // A clean chunked upload still works.
     let reply = exchange(
         &w,

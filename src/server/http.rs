@@ -38,7 +38,6 @@ use super::gate::Gate;
 use crate::config::ListenerConfig;
 use crate::credentials::index::Credential;
 use crate::credentials::{AuthError, Credentials, Grant, Protocol};
-use crate::protocol::http::sniffer::Verdict;
 use crate::protocol::http::{
     FramingSniffer, Route, Router, forwarded_value, normalize_path, parse_basic, rewrite_prefix,
     strip_hop_by_hop,
@@ -314,7 +313,9 @@ async fn route(
 ) -> Response<ResponseBody> {
     if let Some(sniffer) = &conn.sniffer {
         let verdict = sniffer.lock().ok().and_then(|mut s| s.next_verdict());
-        if let Some(verdict @ (Verdict::LengthAndChunked | Verdict::DuplicateLength)) = verdict {
+        if let Some(verdict) = verdict
+            && !verdict.is_clean()
+        {
             tracing::info!(?verdict, "ambiguous request framing refused");
             return close(simple(
                 StatusCode::BAD_REQUEST,

@@ -17,6 +17,22 @@ pub enum Verdict {
     LengthAndChunked,
     /// More than one `Content-Length`.
     DuplicateLength,
+    /// A transfer coding other than one `chunked` (twice, or an unknown coding): parsers
+    /// disagree about such bodies, and no client needs them.
+    TransferEncoding,
+    /// A line of the head ends in a bare LF: allowed to recipients (RFC 9112 section 2.2),
+    /// but a proxy whose backend reads lines differently is where smuggling lives.
+    BareLineFeed,
+    /// The sniffer lost track of the framing before this request (a chunk line it would not
+    /// follow, a malformed chunk size): it cannot vouch for where the request begins, so the
+    /// request is refused rather than passed unjudged.
+    Unfollowable,
+}
+
+impl Verdict {
+    pub fn is_clean(self) -> bool {
+        self == Verdict::Clean
+    }
 }
 
 #[derive(Debug)]
@@ -27,9 +43,11 @@ enum State {
     ChunkData(u64),
     ChunkDataEnd,
     Trailers,
-    /// Framing could not be followed (a head too large or malformed: hyper refuses those and
-    /// closes). Nothing more is judged on this connection.
+    /// A request was refused: the connection closes after it, nothing more is judged.
     Off,
+    /// Framing could not be followed (a head too large or malformed, a chunk line not
+    /// followed): every later request is [`Verdict::Unfollowable`].
+    Lost,
 }
 
 /// Longest chunk-size or trailer line followed.
@@ -55,16 +73,21 @@ impl FramingSniffer {
         }
     }
 
-    /// The verdict on the next request, in order; `None` when framing could not be followed.
+    /// The verdict on the next request, in order. Once framing could not be followed, every
+    /// later request is [`Verdict::Unfollowable`].
     pub fn next_verdict(&mut self) -> Option<Verdict> {
-        self.verdicts.pop_front()
+        match self.verdicts.pop_front() {
+            Some(verdict) => Some(verdict),
+            None if matches!(self.state, State::Lost) => Some(Verdict::Unfollowable),
+            None => None,
+        }
     }
 
     /// Bytes as read from the client.
     pub fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             bytes = match self.state {
-                State::Off => return,
+                State::Off | State::Lost => return,
                 State::Body(left) => {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
                     let left = left - take as u64;
@@ -100,7 +123,10 @@ impl FramingSniffer {
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&self.buffer) {
             Ok(httparse::Status::Complete(len)) => {
-                let (verdict, framing) = judge(request.headers);
+                let (mut verdict, framing) = judge(request.headers);
+                if verdict.is_clean() && has_bare_line_feed(&self.buffer[..len]) {
+                    verdict = Verdict::BareLineFeed;
+                }
                 self.verdicts.push_back(verdict);
                 self.state = match (verdict, framing) {
                     (Verdict::Clean, Framing::Length(0) | Framing::None) => State::Head,
@@ -116,7 +142,7 @@ impl FramingSniffer {
             }
             Ok(httparse::Status::Partial) if self.buffer.len() < self.max_head => &bytes[take..],
             _ => {
-                self.state = State::Off;
+                self.state = State::Lost;
                 &[]
             }
         }
@@ -126,13 +152,17 @@ impl FramingSniffer {
         let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
             self.buffer.extend_from_slice(bytes);
             if self.buffer.len() > MAX_LINE {
-                self.state = State::Off;
+                self.state = State::Lost;
             }
             return &[];
         };
         self.buffer.extend_from_slice(&bytes[..end]);
         let line = std::mem::take(&mut self.buffer);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let Some(line) = line.strip_suffix(b"\r") else {
+            // A bare LF in the chunked framing: not followed (hyper may read it otherwise).
+            self.state = State::Lost;
+            return &[];
+        };
         self.state = match self.state {
             State::ChunkSize => {
                 let size = line.split(|&b| b == b';').next().unwrap_or(b"");
@@ -142,13 +172,13 @@ impl FramingSniffer {
                 {
                     Some(0) => State::Trailers,
                     Some(n) => State::ChunkData(n),
-                    None => State::Off,
+                    None => State::Lost,
                 }
             }
             State::ChunkDataEnd => State::ChunkSize,
             State::Trailers if line.is_empty() => State::Head,
             State::Trailers => State::Trailers,
-            _ => State::Off,
+            _ => State::Lost,
         };
         &bytes[end + 1..]
     }
@@ -160,25 +190,39 @@ enum Framing {
     Chunked,
 }
 
+/// Whether a line of `head` ends in LF without CR.
+fn has_bare_line_feed(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
 fn judge(headers: &[httparse::Header<'_>]) -> (Verdict, Framing) {
     let mut lengths = Vec::new();
-    let mut chunked = false;
+    // Every transfer coding named, across all Transfer-Encoding lines.
+    let mut codings: Vec<&[u8]> = Vec::new();
     let mut transfer_encoding = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             lengths.push(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            codings.extend(
+                h.value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty()),
+            );
         }
     }
     if transfer_encoding && !lengths.is_empty() {
         return (Verdict::LengthAndChunked, Framing::None);
     }
+    let chunked = match codings.as_slice() {
+        [] => false,
+        [only] if only.eq_ignore_ascii_case(b"chunked") => true,
+        _ => return (Verdict::TransferEncoding, Framing::None),
+    };
     if lengths.len() > 1 {
         return (Verdict::DuplicateLength, Framing::None);
     }
@@ -207,7 +251,14 @@ mod tests {
         for chunk in input {
             s.observe(chunk);
         }
-        std::iter::from_fn(|| s.next_verdict()).collect()
+        let mut out = Vec::new();
+        while let Some(verdict) = s.next_verdict() {
+            out.push(verdict);
+            if verdict == Verdict::Unfollowable {
+                break;
+            }
+        }
+        out
     }
 
     #[test]
@@ -258,11 +309,59 @@ DELETE /f HTTP/1.1\r\nHost: a\r\n\r\n";
     }
 
     #[test]
-    fn oversized_or_garbage_heads_stop_the_sniffer() {
+    fn oversized_or_garbage_heads_stop_the_sniffer_and_it_vouches_for_nothing_after() {
         let mut s = FramingSniffer::new(64);
         s.observe(&[b'a'; 1000]);
-        assert_eq!(s.next_verdict(), None);
+        assert_eq!(s.next_verdict(), Some(Verdict::Unfollowable));
         s.observe(b"GET / HTTP/1.1\r\n\r\n");
-        assert_eq!(s.next_verdict(), None);
+        assert_eq!(s.next_verdict(), Some(Verdict::Unfollowable));
+    }
+
+    #[test]
+    fn a_long_chunk_extension_split_across_reads_does_not_switch_the_check_off() {
+        // The probe: a chunk line past the sniffer's line limit, in pieces, then a smuggler.
+        let extension = vec![b'x'; 5000];
+        let head: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;";
+        let smuggler: &[u8] =
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut s = FramingSniffer::new(8192);
+        s.observe(head);
+        for piece in extension.chunks(1000) {
+            s.observe(piece);
+        }
+        s.observe(b"\r\nx\r\n0\r\n\r\n");
+        s.observe(smuggler);
+        assert_eq!(s.next_verdict(), Some(Verdict::Clean));
+        assert_ne!(s.next_verdict(), Some(Verdict::Clean));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_one_chunked_and_bare_line_feeds_are_flagged() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                [..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+        ] {
+            assert_eq!(
+                verdicts(&[head]),
+                vec![Verdict::TransferEncoding],
+                "{head:?}"
+            );
+        }
+        assert_eq!(
+            verdicts(&[b"GET / HTTP/1.1\nHost: a\n\n"]),
+            vec![Verdict::BareLineFeed]
+        );
+        assert_eq!(
+            verdicts(&[b"GET / HTTP/1.1\r\nHost: a\n\r\n"]),
+            vec![Verdict::BareLineFeed]
+        );
+        // A bare LF in the chunked framing: the next request is not vouched for.
+        assert_eq!(
+            verdicts(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n"]),
+            vec![Verdict::Clean, Verdict::Unfollowable]
+        );
     }
 }
