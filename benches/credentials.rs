@@ -60,7 +60,7 @@ fn benches(c: &mut Criterion) {
         // What a client presents: built once, as a protocol machine hands it over.
         let secret = Credentials::new("alice".to_owned(), secret);
         index
-            .authenticate(Service::Mail, Protocol::Imap, &secret, PEER)
+            .authenticate(Service::Mail, Protocol::Imap, &secret, &PEER.into())
             .await
             .expect("warm");
         (index, secret, hash, uncached)
@@ -71,7 +71,7 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             black_box(
                 index
-                    .authenticate(Service::Mail, Protocol::Imap, &secret, PEER)
+                    .authenticate(Service::Mail, Protocol::Imap, &secret, &PEER.into())
                     .await
                     .expect("accepted"),
             )
@@ -81,7 +81,7 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             black_box(
                 uncached
-                    .authenticate(Service::Mail, Protocol::Imap, &secret, PEER)
+                    .authenticate(Service::Mail, Protocol::Imap, &secret, &PEER.into())
                     .await
                     .expect("accepted"),
             )

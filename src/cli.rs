@@ -384,9 +384,13 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         (false, None) => "expired",
                     };
                     let last = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
-                        (Some(at), Some(ip), Some(proto)) => {
-                            format!("{} {ip} {proto}", timestamp(*at))
-                        }
+                        (Some(at), Some(ip), Some(proto)) => match &p.last_used_reporter {
+                            // An address a daemon reported, not one the gateway saw.
+                            Some(by) => {
+                                format!("{} {ip} {proto} (reported by {by})", timestamp(*at))
+                            }
+                            None => format!("{} {ip} {proto}", timestamp(*at)),
+                        },
                         _ => "never".to_owned(),
                     };
                     rows.push([

@@ -170,11 +170,23 @@ fn the_auth_protocol_checks_scope_and_answers_pipelined_requests_in_any_order() 
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o660
     );
-    // The last use came from the address the daemon reported.
+    // The last use is the address the daemon reported, marked as the daemon's word.
     std::thread::sleep(Duration::from_millis(1500));
     let listed = gateway.cli_ok(&["app-password", "list", "alice", "--json"], None);
     assert!(
-        listed.contains("192.0.2.10") || listed.contains("127.0.0.1"),
+        listed.contains("\"last_used_reporter\":\"auth server unix socket\""),
+        "{listed}"
+    );
+    let mut c = Client::connect(port);
+    c.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\trip=192.0.2.10\tresp={}\n",
+        plain("", "alice", &mail)
+    ));
+    assert_eq!(c.line(), "OK\t1\tuser=alice");
+    std::thread::sleep(Duration::from_millis(1500));
+    let listed = gateway.cli_ok(&["app-password", "list", "alice"], None);
+    assert!(
+        listed.contains("192.0.2.10 submission (reported by auth server 127.0.0.1)"),
         "{listed}"
     );
 }

@@ -472,3 +472,58 @@ fn one_address_cannot_take_every_connection() {
     let _ = attacker.kill();
     let _ = attacker.wait();
 }
+
+const APPEND_BIG: &str = r#"
+import imaplib, ssl, sys
+port, ca, password = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ctx)
+imap.login("alice", password)
+body = ("x" * 998 + "\r\n") * 4096
+message = f"From: a@example.org\r\nTo: alice@example.org\r\nSubject: big\r\n\r\n{body}"
+typ, _ = imap.append("INBOX", None, None, message.encode())
+print("APPEND", typ)
+imap.logout()
+"#;
+
+#[test]
+fn a_client_that_stops_reading_is_idle_even_while_the_backend_writes() {
+    let (_sink, _dovecot, gw) = gateway(Options {
+        limits: "imap_idle_timeout_secs = 2".to_owned(),
+        ..Options::default()
+    });
+    let secret = gw.app_password("alice", "mail", "t");
+    let ca = gw.ca.to_string_lossy().into_owned();
+    let out = python_ok(APPEND_BIG, &[&gw.ports.imaps.to_string(), &ca, &secret]);
+    assert!(out.contains("APPEND OK"), "{out}");
+    let mut t = TlsRaw::connect(gw.ports.imaps, &gw.ca);
+    t.line();
+    t.send(format!("a LOGIN alice {secret}\r\n").as_bytes());
+    assert!(t.until("a ").contains("a OK"));
+    t.send(b"b SELECT INBOX\r\n");
+    t.until("b ");
+    // Ask for the 4 MiB message twenty times over and read none of it.
+    let fetches: String = (0..20)
+        .map(|i| format!("f{i} FETCH 1 BODY[]\r\n"))
+        .collect();
+    t.send(fetches.as_bytes());
+    let started = Instant::now();
+    let ended = loop {
+        if gw.log().contains("session ended end=IdleTimeout") {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        ended,
+        "a session blocked on a client that does not read lived on\n{}",
+        gw.log()
+    );
+    eprintln!(
+        "stuck session closed {:?} after the last read",
+        started.elapsed()
+    );
+}

@@ -10,7 +10,6 @@
 //! state wakes relayed sessions whose credential just died.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::hashing::{HashError, PasswordHasher, app_password_digest, normalize_app_password};
 use super::model::{
-    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login,
+    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Origin,
     Protocol, Service,
 };
 use super::secret::Secret;
@@ -226,7 +225,7 @@ impl CredentialIndex {
         service: Service,
         protocol: Protocol,
         credentials: &Credentials,
-        peer: IpAddr,
+        origin: &Origin,
     ) -> Result<Grant, AuthError> {
         let login = self.claimed_account(credentials)?;
         let secret = &credentials.secret;
@@ -243,7 +242,7 @@ impl CredentialIndex {
                 live,
             };
             if grant.is_alive() {
-                self.record_use(&grant, peer, protocol);
+                self.record_use(&grant, origin, protocol);
                 return Ok(grant);
             }
             self.cache.invalidate(&key).await;
@@ -256,7 +255,7 @@ impl CredentialIndex {
                 (grant.live.clone(), grant.credential, grant.login.clone()),
             )
             .await;
-        self.record_use(&grant, peer, protocol);
+        self.record_use(&grant, origin, protocol);
         Ok(grant)
     }
 
@@ -373,14 +372,15 @@ impl CredentialIndex {
         mac.finalize().into_bytes().into()
     }
 
-    fn record_use(&self, grant: &Grant, peer: IpAddr, protocol: Protocol) {
+    fn record_use(&self, grant: &Grant, origin: &Origin, protocol: Protocol) {
         if let (Some(sink), Credential::AppPassword { id, .. }) = (&self.uses, grant.credential) {
             // A full queue drops the record: last-use bookkeeping must never slow a login.
             let _ = sink.try_send(Use {
                 id,
                 at: crate::credentials::model::now_ms(),
-                ip: peer.to_string(),
+                ip: origin.ip.to_string(),
                 protocol: protocol.as_str(),
+                reporter: origin.reported_by.clone(),
             });
         }
     }

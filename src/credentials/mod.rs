@@ -8,5 +8,5 @@ pub mod secret;
 pub mod tickets;
 
 pub use index::{AuthError, CredentialIndex, Grant};
-pub use model::{Credentials, IdentityError, Login, Protocol, Service};
+pub use model::{Credentials, IdentityError, Login, Origin, Protocol, Service};
 pub use secret::Secret;

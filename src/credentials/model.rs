@@ -195,6 +195,25 @@ impl Credentials {
     }
 }
 
+/// Where a login came from, for the last-use record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The end user's address.
+    pub ip: std::net::IpAddr,
+    /// Who told us `ip`, when it was not the connection the gateway itself accepted.
+    pub reported_by: Option<String>,
+}
+
+impl From<std::net::IpAddr> for Origin {
+    /// An address the gateway saw itself.
+    fn from(ip: std::net::IpAddr) -> Self {
+        Self {
+            ip,
+            reported_by: None,
+        }
+    }
+}
+
 /// Row id of an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -264,6 +283,9 @@ pub struct AppPasswordInfo {
     pub last_used_at: Option<i64>,
     pub last_used_ip: Option<String>,
     pub last_used_protocol: Option<String>,
+    /// Who reported `last_used_ip` when the gateway did not see the client itself: the auth
+    /// server's daemon (`auth server 127.0.0.1`, `auth server unix socket`).
+    pub last_used_reporter: Option<String>,
     /// Alive: not revoked and made under the account's current generation.
     pub alive: bool,
 }

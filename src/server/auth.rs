@@ -22,7 +22,7 @@ use super::gate::Gate;
 use super::{Shared, StartError};
 use crate::config::{AuthListen, AuthServerConfig};
 use crate::credentials::tickets::Tickets;
-use crate::credentials::{AuthError, Login, Protocol};
+use crate::credentials::{AuthError, Login, Origin, Protocol};
 use crate::protocol::dovecot_auth::Request;
 use crate::protocol::dovecot_auth::{AuthServer, Event, Verdict};
 
@@ -265,10 +265,16 @@ async fn verify(
     answers: &mpsc::Sender<(u32, Verdict, String)>,
 ) {
     let gate = Gate::arrived(shared);
-    let ip = request
-        .remote_ip
-        .or(peer)
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    // The end user's address as the daemon reports it (rip=), marked as reported by it: a
+    // daemon can name any address, so the record says whose word it is.
+    let daemon = peer.map_or_else(|| "unix socket".to_owned(), |ip| ip.to_string());
+    let origin = Origin {
+        ip: request
+            .remote_ip
+            .or(peer)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        reported_by: Some(format!("auth server {daemon}")),
+    };
     let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
     let outcome = if Tickets::is_ticket(&request.credentials.secret) {
         let redeemed = redeem(shared, &request);
@@ -283,7 +289,7 @@ async fn verify(
         }
         redeemed
     } else {
-        gate.check(request.service, protocol, &request.credentials, ip)
+        gate.check(request.service, protocol, &request.credentials, &origin)
             .await
             .map(|grant| grant.login)
     };

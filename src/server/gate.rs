@@ -7,13 +7,12 @@
 //! could not finish in that time (a slow hash waiting behind a flood is abandoned then, so
 //! the time of a refusal tells nothing about which accounts exist, and no work outlives it).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::credentials::{AuthError, Credentials, Grant, Protocol, Service};
+use crate::credentials::{AuthError, Credentials, Grant, Origin, Protocol, Service};
 
 /// One login's pass through the gate, from the moment it arrived.
 pub struct Gate<'a> {
@@ -37,12 +36,12 @@ impl<'a> Gate<'a> {
         service: Service,
         protocol: Protocol,
         credentials: &Credentials,
-        peer: IpAddr,
+        origin: &Origin,
     ) -> Result<Grant, AuthError> {
         let check = self
             .shared
             .index
-            .authenticate(service, protocol, credentials, peer);
+            .authenticate(service, protocol, credentials, origin);
         let outcome = match tokio::time::timeout_at(self.answer_at, check).await {
             Ok(outcome) => outcome,
             Err(_) => {

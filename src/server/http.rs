@@ -432,7 +432,12 @@ async fn authenticate(
         return Err(challenge());
     };
     match gate
-        .check(route.service, protocol, &credentials, conn.peer.ip())
+        .check(
+            route.service,
+            protocol,
+            &credentials,
+            &conn.peer.ip().into(),
+        )
         .await
     {
         Ok(grant) => Ok(grant),

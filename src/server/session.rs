@@ -200,7 +200,7 @@ impl<'a> Session<'a> {
                 self.protocol.service(),
                 self.protocol,
                 &credentials,
-                self.client.peer.ip(),
+                &self.client.peer.ip().into(),
             )
             .await;
         drop(credentials);

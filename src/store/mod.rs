@@ -26,7 +26,10 @@ use crate::credentials::model::{
 };
 
 /// Schema migrations, applied in order on open; the version is recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_use_reporter.sql")),
+];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
 /// down longer reloads everything it caches on start anyway.
@@ -87,6 +90,9 @@ pub struct Use {
     pub at: i64,
     pub ip: String,
     pub protocol: &'static str,
+    /// Who reported `ip` when the gateway did not see the client itself (a daemon asking the
+    /// auth server); `None` when it did.
+    pub reporter: Option<String>,
 }
 
 /// A handle on the database; cheap to clone.
@@ -245,11 +251,12 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for u in uses {
             sqlx::query(
-                "UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3 WHERE id = $4",
+                "UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_reporter = $4 WHERE id = $5",
             )
             .bind(u.at)
             .bind(&u.ip)
             .bind(u.protocol)
+            .bind(u.reporter.as_deref())
             .bind(u.id.0)
             .execute(&mut *tx)
             .await?;
@@ -421,7 +428,7 @@ impl Store {
     ) -> Result<Vec<AppPasswordInfo>, StoreError> {
         let account = self.require_account(login).await?;
         let rows = sqlx::query(
-            "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
+            "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol, last_used_reporter FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
         )
         .bind(account.id.0)
         .fetch_all(&self.pool)
@@ -443,6 +450,7 @@ impl Store {
                     last_used_at: row.try_get("last_used_at")?,
                     last_used_ip: row.try_get("last_used_ip")?,
                     last_used_protocol: row.try_get("last_used_protocol")?,
+                    last_used_reporter: row.try_get("last_used_reporter")?,
                     alive: revoked_at.is_none() && generation == account.generation,
                 })
             })

@@ -192,13 +192,15 @@ pub async fn relay(
             read = client.read(&mut from_client) => match read {
                 Ok(0) => return RelayEnd::ClientClosed,
                 Ok(n) => {
-                    // A peer that stops reading must not hold off revocation or shutdown.
+                    // A peer that stops reading must not hold off revocation or shutdown, and a
+                    // write blocked for the idle time counts as idle.
                     tokio::select! {
                         written = backend.write_all(&from_client[..n]) => if written.is_err() {
                             return RelayEnd::BackendError;
                         },
                         () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
                         () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
+                        () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
                     }
                     deadline = Instant::now() + idle;
                 }
@@ -217,6 +219,7 @@ pub async fn relay(
                         },
                         () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
                         () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
+                        () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
                     }
                     deadline = Instant::now() + idle;
                 }
@@ -325,7 +328,7 @@ mod tests {
                 Service::Mail,
                 Protocol::Imap,
                 &crate::credentials::Credentials::new(login.as_str().to_owned(), secret),
-                peer,
+                &peer.into(),
             )
             .await
             .unwrap();

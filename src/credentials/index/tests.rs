@@ -64,7 +64,7 @@ impl Fixture {
                 service,
                 Protocol::Imap,
                 &Credentials::new(user.to_owned(), secret.clone()),
-                PEER,
+                &PEER.into(),
             )
             .await
     }
@@ -129,7 +129,12 @@ async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
     ] {
         let grant = f
             .index
-            .authenticate(Service::Mail, Protocol::Imap, &with(login, authzid), PEER)
+            .authenticate(
+                Service::Mail,
+                Protocol::Imap,
+                &with(login, authzid),
+                &PEER.into(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{login} as {authzid}: {e}"));
         assert_eq!(grant.login, login_of("alice@example.org"));
@@ -143,7 +148,12 @@ async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
     ] {
         assert!(matches!(
             f.index
-                .authenticate(Service::Mail, Protocol::Imap, &with(login, authzid), PEER)
+                .authenticate(
+                    Service::Mail,
+                    Protocol::Imap,
+                    &with(login, authzid),
+                    &PEER.into()
+                )
                 .await,
             Err(AuthError::Rejected)
         ));
@@ -355,7 +365,7 @@ async fn a_wrong_app_password_guess_runs_no_slow_hash() {
                 Service::Mail,
                 Protocol::Imap,
                 &Credentials::new("alice".to_owned(), Secret::from(guess)),
-                PEER,
+                &PEER.into(),
             ),
         )
         .await
