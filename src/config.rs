@@ -406,6 +406,11 @@ pub struct BackendConfig {
     /// serves both lets a calendar password read contacts through the calendar route.
     #[serde(default)]
     pub shared_between_services: bool,
+    /// The gateway's credentials for this backend (a master password, Basic credentials) or
+    /// the trusted user header cross a network without TLS to an address that is not loopback.
+    /// Refused unless this is set: only for a network the operator protects some other way.
+    #[serde(default)]
+    pub allow_cleartext_to_backend: bool,
 }
 
 fn default_backend_connections() -> usize {
@@ -425,6 +430,38 @@ fn default_backend_timeout() -> u64 {
 }
 
 impl BackendConfig {
+    /// Whether the gateway's backend credentials or the trusted user header would cross a
+    /// network in clear: no TLS, and the backend's host is not loopback.
+    pub fn sends_secrets_in_clear(&self) -> bool {
+        let (plain, host) = match &self.url {
+            Some(url) => {
+                let uri: Option<http::Uri> = url.parse().ok();
+                (
+                    url.starts_with("http://"),
+                    uri.and_then(|u| u.host().map(str::to_owned))
+                        .unwrap_or_default(),
+                )
+            }
+            None => (self.tls == BackendTls::None, self.host().to_owned()),
+        };
+        let carries_secret = matches!(
+            self.login,
+            BackendLogin::MasterUser
+                | BackendLogin::SaslAuthzid
+                | BackendLogin::Basic
+                | BackendLogin::TrustedHeader
+        );
+        carries_secret && plain && !is_loopback_host(&host)
+    }
+
+    fn what_is_sent(&self) -> &'static str {
+        match self.login {
+            BackendLogin::TrustedHeader => "the trusted user header",
+            BackendLogin::Basic => "its Basic credentials",
+            _ => "the master password",
+        }
+    }
+
     /// `scheme://host:port` of an HTTP backend, with the scheme's default port spelled out:
     /// two backend entries with the same origin are one server.
     pub fn origin(&self) -> Option<String> {
@@ -586,9 +623,42 @@ impl Config {
             }
         }
         self.validate_service_split()?;
+        for (name, backend) in &self.backends {
+            if backend.sends_secrets_in_clear() && !backend.allow_cleartext_to_backend {
+                return Err(format!(
+                    "[backend.{name}] would send {} without TLS to {}, which is not loopback: use TLS (tls = \"starttls\"/\"implicit\", an https:// url), or set allow_cleartext_to_backend = true if that network is protected otherwise",
+                    backend.what_is_sent(),
+                    backend.url.as_deref().unwrap_or_else(|| backend.address())
+                ));
+            }
+        }
+        for (key, value) in [
+            ("login_timeout_secs", self.limits.login_timeout_secs),
+            ("handshake_timeout_secs", self.limits.handshake_timeout_secs),
+            ("imap_idle_timeout_secs", self.limits.imap_idle_timeout_secs),
+            ("smtp_idle_timeout_secs", self.limits.smtp_idle_timeout_secs),
+            (
+                "http_header_timeout_secs",
+                self.limits.http_header_timeout_secs,
+            ),
+            ("http_idle_timeout_secs", self.limits.http_idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "[limits] {key} = 0 would close every connection at once (or, read as no limit, never): give it seconds"
+                ));
+            }
+        }
         if let Some(auth_server) = &self.auth_server {
             if auth_server.listen.is_empty() {
                 return Err("[auth_server] listen is empty".into());
+            }
+            let mode = auth_server.mode()?;
+            if mode & 0o002 != 0 && !auth_server.allow_public_listen {
+                return Err(format!(
+                    "[auth_server] unix_mode {:04o} lets every local user connect and try passwords: use 0660 with unix_group, or set allow_public_listen = true",
+                    mode
+                ));
             }
             for address in auth_server.addresses()? {
                 if let AuthListen::Tcp(address) = address
@@ -784,6 +854,26 @@ impl Config {
     /// Settings that are allowed but that an operator should hear about, one line each.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.auth.failure_delay_ms < 100 {
+            warnings.push(format!(
+                "[auth] failure_delay_ms = {}: refusals come almost at once, which speeds up guessing; and a main-password check must finish within it",
+                self.auth.failure_delay_ms
+            ));
+        }
+        if self.auth.max_failures > 10 {
+            warnings.push(format!(
+                "[auth] max_failures = {}: a connection may guess that many times before it is closed",
+                self.auth.max_failures
+            ));
+        }
+        for (name, backend) in &self.backends {
+            if backend.sends_secrets_in_clear() {
+                warnings.push(format!(
+                    "[backend.{name}] sends {} without TLS (allow_cleartext_to_backend)",
+                    backend.what_is_sent()
+                ));
+            }
+        }
         for (origin, (services, names)) in self.services_by_server() {
             if services.len() > 1 {
                 warnings.push(format!(
@@ -803,6 +893,15 @@ fn join_services(services: &BTreeSet<Service>) -> String {
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+/// A host that is this machine: `localhost` or a loopback address (brackets allowed).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Loopback or a private network (RFC 1918, IPv6 unique local): not reachable from the
@@ -844,8 +943,21 @@ impl std::fmt::Display for ParseFailure {
     }
 }
 
-/// Reads a secret from the first line of a file (a trailing newline is not part of it).
+/// Reads a secret from the first line of a file (a trailing newline is not part of it). A file
+/// every local user can read is refused: the secret would be everyone's.
 pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "secret file {} is readable by every user (mode {:04o}): chmod 600 it (640 with a group that needs it)",
+            path.display(),
+            mode & 0o777
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     let line = text.lines().next().unwrap_or("");

@@ -77,6 +77,11 @@ fn account_and_app_password_lifecycle() {
     assert_eq!(code, 1);
     assert!(err.contains("m.secret"), "{err}");
     std::fs::write(dir.path().join("m.secret"), "master\n").unwrap();
+    set_mode(&dir.path().join("m.secret"), 0o644);
+    let (code, _, err) = cli(&cfg, &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("readable by every user (mode 0644)"), "{err}");
+    set_mode(&dir.path().join("m.secret"), 0o600);
     let (code, _, err) = cli(&cfg, &["check-config"], "");
     assert_eq!(code, 0, "{err}");
 
@@ -207,6 +212,7 @@ fn the_example_config_checks_and_the_default_path_is_used() {
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     std::fs::copy(&example, dir.path().join("config/portcullis.toml")).unwrap();
     std::fs::write(dir.path().join("config/backend-master.secret"), "master\n").unwrap();
+    set_mode(&dir.path().join("config/backend-master.secret"), 0o600);
     let run = |args: &[&str]| {
         Command::new(binary())
             .args(args)
@@ -260,4 +266,108 @@ fn the_example_config_checks_and_the_default_path_is_used() {
         stderr.contains("warning: http://127.0.0.1:15232 serves calendar and contacts"),
         "{stderr}"
     );
+}
+
+#[test]
+fn dangerous_settings_are_refused_unless_named_and_doubtful_ones_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.secret"), "master\n").unwrap();
+    set_mode(&dir.path().join("m.secret"), 0o600);
+    let cfg = config(dir.path(), "");
+    let (code, _, err) = cli(&cfg, &["dev-cert"], "");
+    assert_eq!(code, 0, "{err}");
+    let check = |extra: &str, replace: (&str, &str)| {
+        let text = std::fs::read_to_string(config(dir.path(), extra))
+            .unwrap()
+            .replace(replace.0, replace.1);
+        std::fs::write(dir.path().join("p.toml"), text).unwrap();
+        cli(&dir.path().join("p.toml"), &["check-config"], "")
+    };
+    let none = ("", "");
+    for (extra, replace, refusal, accept) in [
+        (
+            "",
+            ("127.0.0.1:143", "192.0.2.5:143"),
+            "would send the master password without TLS to 192.0.2.5:143",
+            "allow_cleartext_to_backend = true",
+        ),
+        (
+            "[[listener]]\nprotocol = \"http\"\naddress = \"127.0.0.1:8443\"\ntls = \"implicit\"\n[[listener.route]]\nservice = \"disk\"\nbackend = \"dav\"\n[backend.dav]\nurl = \"http://dav.internal:8080/\"\nlogin = \"trusted-header\"\n",
+            none,
+            "would send the trusted user header without TLS to http://dav.internal:8080/",
+            "allow_cleartext_to_backend = true",
+        ),
+        (
+            "[auth_server]\nlisten = [\"unix:{dir}/a.sock\"]\nunix_mode = \"0777\"\n",
+            none,
+            "unix_mode 0777 lets every local user connect",
+            "allow_public_listen = true",
+        ),
+        (
+            "[auth_server]\nlisten = [\"0.0.0.0:12345\"]\n",
+            none,
+            "0.0.0.0:12345: the auth protocol carries passwords in the clear",
+            "allow_public_listen = true",
+        ),
+        (
+            "[limits]\nlogin_timeout_secs = 0\n",
+            none,
+            "login_timeout_secs = 0",
+            "",
+        ),
+    ] {
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        let (code, _, err) = check(&extra, replace);
+        assert_eq!(code, 1, "{extra}: {err}");
+        assert!(err.contains(refusal), "{extra}: {err}");
+        if accept.is_empty() {
+            continue;
+        }
+        // The named setting accepts the risk, which check-config then repeats as a warning,
+        // where it is one.
+        let accepted = if extra.contains("[backend.dav]") {
+            format!("{extra}{accept}\n")
+        } else if extra.contains("[auth_server]") {
+            format!("{extra}{accept}\n")
+        } else {
+            format!("{accept}\n{extra}")
+        };
+        let (code, _, err) = check(&accepted, replace);
+        assert_eq!(code, 0, "{accepted}: {err}");
+    }
+    // Allowed, but worth a word.
+    let (code, _, err) = check("[auth]\nfailure_delay_ms = 0\nmax_failures = 100\n", none);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: [auth] failure_delay_ms = 0"),
+        "{err}"
+    );
+    assert!(err.contains("warning: [auth] max_failures = 100"), "{err}");
+}
+
+#[test]
+fn the_database_and_its_log_are_private_to_the_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let (code, _, err) = cli(&cfg, &["account", "create", "alice"], "pw\n");
+    assert_eq!(code, 0, "{err}");
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+    };
+    assert_eq!(mode("p.db"), Some(0o600));
+    for extra in ["p.db-wal", "p.db-shm"] {
+        assert!(
+            matches!(mode(extra), None | Some(0o600)),
+            "{extra}: {:?}",
+            mode(extra)
+        );
+    }
+    // A database left world-readable by an older version is narrowed.
+    set_mode(&dir.path().join("p.db"), 0o644);
+    let (code, _, err) = cli(&cfg, &["account", "show", "alice"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode("p.db"), Some(0o600));
 }

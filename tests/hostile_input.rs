@@ -527,3 +527,63 @@ fn a_client_that_stops_reading_is_idle_even_while_the_backend_writes() {
         started.elapsed()
     );
 }
+
+/// The soft open-file limit of a process, from /proc.
+fn open_file_limit(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_open_file_limit_is_raised_and_connections_never_outgrow_it() {
+    // A soft limit below the hard one is raised to it at start.
+    let (_sink, _dovecot, gw) = gateway(Options {
+        open_files: Some("256:4096"),
+        ..Options::default()
+    });
+    assert_eq!(open_file_limit(gw.pid()), 4096);
+    drop(gw);
+
+    // A hard limit too low for max_connections: the gateway says so and serves what fits, so
+    // every connection past it gets a busy reply instead of a failing accept and a hang.
+    let (_sink, _dovecot, gw) = gateway(Options {
+        open_files: Some("256:256"),
+        max_connections: 1000,
+        limits: "max_pre_login_per_address = 1000\nmax_pre_login_connections = 1000".to_owned(),
+        ..Options::default()
+    });
+    let secret = gw.app_password("alice", "mail", "t");
+    assert!(
+        gw.log().contains("the open-file limit holds"),
+        "{}",
+        gw.log()
+    );
+    let mut held = Vec::new();
+    let (mut greeted, mut busy) = (0, 0);
+    for _ in 0..200 {
+        let mut c = Raw::connect(gw.ports.imap);
+        let line = c.line();
+        if line.starts_with("* OK") {
+            greeted += 1;
+            held.push(c);
+        } else if line.contains("Too many connections") {
+            busy += 1;
+        } else {
+            panic!(
+                "neither a greeting nor a busy reply: {line:?}\n{}",
+                gw.log()
+            );
+        }
+    }
+    eprintln!("under a 256-descriptor limit: {greeted} greeted, {busy} told busy");
+    assert!(greeted > 50 && busy > 0, "{greeted} greeted, {busy} busy");
+    assert!(!gw.log().contains("accept failed"), "{}", gw.log());
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&gw, &secret);
+}

@@ -91,6 +91,7 @@ impl Gateway {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        let max_connections = connections_that_fit(&config);
         let store = Store::open(&config.store.url).await?;
         let (uses, use_writer) = spawn_use_writer(store.clone());
         let settings = IndexSettings {
@@ -188,8 +189,8 @@ impl Gateway {
         };
 
         let admission = Arc::new(admission::Admission::new(
-            config.limits.max_connections,
-            config.limits.pre_login_connections(),
+            max_connections,
+            config.limits.pre_login_connections().min(max_connections),
             config.limits.max_pre_login_per_address,
         ));
         let tracker = TaskTracker::new();
@@ -303,6 +304,48 @@ async fn probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<St
             tracing::warn!(backend = %backend.name, error = %e, "could not learn the backend's SMTP extensions yet")
         }
     }
+}
+
+/// Descriptors the gateway needs besides two per client connection (the client's and its
+/// backend's): the store, logs, the runtime, and slack.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the open-file limit to what the system allows and returns how many client
+/// connections fit in it (at most `max_connections`). Each relayed session holds two
+/// descriptors; past the limit `accept` would fail in a loop while clients hang, so the
+/// connection limit is lowered instead, loudly.
+fn connections_that_fit(config: &Config) -> usize {
+    let wanted = config.limits.max_connections;
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return wanted;
+        }
+    };
+    let fixed = SPARE_DESCRIPTORS
+        + config.listeners.len() as u64
+        + config
+            .auth_server
+            .as_ref()
+            .map_or(0, |a| (a.max_connections + a.listen.len()) as u64)
+        + config
+            .backends
+            .values()
+            .filter(|b| b.is_http())
+            .map(|b| b.max_connections as u64)
+            .sum::<u64>();
+    let fits = usize::try_from(limit.saturating_sub(fixed) / 2).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = wanted,
+            "the open-file limit holds {fits} client connections (two descriptors each): serving at most {fits}; raise the hard limit (LimitNOFILE=, ulimit -Hn) to serve {wanted}",
+        );
+        return fits.max(1);
+    }
+    tracing::debug!(open_file_limit = limit, "open-file limit");
+    wanted
 }
 
 /// What a listener serves.

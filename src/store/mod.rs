@@ -95,6 +95,33 @@ pub struct Use {
     pub reporter: Option<String>,
 }
 
+/// Makes the database and its WAL and shared-memory files readable by their owner only: they
+/// hold password hashes and digests. A new database is created 0600 (SQLite gives its WAL the
+/// database file's mode); existing files with wider modes are narrowed.
+fn private_files(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !Path::new(path).exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+    }
+    for file in [
+        path.to_owned(),
+        format!("{path}-wal"),
+        format!("{path}-shm"),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(file, "narrowing the mode of a database file to 0600");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -119,6 +146,7 @@ impl Store {
             {
                 std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
             }
+            private_files(path).map_err(sqlx::Error::Io)?;
             SqliteConnectOptions::new().filename(path)
         };
         let options = options

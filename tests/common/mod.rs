@@ -336,6 +336,8 @@ pub struct Options {
     /// Appended to the configuration (more listeners and backends); `{http}` is replaced by
     /// the HTTP listener's port.
     pub tail: String,
+    /// Run the gateway under this open-file limit (`SOFT:HARD`, as prlimit takes it).
+    pub open_files: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -349,6 +351,7 @@ impl Default for Options {
             log_filter: "info,portcullis=debug",
             tail: String::new(),
             limits: String::new(),
+            open_files: None,
         }
     }
 }
@@ -380,6 +383,7 @@ impl Gateway {
             submissions: free_port(),
         };
         std::fs::write(root.join("master.secret"), format!("{MASTER_PASSWORD}\n")).expect("write");
+        set_mode(&root.join("master.secret"), 0o600);
         let config = root.join("portcullis.toml");
         std::fs::write(
             &config,
@@ -477,12 +481,21 @@ timeout_secs = {backend_timeout}
             "dev-cert failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        gateway.spawn(options.log_filter);
+        gateway.spawn(options.log_filter, options.open_files);
         gateway
     }
 
-    fn spawn(&mut self, log_filter: &str) {
-        let mut child = Command::new(binary())
+    fn spawn(&mut self, log_filter: &str, open_files: Option<&str>) {
+        let mut command = match open_files {
+            Some(limit) => {
+                require("prlimit", "apt-get install util-linux");
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={limit}")).arg("--").arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
