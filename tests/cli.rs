@@ -325,12 +325,11 @@ fn dangerous_settings_are_refused_unless_named_and_doubtful_ones_warned_about() 
         }
         // The named setting accepts the risk, which check-config then repeats as a warning,
         // where it is one.
-        let accepted = if extra.contains("[backend.dav]") {
-            format!("{extra}{accept}\n")
-        } else if extra.contains("[auth_server]") {
-            format!("{extra}{accept}\n")
+        // After the section that takes it: the extra's own, or else [backend.b].
+        let accepted = if extra.is_empty() {
+            format!("{accept}\n")
         } else {
-            format!("{accept}\n{extra}")
+            format!("{extra}{accept}\n")
         };
         let (code, _, err) = check(&accepted, replace);
         assert_eq!(code, 0, "{accepted}: {err}");
