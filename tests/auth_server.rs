@@ -469,8 +469,11 @@ fn a_flood_of_wrong_main_passwords_is_bounded_in_time_memory_and_work() {
         "after the flood: {busy:?} of CPU in 2 s; RSS {rss_before} KiB before, {rss_after} KiB after"
     );
     assert!(busy < Duration::from_millis(300), "work went on: {busy:?}");
+    // Two argon2 working areas (19 MiB each, kept for reuse) and the bookkeeping of 4000
+    // requests; before bounding the queue and reusing that memory, a flood took the process
+    // from 42 MB to more than half a gigabyte.
     assert!(
-        rss_after < rss_before + 96 * 1024,
+        rss_after < rss_before + 128 * 1024,
         "memory grew from {rss_before} to {rss_after} KiB"
     );
 }

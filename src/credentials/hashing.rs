@@ -91,6 +91,8 @@ pub struct PasswordHasher {
     /// Checks waiting for a permit or running.
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    /// Checks that run at once (the permits).
+    slots: usize,
     /// argon2 working memory, one buffer per running check.
     memory: Arc<Mutex<Vec<Vec<Block>>>>,
 }
@@ -104,6 +106,7 @@ impl PasswordHasher {
             permits: Arc::new(Semaphore::new(concurrency)),
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued: concurrency * (WAITING_PER_SLOT + 1),
+            slots: concurrency,
             memory: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -127,6 +130,7 @@ impl PasswordHasher {
         let password = password.clone();
         let phc = phc.to_owned();
         let memory = self.memory.clone();
+        let slots = self.slots;
         self.run(move || {
             let mut blocks = memory
                 .lock()
@@ -134,7 +138,9 @@ impl PasswordHasher {
                 .and_then(|mut pool| pool.pop())
                 .unwrap_or_default();
             let matches = verify_with_memory(&password, &phc, &mut blocks);
-            if let Ok(mut pool) = memory.lock() {
+            if let Ok(mut pool) = memory.lock()
+                && pool.len() < slots
+            {
                 pool.push(blocks);
             }
             matches
@@ -147,14 +153,22 @@ impl PasswordHasher {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let _queued = Queued::enter(&self.queued, self.max_queued).ok_or(HashError::Busy)?;
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| HashError::TaskLost)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| HashError::TaskLost)
+        // The permit goes with the work: if this future is dropped (its login was abandoned),
+        // the hash already running keeps its slot until it ends, so no more than `concurrency`
+        // ever run at once.
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|_| HashError::TaskLost)
     }
 }
 
