@@ -10,12 +10,10 @@ use std::time::Duration;
 use std::hint::black_box;
 
 use criterion::Criterion;
-use portcullis::credentials::hashing::{
-    PasswordHasher, app_password_digest, generate_app_password, verify_blocking,
-};
+use portcullis::credentials::accounts::AccountService;
+use portcullis::credentials::hashing::{PasswordHasher, verify_blocking};
 use portcullis::credentials::index::IndexSettings;
 use portcullis::credentials::{CredentialIndex, Credentials, Login, Protocol, Secret, Service};
-use portcullis::store::Store;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -25,23 +23,24 @@ fn benches(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let (index, secret, hash, uncached) = rt.block_on(async {
-        let store = Store::open("sqlite::memory:").await.expect("store");
+        let store = portcullis::store::open("sqlite::memory:")
+            .await
+            .expect("store");
+        let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None);
         let login = Login::parse("alice@example.org", None).expect("login");
+        accounts
+            .create_account(&login, &Secret::from("main password"))
+            .await
+            .expect("account");
         let hash = PasswordHasher::new(1)
             .hash(&Secret::from("main password"))
             .await
             .expect("hash");
-        store.create_account(&login, &hash).await.expect("account");
-        let secret = generate_app_password();
-        store
-            .create_app_password(
-                &login,
-                Service::Mail,
-                "bench",
-                &app_password_digest(&secret),
-            )
+        let secret = accounts
+            .create_app_password(&login, Service::Mail, "bench")
             .await
-            .expect("app password");
+            .expect("app password")
+            .secret;
         let settings = IndexSettings {
             default_domain: Some("example.org".into()),
             cache_capacity: 1000,

@@ -11,10 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::credentials::hashing::{PasswordHasher, app_password_digest, generate_app_password};
+use crate::credentials::accounts::{AccountService, Outcome};
+use crate::credentials::hashing::PasswordHasher;
 use crate::credentials::model::GenerationBump;
-use crate::credentials::{Login, Secret, Service};
-use crate::store::{Outcome, Store};
+use crate::credentials::{Secret, Service};
 
 /// portcullis: a protocol gateway with per-service app passwords.
 #[derive(Debug, Parser)]
@@ -196,11 +196,6 @@ async fn wait_for_signal() {
     }
 }
 
-fn parse_login(config: &Config, raw: &str) -> Result<Login, CliError> {
-    Login::parse(raw, config.default_domain.as_deref())
-        .map_err(|e| CliError(format!("invalid login {raw:?}: {e}")))
-}
-
 /// Reads one line from stdin as a password; a prompt goes to stderr when stdin is a terminal.
 fn read_password(prompt: &str) -> Result<Secret, CliError> {
     let stdin = std::io::stdin();
@@ -242,66 +237,73 @@ fn report(outcome: Outcome, what: &str) {
     }
 }
 
+/// The account service on the configured store. The CLI changes accounts only through it, by
+/// the same rules as the portal; running gateways learn of the change from the store's feed.
+async fn accounts(config: &Config) -> Result<AccountService, CliError> {
+    let store = crate::store::open(&config.store.url).await?;
+    Ok(AccountService::new(
+        store,
+        PasswordHasher::new(1),
+        config.default_domain.clone(),
+    ))
+}
+
 async fn account(config: &Config, command: AccountCommand) -> Result<(), CliError> {
-    let store = Store::open(&config.store.url).await?;
-    let hasher = PasswordHasher::new(1);
+    let service = accounts(config).await?;
     match command {
         AccountCommand::Create { login } => {
-            let login = parse_login(config, &login)?;
+            let login = service.login(&login)?;
             let password = read_password("Main password")?;
-            let hash = hasher.hash(&password).await?;
-            store.create_account(&login, &hash).await?;
+            service.create_account(&login, &password).await?;
             eprintln!("created account {login} (app passwords only; 2FA off)");
         }
         AccountCommand::Password { login } => {
-            let login = parse_login(config, &login)?;
-            store.require_account(&login).await?;
+            let login = service.login(&login)?;
+            service.account(&login).await?;
             let password = read_password("New main password")?;
-            let hash = hasher.hash(&password).await?;
             report(
-                store.set_password(&login, &hash).await?,
+                service.change_password(&login, &password).await?,
                 "main password changed",
             );
         }
         AccountCommand::TwoFactor { login, state } => {
-            let login = parse_login(config, &login)?;
+            let login = service.login(&login)?;
             let what = if state.on() {
                 "two-factor authentication on"
             } else {
                 "two-factor authentication off"
             };
-            report(store.set_two_factor(&login, state.on()).await?, what);
+            report(service.set_two_factor(&login, state.on()).await?, what);
         }
         AccountCommand::Restore { login } => {
-            let login = parse_login(config, &login)?;
-            let generation = store
+            let login = service.login(&login)?;
+            let generation = service
                 .bump_generation(&login, GenerationBump::AccessRestored)
                 .await?;
             report(Outcome::Changed(Some(generation)), "access restored");
         }
         AccountCommand::LogoutEverywhere { login } => {
-            let login = parse_login(config, &login)?;
-            let generation = store
+            let login = service.login(&login)?;
+            let generation = service
                 .bump_generation(&login, GenerationBump::LogoutEverywhere)
                 .await?;
             report(Outcome::Changed(Some(generation)), "logged out everywhere");
         }
         AccountCommand::AppPasswords { login, state } => {
-            let login = parse_login(config, &login)?;
+            let login = service.login(&login)?;
             let what = if state.on() {
                 "app passwords only: the main password no longer opens any protocol"
             } else {
                 "legacy mode: the main password opens every protocol"
             };
             report(
-                store.set_app_passwords_only(&login, state.on()).await?,
+                service.set_app_passwords_only(&login, state.on()).await?,
                 what,
             );
         }
         AccountCommand::Show { login, json } => {
-            let login = parse_login(config, &login)?;
-            let state = store.require_account(&login).await?;
-            let passwords = store.list_app_passwords(&login).await?;
+            let login = service.login(&login)?;
+            let (state, passwords) = service.list_app_passwords(&login).await?;
             let alive = passwords.iter().filter(|p| p.alive).count();
             if json {
                 let value = serde_json::json!({
@@ -337,35 +339,28 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
 }
 
 async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<(), CliError> {
-    let store = Store::open(&config.store.url).await?;
+    let service = accounts(config).await?;
     match command {
         AppPasswordCommand::Create {
             login,
-            service,
+            service: kind,
             name,
         } => {
-            let login = parse_login(config, &login)?;
-            let service: Service = service.parse()?;
-            let name = name.trim();
-            if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-                return Err(CliError(
-                    "the name must be 1 to 100 printable characters".into(),
-                ));
-            }
-            let secret = generate_app_password();
-            let id = store
-                .create_app_password(&login, service, name, &app_password_digest(&secret))
-                .await?;
-            let text = std::str::from_utf8(secret.expose())
+            let login = service.login(&login)?;
+            let kind: Service = kind.parse()?;
+            let made = service.create_app_password(&login, kind, &name).await?;
+            let text = std::str::from_utf8(made.secret.expose())
                 .map_err(|_| CliError("internal: non-ASCII secret".into()))?;
             println!("{text}");
             eprintln!(
-                "app password {id} \"{name}\" for {service} created for {login}; it will not be shown again"
+                "app password {} \"{}\" for {kind} created for {login}; it will not be shown again",
+                made.id,
+                name.trim()
             );
         }
         AppPasswordCommand::List { login, json } => {
-            let login = parse_login(config, &login)?;
-            let passwords = store.list_app_passwords(&login).await?;
+            let login = service.login(&login)?;
+            let (_, passwords) = service.list_app_passwords(&login).await?;
             if json {
                 println!("{}", serde_json::to_string(&passwords)?);
             } else {
@@ -406,8 +401,8 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
             }
         }
         AppPasswordCommand::Revoke { login, id } => {
-            let login = parse_login(config, &login)?;
-            let outcome = store
+            let login = service.login(&login)?;
+            let outcome = service
                 .revoke_app_password(&login, crate::credentials::model::AppPasswordId(id))
                 .await?;
             report(outcome, &format!("app password {id} revoked"));

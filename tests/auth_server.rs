@@ -410,8 +410,9 @@ fn cpu_time(pid: u32) -> Duration {
 fn a_flood_of_wrong_main_passwords_is_bounded_in_time_memory_and_work() {
     let (gateway, port) = gateway_with_auth_server();
     // A legacy account: its main password opens the protocols, so every guess is a slow hash.
-    gateway.cli_ok(&["account", "app-passwords", "alice", "off"], None);
+    // (Its app password was made while the option was on: none is made while it is off.)
     let mail = gateway.app_password("alice", "mail", "Thunderbird");
+    gateway.cli_ok(&["account", "app-passwords", "alice", "off"], None);
     let pid = gateway.pid();
     let rss_before = rss_kib(pid);
 

@@ -164,6 +164,37 @@ fn account_and_app_password_lifecycle() {
     let (code, _, err) = cli(&cfg, &["account", "app-passwords", "alice", "off"], "");
     assert_eq!(code, 1);
     assert!(err.contains("two-factor"), "{err}");
+    // The account service's password rules hold at the CLI too.
+    let (code, _, err) = cli(&cfg, &["account", "password", "alice"], "123456789\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("too weak"), "{err}");
+    let (code, _, err) = cli(&cfg, &["account", "create", "bob"], "qwertyuiop\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("too weak"), "{err}");
+    // No app password while the option is off.
+    let (code, _, err) = cli(
+        &cfg,
+        &["account", "create", "carol"],
+        "carol's long password\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = cli(&cfg, &["account", "app-passwords", "carol", "off"], "");
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(
+        &cfg,
+        &[
+            "app-password",
+            "create",
+            "carol",
+            "--service",
+            "mail",
+            "--name",
+            "x",
+        ],
+        "",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("app-passwords option is off"), "{err}");
 }
 
 #[test]
@@ -349,7 +380,11 @@ fn the_database_and_its_log_are_private_to_the_gateway() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
-    let (code, _, err) = cli(&cfg, &["account", "create", "alice"], "pw\n");
+    let (code, _, err) = cli(
+        &cfg,
+        &["account", "create", "alice"],
+        "a long main password\n",
+    );
     assert_eq!(code, 0, "{err}");
     let mode = |name: &str| {
         std::fs::metadata(dir.path().join(name))

@@ -99,7 +99,7 @@ shared_between_services = true
             ..Options::default()
         },
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let disk = gateway.app_password("alice", "disk", "t");
     let calendar = gateway.app_password("alice", "calendar", "t");
     let ca = gateway.ca.to_string_lossy().into_owned();
@@ -297,7 +297,7 @@ shared_between_services = true
             ..Options::default()
         },
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let disk = gateway.app_password("alice", "disk", "t");
     let ca = gateway.ca.to_string_lossy().into_owned();
     let base = format!("https://localhost:{}", gateway.ports.http);
@@ -430,7 +430,7 @@ max_connections = 1
             ..Options::default()
         },
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let disk = gateway.app_password("alice", "disk", "t");
     let ca = gateway.ca.to_string_lossy().into_owned();
     let url = format!("https://localhost:{}/slow", gateway.ports.http);

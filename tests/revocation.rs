@@ -103,7 +103,7 @@ fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_
         dovecot.submission_port,
         Options::default(),
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let doomed = gateway.app_password("alice", "mail", "Old phone");
     let doomed_id = gateway.newest_app_password_id("alice");
     let kept = gateway.app_password("alice", "mail", "Laptop");
@@ -166,7 +166,7 @@ fn every_generation_bump_from_the_cli_kills_sessions_and_passwords() {
         dovecot.submission_port,
         Options::default(),
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let ca = gateway.ca.to_string_lossy().into_owned();
     let bumps: [(&[&str], Option<&str>); 4] = [
         (&["account", "logout-everywhere", "alice"], None),

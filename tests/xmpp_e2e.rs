@@ -332,7 +332,7 @@ timeout_secs = 2
             ..Options::default()
         },
     );
-    gateway.create_account("alice", "main");
+    gateway.create_account("alice", "main password");
     let xmpp = gateway.app_password("alice", "xmpp", "Jabber");
     let w = World {
         gateway,

@@ -197,6 +197,12 @@ impl CredentialIndex {
         &self.store
     }
 
+    /// The bounded argon2 pool, for whoever else hashes main passwords in this process (the
+    /// account service): one pool, so a flood anywhere cannot starve logins.
+    pub fn hasher(&self) -> PasswordHasher {
+        self.hasher.clone()
+    }
+
     pub fn default_domain(&self) -> Option<&str> {
         self.default_domain.as_deref()
     }

@@ -1,6 +1,7 @@
 //! The credential core: the model, the secret wrapper, hashing, and the cached index that
 //! decides every login.
 
+pub mod accounts;
 pub mod hashing;
 pub mod index;
 pub mod model;

@@ -29,9 +29,9 @@ use tracing::Instrument;
 
 use crate::config::{AuthConfig, Config, Limits, ListenerConfig, ListenerProtocol};
 use crate::credentials::CredentialIndex;
+use crate::credentials::accounts::AccountService;
 use crate::credentials::index::{IndexSettings, spawn_use_writer};
 use crate::protocol::http::Router;
-use crate::store::Store;
 use crate::upstream::Backend;
 use crate::upstream::http::HttpBackend;
 use ::http::HeaderValue;
@@ -55,6 +55,8 @@ pub enum StartError {
 /// What every session of the gateway shares.
 pub struct Shared {
     pub index: Arc<CredentialIndex>,
+    /// Every account change this process makes goes through it (the portal's, next).
+    pub accounts: AccountService,
     /// One-time tickets minted by gateways for backends that ask the auth server.
     pub tickets: Arc<crate::credentials::tickets::Tickets>,
     pub tls: TlsAcceptor,
@@ -92,7 +94,7 @@ impl Gateway {
             tracing::warn!("{warning}");
         }
         let max_connections = connections_that_fit(&config);
-        let store = Store::open(&config.store.url).await?;
+        let store = crate::store::open(&config.store.url).await?;
         let (uses, use_writer) = spawn_use_writer(store.clone());
         let settings = IndexSettings {
             default_domain: config.default_domain.clone(),
@@ -102,7 +104,11 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
             }),
         };
-        let index = Arc::new(CredentialIndex::new(store, &settings).with_use_recorder(uses));
+        let index =
+            Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
+        // Account changes made in this process reach its index at once.
+        let accounts = AccountService::new(store, index.hasher(), config.default_domain.clone())
+            .with_index(index.clone());
         let tls = crate::tls::server_config(
             &config.tls.certificate,
             &config.tls.private_key,
@@ -110,6 +116,7 @@ impl Gateway {
         )?;
         let shared = Arc::new(Shared {
             index: index.clone(),
+            accounts,
             tickets: Arc::new(crate::credentials::tickets::Tickets::new()),
             tls: TlsAcceptor::from(tls.clone()),
             auth: config.auth.clone(),

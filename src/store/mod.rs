@@ -1,17 +1,22 @@
-//! The credential store: accounts, app passwords and the change feed, in SQL.
+//! The credential store: accounts, app passwords and the change feed.
 //!
-//! SQLite (embedded, WAL) is the default; the queries use the SQL it shares with PostgreSQL
-//! (`$1` placeholders, BIGINT/TEXT/INTEGER columns) so a PostgreSQL backend can reuse them.
+//! [`AccountStore`] is what the rest of the gateway sees: reads for the login path, the
+//! primitive writes the account service ([`crate::credentials::accounts`]) decides, and the
+//! change feed. It holds no account rule: the service reads an account, decides what changes,
+//! and the store applies that change atomically, only if the account is still as it was read
+//! (its revision), or says [`StoreError::Conflict`] and the service decides again.
 //!
-//! Every mutation runs in one `BEGIN IMMEDIATE` transaction that also appends a row to
-//! `changes`; the commit returns only once SQLite has made it durable, so an acknowledged
-//! change is never lost, and the change row is how running gateways in other processes learn
-//! of it (see [`feed`]).
+//! [`SqliteStore`] (embedded, WAL) is the implementation this build ships; its queries use the
+//! SQL it shares with PostgreSQL (`$1` placeholders, BIGINT/TEXT/INTEGER columns). Every write
+//! runs in one `BEGIN IMMEDIATE` transaction that also appends a row to `changes`; the commit
+//! returns only once SQLite has made it durable, so an acknowledged change is never lost, and
+//! the change row is how running gateways in other processes learn of it (see [`feed`]).
 
 pub mod feed;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -51,26 +56,125 @@ pub enum StoreError {
     /// `account create` for a login that exists.
     #[error("account {0} already exists")]
     AccountExists(String),
-    /// No app password with this id belongs to the account.
-    #[error("account {login} has no app password with id {id}")]
-    UnknownAppPassword { login: String, id: i64 },
-    /// Turning the "app passwords" option off while 2FA is on.
-    #[error(
-        "two-factor authentication is on for {0}: app passwords are mandatory and the option cannot be turned off"
-    )]
-    AppPasswordsRequired(String),
     /// A row holds a value this version does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The account changed between the read a decision was based on and the write: decide
+    /// again on the new state.
+    #[error("account {0} changed meanwhile")]
+    Conflict(String),
 }
 
-/// The outcome of a mutation, for the CLI to report.
+/// A change to one account, decided by the account service from the account's state at
+/// `revision`; the store applies all of it in one transaction, or none of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountChange {
+    /// A new main-password hash (argon2 PHC string); moves the password version.
+    pub password_hash: Option<String>,
+    pub two_factor: Option<bool>,
+    pub app_passwords_only: Option<bool>,
+    /// Bump the credential generation, for this event.
+    pub bump: Option<GenerationBump>,
+    /// What happened, recorded in the change feed.
+    pub kind: &'static str,
+}
+
+/// How a revocation went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The change was made; `Some` when it bumped the generation to this value.
-    Changed(Option<Generation>),
-    /// Nothing to do: the account was already in that state.
-    Unchanged,
+pub enum Revocation {
+    Revoked,
+    AlreadyRevoked,
+    /// The account has no app password with that id.
+    Unknown,
+}
+
+/// The store as the gateway, the account service and the change feed see it.
+#[async_trait::async_trait]
+pub trait AccountStore: Send + Sync {
+    // ----- reads on the login path -----
+
+    /// The account and its main-password hash, by canonical login.
+    async fn account_by_login(
+        &self,
+        login: &Login,
+    ) -> Result<Option<(AccountState, String)>, StoreError>;
+
+    /// The app password whose digest this is, if any.
+    async fn app_password_by_digest(
+        &self,
+        digest: &str,
+    ) -> Result<Option<AppPasswordRecord>, StoreError>;
+
+    /// The account's state with the ids of its live app passwords (not revoked, current
+    /// generation), read together so the two agree.
+    async fn account_snapshot(
+        &self,
+        id: AccountId,
+    ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError>;
+
+    /// Records last uses, one transaction for the batch.
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
+
+    // ----- writes the account service decides -----
+
+    /// A new account (2FA off, the "app passwords" option on, generation 1);
+    /// `AccountExists` if the login is taken.
+    async fn create_account(
+        &self,
+        login: &Login,
+        password_hash: &str,
+    ) -> Result<AccountId, StoreError>;
+
+    /// Applies `change` to `account` if it is still at `account.revision`; returns the
+    /// account's generation afterwards.
+    async fn apply_change(
+        &self,
+        account: &AccountState,
+        change: &AccountChange,
+    ) -> Result<Generation, StoreError>;
+
+    /// Stores an app password (its digest only) under the account's generation, if the
+    /// account is still at `account.revision`.
+    async fn create_app_password(
+        &self,
+        account: &AccountState,
+        service: Service,
+        name: &str,
+        digest: &str,
+    ) -> Result<AppPasswordId, StoreError>;
+
+    /// Every app password of the account, newest first, revoked and dead ones included.
+    async fn list_app_passwords(
+        &self,
+        account: &AccountState,
+    ) -> Result<Vec<AppPasswordInfo>, StoreError>;
+
+    /// Revokes one app password of the account.
+    async fn revoke_app_password(
+        &self,
+        account: AccountId,
+        id: AppPasswordId,
+    ) -> Result<Revocation, StoreError>;
+
+    // ----- change feed -----
+
+    /// The id of the newest change; a gateway starts reading the feed after it.
+    async fn latest_change(&self) -> Result<i64, StoreError>;
+
+    /// Changes after `after`, oldest first, at most `limit`.
+    async fn changes_since(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, AccountId)>, StoreError>;
+}
+
+/// The store every part of one process shares.
+pub type Store = Arc<dyn AccountStore>;
+
+/// Opens the store a `[store] url` names (`sqlite://PATH`, `sqlite::memory:`).
+pub async fn open(url: &str) -> Result<Store, StoreError> {
+    Ok(Arc::new(SqliteStore::open(url).await?))
 }
 
 /// An app password found by its digest.
@@ -122,13 +226,13 @@ fn private_files(path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A handle on the database; cheap to clone.
+/// The SQLite store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let path = url
@@ -191,11 +295,11 @@ impl Store {
         }
         Ok(())
     }
+}
 
-    // ----- reads on the login path -----
-
-    /// The account and its main-password hash, by canonical login.
-    pub async fn account_by_login(
+#[async_trait::async_trait]
+impl AccountStore for SqliteStore {
+    async fn account_by_login(
         &self,
         login: &Login,
     ) -> Result<Option<(AccountState, String)>, StoreError> {
@@ -207,17 +311,7 @@ impl Store {
             .transpose()
     }
 
-    /// The account's current state, by id.
-    pub async fn account_state(&self, id: AccountId) -> Result<Option<AccountState>, StoreError> {
-        let row = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| account_from_row(&row)).transpose()
-    }
-
-    /// The app password whose digest this is, if any.
-    pub async fn app_password_by_digest(
+    async fn app_password_by_digest(
         &self,
         digest: &str,
     ) -> Result<Option<AppPasswordRecord>, StoreError> {
@@ -242,9 +336,7 @@ impl Store {
         .transpose()
     }
 
-    /// The account's state together with the ids of its live app passwords (not revoked,
-    /// current generation), read in one transaction so the two agree.
-    pub async fn account_snapshot(
+    async fn account_snapshot(
         &self,
         id: AccountId,
     ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError> {
@@ -271,8 +363,7 @@ impl Store {
         )))
     }
 
-    /// Records last uses, one transaction for the batch.
-    pub async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
         }
@@ -293,10 +384,7 @@ impl Store {
         Ok(())
     }
 
-    // ----- account management (the CLI) -----
-
-    /// Creates an account with the "app passwords" option on and 2FA off.
-    pub async fn create_account(
+    async fn create_account(
         &self,
         login: &Login,
         password_hash: &str,
@@ -323,148 +411,103 @@ impl Store {
         Ok(AccountId(id))
     }
 
-    /// The account's state, by login, or `UnknownAccount`.
-    pub async fn require_account(&self, login: &Login) -> Result<AccountState, StoreError> {
-        self.account_by_login(login)
-            .await?
-            .map(|(state, _)| state)
-            .ok_or_else(|| StoreError::UnknownAccount(login.to_string()))
-    }
-
-    /// Sets a new main password. With 2FA off this bumps the generation; with 2FA on the app
-    /// passwords stay (the second factor already protects the account).
-    pub async fn set_password(
+    async fn apply_change(
         &self,
-        login: &Login,
-        password_hash: &str,
-    ) -> Result<Outcome, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
-        sqlx::query(
-            "UPDATE accounts SET password_hash = $1, password_version = password_version + 1, updated_at = $2 WHERE id = $3",
-        )
-        .bind(password_hash)
-        .bind(now_ms())
-        .bind(account.id.0)
-        .execute(&mut *tx)
-        .await?;
-        let bumped = if account.two_factor {
-            append_change(&mut tx, account.id, "password").await?;
-            None
-        } else {
-            Some(bump(&mut tx, &account, GenerationBump::PasswordChanged).await?)
-        };
-        tx.commit().await?;
-        Ok(Outcome::Changed(bumped))
-    }
-
-    /// Turns 2FA on or off; either direction bumps the generation. Turning it on forces the
-    /// "app passwords" option on.
-    pub async fn set_two_factor(&self, login: &Login, on: bool) -> Result<Outcome, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
-        if account.two_factor == on {
-            return Ok(Outcome::Unchanged);
-        }
-        sqlx::query(
-            "UPDATE accounts SET two_factor = $1, app_passwords_only = CASE WHEN $1 = 1 THEN 1 ELSE app_passwords_only END, updated_at = $2 WHERE id = $3",
-        )
-        .bind(i64::from(on))
-        .bind(now_ms())
-        .bind(account.id.0)
-        .execute(&mut *tx)
-        .await?;
-        let event = if on {
-            GenerationBump::TwoFactorOn
-        } else {
-            GenerationBump::TwoFactorOff
-        };
-        let generation = bump(&mut tx, &account, event).await?;
-        tx.commit().await?;
-        Ok(Outcome::Changed(Some(generation)))
-    }
-
-    /// Sets the "app passwords" option. Refused (off) while 2FA is on.
-    pub async fn set_app_passwords_only(
-        &self,
-        login: &Login,
-        on: bool,
-    ) -> Result<Outcome, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
-        if !on && account.two_factor {
-            return Err(StoreError::AppPasswordsRequired(login.to_string()));
-        }
-        if account.app_passwords_only == on {
-            return Ok(Outcome::Unchanged);
-        }
-        sqlx::query("UPDATE accounts SET app_passwords_only = $1, updated_at = $2 WHERE id = $3")
-            .bind(i64::from(on))
-            .bind(now_ms())
-            .bind(account.id.0)
-            .execute(&mut *tx)
-            .await?;
-        append_change(&mut tx, account.id, "app-passwords-option").await?;
-        tx.commit().await?;
-        Ok(Outcome::Changed(None))
-    }
-
-    /// Bumps the generation for an event that carries no other change ("access restored",
-    /// "log out everywhere").
-    pub async fn bump_generation(
-        &self,
-        login: &Login,
-        event: GenerationBump,
+        account: &AccountState,
+        change: &AccountChange,
     ) -> Result<Generation, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
-        let generation = bump(&mut tx, &account, event).await?;
+        let current = locked_account(&mut tx, account).await?;
+        let now = now_ms();
+        if let Some(hash) = &change.password_hash {
+            sqlx::query(
+                "UPDATE accounts SET password_hash = $1, password_version = password_version + 1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(current.id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(on) = change.two_factor {
+            sqlx::query("UPDATE accounts SET two_factor = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(on))
+                .bind(now)
+                .bind(current.id.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(on) = change.app_passwords_only {
+            sqlx::query(
+                "UPDATE accounts SET app_passwords_only = $1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(i64::from(on))
+            .bind(now)
+            .bind(current.id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let generation = match change.bump {
+            Some(event) => bump(&mut tx, &current, event).await?,
+            None => {
+                append_change(&mut tx, current.id, change.kind).await?;
+                current.generation
+            }
+        };
         tx.commit().await?;
         Ok(generation)
     }
 
-    /// Stores a new app password (its digest only) under the account's current generation.
-    pub async fn create_app_password(
+    async fn create_app_password(
         &self,
-        login: &Login,
+        account: &AccountState,
         service: Service,
         name: &str,
         digest: &str,
     ) -> Result<AppPasswordId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
+        let current = locked_account(&mut tx, account).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO app_passwords (account_id, service, name, digest, generation, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
-        .bind(account.id.0)
+        .bind(current.id.0)
         .bind(service.as_str())
         .bind(name)
         .bind(digest)
-        .bind(account.generation.0)
+        .bind(current.generation.0)
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        append_change(&mut tx, account.id, "app-password-created").await?;
+        append_change(&mut tx, current.id, "app-password-created").await?;
         tx.commit().await?;
         Ok(AppPasswordId(id))
     }
 
-    /// Every app password of the account, newest first, revoked and dead ones included.
-    pub async fn list_app_passwords(
+    async fn list_app_passwords(
         &self,
-        login: &Login,
+        account: &AccountState,
     ) -> Result<Vec<AppPasswordInfo>, StoreError> {
-        let account = self.require_account(login).await?;
+        let mut tx = self.pool.begin().await?;
+        // The generation as it is now, in the same read as the list.
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM accounts WHERE id = $1")
+                .bind(account.id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let generation = Generation(
+            generation.ok_or_else(|| StoreError::UnknownAccount(account.login.to_string()))?,
+        );
         let rows = sqlx::query(
             "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol, last_used_reporter FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
         )
         .bind(account.id.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.iter()
             .map(|row| {
                 let service: String = row.try_get("service")?;
-                let generation = Generation(row.try_get("generation")?);
+                let made_under = Generation(row.try_get("generation")?);
                 let revoked_at: Option<i64> = row.try_get("revoked_at")?;
                 Ok(AppPasswordInfo {
                     id: AppPasswordId(row.try_get("id")?),
@@ -472,65 +515,56 @@ impl Store {
                         .parse()
                         .map_err(|_| StoreError::Corrupt(format!("service {service:?}")))?,
                     name: row.try_get("name")?,
-                    generation,
+                    generation: made_under,
                     created_at: row.try_get("created_at")?,
                     revoked_at,
                     last_used_at: row.try_get("last_used_at")?,
                     last_used_ip: row.try_get("last_used_ip")?,
                     last_used_protocol: row.try_get("last_used_protocol")?,
                     last_used_reporter: row.try_get("last_used_reporter")?,
-                    alive: revoked_at.is_none() && generation == account.generation,
+                    alive: revoked_at.is_none() && made_under == generation,
                 })
             })
             .collect()
     }
 
-    /// Revokes one app password; the others stay alive.
-    pub async fn revoke_app_password(
+    async fn revoke_app_password(
         &self,
-        login: &Login,
+        account: AccountId,
         id: AppPasswordId,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Revocation, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let account = locked_account(&mut tx, login).await?;
         let revoked_at: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT revoked_at FROM app_passwords WHERE id = $1 AND account_id = $2",
         )
         .bind(id.0)
-        .bind(account.id.0)
+        .bind(account.0)
         .fetch_optional(&mut *tx)
         .await?;
         match revoked_at {
-            None => Err(StoreError::UnknownAppPassword {
-                login: login.to_string(),
-                id: id.0,
-            }),
-            Some(Some(_)) => Ok(Outcome::Unchanged),
+            None => Ok(Revocation::Unknown),
+            Some(Some(_)) => Ok(Revocation::AlreadyRevoked),
             Some(None) => {
                 sqlx::query("UPDATE app_passwords SET revoked_at = $1 WHERE id = $2")
                     .bind(now_ms())
                     .bind(id.0)
                     .execute(&mut *tx)
                     .await?;
-                append_change(&mut tx, account.id, "app-password-revoked").await?;
+                append_change(&mut tx, account, "app-password-revoked").await?;
                 tx.commit().await?;
-                Ok(Outcome::Changed(None))
+                Ok(Revocation::Revoked)
             }
         }
     }
 
-    // ----- change feed -----
-
-    /// The id of the newest change; a gateway starts reading the feed after it.
-    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+    async fn latest_change(&self) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM changes")
             .fetch_one(&self.pool)
             .await?;
         Ok(id.unwrap_or(0))
     }
 
-    /// Changes after `after`, oldest first, at most `limit`.
-    pub async fn changes_since(
+    async fn changes_since(
         &self,
         after: i64,
         limit: i64,
@@ -562,17 +596,22 @@ fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
     })
 }
 
-/// Reads the account inside a write transaction (which `BEGIN IMMEDIATE` has already locked).
+/// Reads the account inside a write transaction (which `BEGIN IMMEDIATE` has already locked)
+/// and checks that it is still at the revision the caller's decision was based on.
 async fn locked_account(
     tx: &mut Transaction<'static, Sqlite>,
-    login: &Login,
+    account: &AccountState,
 ) -> Result<AccountState, StoreError> {
-    let row = sqlx::query(ACCOUNT_COLUMNS_BY_LOGIN)
-        .bind(login.as_str())
+    let row = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
+        .bind(account.id.0)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| StoreError::UnknownAccount(login.to_string()))?;
-    account_from_row(&row)
+        .ok_or_else(|| StoreError::UnknownAccount(account.login.to_string()))?;
+    let current = account_from_row(&row)?;
+    if current.revision != account.revision {
+        return Err(StoreError::Conflict(account.login.to_string()));
+    }
+    Ok(current)
 }
 
 async fn bump(

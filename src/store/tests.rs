@@ -1,16 +1,23 @@
+//! The SQLite store's primitives. The rules that decide them are the account service's
+//! (`credentials::accounts`), tested there.
+
 use super::*;
 use crate::credentials::hashing::{app_password_digest, generate_app_password};
 
-async fn store() -> Store {
-    Store::open("sqlite::memory:").await.unwrap()
+async fn store() -> SqliteStore {
+    SqliteStore::open("sqlite::memory:").await.unwrap()
 }
 
 fn alice() -> Login {
     Login::parse("alice@example.org", None).unwrap()
 }
 
+async fn state(store: &SqliteStore) -> AccountState {
+    store.account_by_login(&alice()).await.unwrap().unwrap().0
+}
+
 #[tokio::test]
-async fn account_lifecycle_and_generation_rules() {
+async fn accounts_are_created_once_with_the_defaults() {
     let store = store().await;
     let id = store
         .create_account(&alice(), "$argon2id$fake")
@@ -20,74 +27,44 @@ async fn account_lifecycle_and_generation_rules() {
         store.create_account(&alice(), "x").await,
         Err(StoreError::AccountExists(_))
     ));
-    let state = store.require_account(&alice()).await.unwrap();
-    assert_eq!(state.id, id);
-    assert_eq!(state.generation, Generation(1));
-    assert!(
-        state.app_passwords_only,
-        "new accounts accept app passwords only"
-    );
-    assert!(!state.two_factor);
+    let (account, hash) = store.account_by_login(&alice()).await.unwrap().unwrap();
+    assert_eq!((account.id, hash.as_str()), (id, "$argon2id$fake"));
+    assert_eq!(account.generation, Generation(1));
+    assert!(account.app_passwords_only && !account.two_factor);
+}
 
-    // Password change with 2FA off bumps the generation.
+#[tokio::test]
+async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
+    let store = store().await;
+    store.create_account(&alice(), "h1").await.unwrap();
+    let before = state(&store).await;
+    let change = AccountChange {
+        password_hash: Some("h2".into()),
+        two_factor: Some(true),
+        app_passwords_only: Some(true),
+        bump: Some(GenerationBump::TwoFactorOn),
+        kind: "test",
+    };
     assert_eq!(
-        store.set_password(&alice(), "h2").await.unwrap(),
-        Outcome::Changed(Some(Generation(2)))
+        store.apply_change(&before, &change).await.unwrap(),
+        Generation(2)
     );
-    // 2FA on bumps and forces the option on; off is then refused.
-    store.set_app_passwords_only(&alice(), false).await.unwrap();
-    assert_eq!(
-        store.set_two_factor(&alice(), true).await.unwrap(),
-        Outcome::Changed(Some(Generation(3)))
-    );
-    assert!(
-        store
-            .require_account(&alice())
-            .await
-            .unwrap()
-            .app_passwords_only
-    );
-    assert!(matches!(
-        store.set_app_passwords_only(&alice(), false).await,
-        Err(StoreError::AppPasswordsRequired(_))
-    ));
-    assert_eq!(
-        store.set_two_factor(&alice(), true).await.unwrap(),
-        Outcome::Unchanged
-    );
-    // Password change with 2FA on leaves the generation alone but moves the password version.
-    let before = store.require_account(&alice()).await.unwrap();
-    assert_eq!(
-        store.set_password(&alice(), "h3").await.unwrap(),
-        Outcome::Changed(None)
-    );
-    let after = store.require_account(&alice()).await.unwrap();
-    assert_eq!(after.generation, before.generation);
+    let (after, hash) = store.account_by_login(&alice()).await.unwrap().unwrap();
+    assert_eq!(hash, "h2");
+    assert!(after.two_factor);
     assert_eq!(after.password_version, before.password_version + 1);
-    // The other bumps.
-    assert_eq!(
-        store.set_two_factor(&alice(), false).await.unwrap(),
-        Outcome::Changed(Some(Generation(4)))
-    );
-    assert_eq!(
-        store
-            .bump_generation(&alice(), GenerationBump::AccessRestored)
-            .await
-            .unwrap(),
-        Generation(5)
-    );
-    assert_eq!(
-        store
-            .bump_generation(&alice(), GenerationBump::LogoutEverywhere)
-            .await
-            .unwrap(),
-        Generation(6)
-    );
+    assert_eq!(after.generation, Generation(2));
+    // The same decision on the old state is refused whole: nothing of it is applied again.
+    assert!(matches!(
+        store.apply_change(&before, &change).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(state(&store).await.generation, Generation(2));
     assert!(matches!(
         store
-            .require_account(&Login::parse("bob@example.org", None).unwrap())
+            .create_app_password(&before, Service::Mail, "x", "digest")
             .await,
-        Err(StoreError::UnknownAccount(_))
+        Err(StoreError::Conflict(_))
     ));
 }
 
@@ -98,12 +75,12 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
     let secret = generate_app_password();
     let digest = app_password_digest(&secret);
     let id = store
-        .create_app_password(&alice(), Service::Mail, "Thunderbird", &digest)
+        .create_app_password(&state(&store).await, Service::Mail, "Thunderbird", &digest)
         .await
         .unwrap();
     let other = store
         .create_app_password(
-            &alice(),
+            &state(&store).await,
             Service::Disk,
             "Files",
             &app_password_digest(&generate_app_password()),
@@ -125,30 +102,39 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
 
     // Revoking one leaves the other.
     assert_eq!(
-        store.revoke_app_password(&alice(), id).await.unwrap(),
-        Outcome::Changed(None)
+        store.revoke_app_password(account, id).await.unwrap(),
+        Revocation::Revoked
     );
     assert_eq!(
-        store.revoke_app_password(&alice(), id).await.unwrap(),
-        Outcome::Unchanged
+        store.revoke_app_password(account, id).await.unwrap(),
+        Revocation::AlreadyRevoked
     );
-    assert!(matches!(
+    assert_eq!(
         store
-            .revoke_app_password(&alice(), AppPasswordId(999))
-            .await,
-        Err(StoreError::UnknownAppPassword { .. })
-    ));
+            .revoke_app_password(account, AppPasswordId(999))
+            .await
+            .unwrap(),
+        Revocation::Unknown
+    );
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
     assert_eq!(live, vec![other]);
 
     // A bump kills the rest.
+    let change = AccountChange {
+        bump: Some(GenerationBump::LogoutEverywhere),
+        kind: "test",
+        ..AccountChange::default()
+    };
     store
-        .bump_generation(&alice(), GenerationBump::LogoutEverywhere)
+        .apply_change(&state(&store).await, &change)
         .await
         .unwrap();
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
     assert!(live.is_empty());
-    let listed = store.list_app_passwords(&alice()).await.unwrap();
+    let listed = store
+        .list_app_passwords(&state(&store).await)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|p| !p.alive));
     assert_eq!(listed[0].name, "Files");
@@ -163,29 +149,34 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
 }
 
 #[tokio::test]
-async fn every_mutation_appends_to_the_change_feed_and_bumps_the_revision() {
+async fn every_write_appends_to_the_change_feed_and_bumps_the_revision() {
     let store = store().await;
     let start = store.latest_change().await.unwrap();
     let account = store.create_account(&alice(), "h").await.unwrap();
-    let r1 = store.require_account(&alice()).await.unwrap().revision;
+    let r1 = state(&store).await.revision;
     store
         .create_app_password(
-            &alice(),
+            &state(&store).await,
             Service::Mail,
             "x",
             &app_password_digest(&generate_app_password()),
         )
         .await
         .unwrap();
-    store.set_two_factor(&alice(), true).await.unwrap();
+    let change = AccountChange {
+        two_factor: Some(true),
+        kind: "test",
+        ..AccountChange::default()
+    };
+    store
+        .apply_change(&state(&store).await, &change)
+        .await
+        .unwrap();
     let changes = store.changes_since(start, 100).await.unwrap();
     assert_eq!(changes.len(), 3);
     assert!(changes.iter().all(|(_, a)| *a == account));
     assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
-    assert_eq!(
-        store.require_account(&alice()).await.unwrap().revision,
-        r1 + 2
-    );
+    assert_eq!(state(&store).await.revision, r1 + 2);
     assert_eq!(
         store.changes_since(changes[2].0, 100).await.unwrap(),
         vec![]
@@ -197,18 +188,18 @@ async fn a_file_database_is_created_with_its_folder_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/sub/dir/p.db", dir.path().display());
     {
-        let store = Store::open(&url).await.unwrap();
+        let store = SqliteStore::open(&url).await.unwrap();
         store.create_account(&alice(), "h").await.unwrap();
     }
-    let store = Store::open(&url).await.unwrap();
-    assert!(store.require_account(&alice()).await.is_ok());
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert!(store.account_by_login(&alice()).await.unwrap().is_some());
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&store.pool)
         .await
         .unwrap();
     assert_eq!(mode, "wal");
     assert!(matches!(
-        Store::open("postgres://x").await,
+        open("postgres://x").await,
         Err(StoreError::UnsupportedUrl(_))
     ));
 }

@@ -302,19 +302,24 @@ mod tests {
 
         use tokio::net::{TcpListener, TcpStream};
 
-        use crate::credentials::hashing::{app_password_digest, generate_app_password};
+        use crate::credentials::accounts::AccountService;
+        use crate::credentials::hashing::PasswordHasher;
         use crate::credentials::index::{CredentialIndex, IndexSettings};
-        use crate::credentials::{Login, Protocol, Service};
-        use crate::store::Store;
+        use crate::credentials::{Login, Protocol, Secret, Service};
 
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None);
         let login = Login::parse("alice@example.org", None).unwrap();
-        let account = store.create_account(&login, "x").await.unwrap();
-        let secret = generate_app_password();
-        let id = store
-            .create_app_password(&login, Service::Mail, "t", &app_password_digest(&secret))
+        accounts
+            .create_account(&login, &Secret::from("a long main password"))
             .await
             .unwrap();
+        let account = accounts.account(&login).await.unwrap().id;
+        let made = accounts
+            .create_app_password(&login, Service::Mail, "t")
+            .await
+            .unwrap();
+        let (secret, id) = (made.secret, made.id);
         let settings = IndexSettings {
             default_domain: None,
             cache_capacity: 10,
@@ -370,7 +375,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!relay_task.is_finished());
-        store.revoke_app_password(&login, id).await.unwrap();
+        accounts.revoke_app_password(&login, id).await.unwrap();
         index.refresh_account(account).await.unwrap();
         let end = tokio::time::timeout(Duration::from_secs(1), relay_task)
             .await

@@ -1,7 +1,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::credentials::hashing::{app_password_digest, generate_app_password};
+use crate::credentials::accounts::AccountService;
 use crate::credentials::model::GenerationBump;
 use crate::store::feed;
 
@@ -9,6 +9,9 @@ const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 struct Fixture {
     store: Store,
+    /// Changes accounts by the service's rules; the index is not told (tests refresh it, as
+    /// the feed would).
+    accounts: AccountService,
     index: CredentialIndex,
     account: AccountId,
 }
@@ -23,15 +26,17 @@ fn settings() -> IndexSettings {
 }
 
 async fn fixture() -> Fixture {
-    let store = Store::open("sqlite::memory:").await.unwrap();
-    let hash = PasswordHasher::new(1)
-        .hash(&Secret::from("main password"))
+    let store = crate::store::open("sqlite::memory:").await.unwrap();
+    let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None);
+    accounts
+        .create_account(&login(), &Secret::from("main password"))
         .await
         .unwrap();
-    let account = store.create_account(&login(), &hash).await.unwrap();
+    let account = accounts.account(&login()).await.unwrap().id;
     let index = CredentialIndex::new(store.clone(), &settings());
     Fixture {
         store,
+        accounts,
         index,
         account,
     }
@@ -43,14 +48,13 @@ fn login() -> Login {
 
 impl Fixture {
     async fn app_password(&self, service: Service) -> (Secret, AppPasswordId) {
-        let secret = generate_app_password();
-        let id = self
-            .store
-            .create_app_password(&login(), service, "test", &app_password_digest(&secret))
+        let made = self
+            .accounts
+            .create_app_password(&login(), service, "test")
             .await
             .unwrap();
         self.index.refresh_account(self.account).await.unwrap();
-        (secret, id)
+        (made.secret, made.id)
     }
 
     async fn login(
@@ -115,7 +119,10 @@ async fn logins_are_normalised_and_typed_spaces_are_ignored() {
 async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
     let f = fixture().await;
     let bob = Login::parse("bob@example.org", None).unwrap();
-    f.store.create_account(&bob, "x").await.unwrap();
+    f.accounts
+        .create_account(&bob, &Secret::from("bob main password"))
+        .await
+        .unwrap();
     let (mail, _) = f.app_password(Service::Mail).await;
     let with = |login: &str, authzid: &str| Credentials {
         login: login.to_owned(),
@@ -187,7 +194,7 @@ async fn main_password_follows_the_option_and_two_factor() {
     let main = Secret::from("main password");
     // New accounts: app passwords only.
     assert!(!f.accepted(Service::Mail, &main).await);
-    f.store
+    f.accounts
         .set_app_passwords_only(&login(), false)
         .await
         .unwrap();
@@ -202,18 +209,18 @@ async fn main_password_follows_the_option_and_two_factor() {
             .await
     );
     // A cached main-password login dies when the option goes back on.
-    f.store
+    f.accounts
         .set_app_passwords_only(&login(), true)
         .await
         .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!f.accepted(Service::Mail, &main).await);
     // 2FA forces app passwords.
-    f.store
+    f.accounts
         .set_app_passwords_only(&login(), false)
         .await
         .unwrap();
-    f.store.set_two_factor(&login(), true).await.unwrap();
+    f.accounts.set_two_factor(&login(), true).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!f.accepted(Service::Mail, &main).await);
 }
@@ -221,23 +228,22 @@ async fn main_password_follows_the_option_and_two_factor() {
 #[tokio::test]
 async fn a_changed_main_password_kills_the_cached_old_one_even_with_two_factor_history() {
     let f = fixture().await;
-    f.store
+    f.accounts
         .set_app_passwords_only(&login(), false)
         .await
         .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     let old = Secret::from("main password");
     let grant = f.login(Service::Mail, "alice", &old).await.unwrap();
-    let new_hash = PasswordHasher::new(1)
-        .hash(&Secret::from("new password"))
+    f.accounts
+        .change_password(&login(), &Secret::from("new password here"))
         .await
         .unwrap();
-    f.store.set_password(&login(), &new_hash).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!grant.is_alive());
     assert!(!f.accepted(Service::Mail, &old).await);
     assert!(
-        f.accepted(Service::Mail, &Secret::from("new password"))
+        f.accepted(Service::Mail, &Secret::from("new password here"))
             .await
     );
 }
@@ -249,7 +255,10 @@ async fn revocation_is_instant_in_process_and_spares_the_others() {
     let (b, _) = f.app_password(Service::Mail).await;
     let grant = f.login(Service::Mail, "alice", &a).await.unwrap();
     assert!(f.accepted(Service::Mail, &a).await, "cached");
-    f.store.revoke_app_password(&login(), a_id).await.unwrap();
+    f.accounts
+        .revoke_app_password(&login(), a_id)
+        .await
+        .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!grant.is_alive());
     assert!(
@@ -271,23 +280,26 @@ async fn every_generation_bump_kills_every_older_app_password() {
     for (what, event) in events {
         let f = fixture().await;
         if event == GenerationBump::TwoFactorOff {
-            f.store.set_two_factor(&login(), true).await.unwrap();
+            f.accounts.set_two_factor(&login(), true).await.unwrap();
         }
         let (mail, _) = f.app_password(Service::Mail).await;
         let (disk, _) = f.app_password(Service::Disk).await;
         let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
         match event {
             GenerationBump::PasswordChanged => {
-                f.store.set_password(&login(), "$argon2id$x").await.unwrap();
+                f.accounts
+                    .change_password(&login(), &Secret::from("a changed password"))
+                    .await
+                    .unwrap();
             }
             GenerationBump::TwoFactorOn => {
-                f.store.set_two_factor(&login(), true).await.unwrap();
+                f.accounts.set_two_factor(&login(), true).await.unwrap();
             }
             GenerationBump::TwoFactorOff => {
-                f.store.set_two_factor(&login(), false).await.unwrap();
+                f.accounts.set_two_factor(&login(), false).await.unwrap();
             }
             other => {
-                f.store.bump_generation(&login(), other).await.unwrap();
+                f.accounts.bump_generation(&login(), other).await.unwrap();
             }
         }
         f.index.refresh_account(f.account).await.unwrap();
@@ -303,10 +315,13 @@ async fn every_generation_bump_kills_every_older_app_password() {
 #[tokio::test]
 async fn a_password_change_with_two_factor_on_leaves_app_passwords_alive() {
     let f = fixture().await;
-    f.store.set_two_factor(&login(), true).await.unwrap();
+    f.accounts.set_two_factor(&login(), true).await.unwrap();
     let (mail, _) = f.app_password(Service::Mail).await;
     let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
-    f.store.set_password(&login(), "$argon2id$x").await.unwrap();
+    f.accounts
+        .change_password(&login(), &Secret::from("a changed password"))
+        .await
+        .unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(grant.is_alive());
     assert!(f.accepted(Service::Mail, &mail).await);
@@ -319,7 +334,7 @@ async fn changes_from_another_writer_arrive_through_the_feed() {
     let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
     let cursor = f.store.latest_change().await.unwrap();
     // Another writer (here: the same store, but the index is not told).
-    f.store.revoke_app_password(&login(), id).await.unwrap();
+    f.accounts.revoke_app_password(&login(), id).await.unwrap();
     assert!(grant.is_alive(), "not yet seen");
     let dead = tokio::spawn({
         let grant = grant.clone();
@@ -342,7 +357,7 @@ async fn an_older_snapshot_never_replaces_a_newer_one() {
     let (mail, id) = f.app_password(Service::Mail).await;
     let grant = f.login(Service::Mail, "alice", &mail).await.unwrap();
     let stale = f.index.accounts.get(&f.account).unwrap().snapshot();
-    f.store.revoke_app_password(&login(), id).await.unwrap();
+    f.accounts.revoke_app_password(&login(), id).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     f.index.accounts.get(&f.account).unwrap().update(stale);
     assert!(!grant.is_alive());

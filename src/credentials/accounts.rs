@@ -1,0 +1,404 @@
+//! The account service: every rule about accounts and app passwords, in one place.
+//!
+//! The CLI, the portal and its API change accounts only through [`AccountService`]; the store
+//! ([`crate::store::AccountStore`]) only applies what the service decided. The rules:
+//!
+//! - New accounts have 2FA off and the "app passwords" option on.
+//! - 2FA forces the option on; turning the option off with 2FA on is refused.
+//! - A main-password change bumps the credential generation only while 2FA is off (with 2FA on
+//!   the second factor already protects the account); either way the old password dies.
+//! - 2FA on, 2FA off, access restored and "log out on all devices" bump the generation.
+//! - No app password is made while the option is off (the main password is what protocols take
+//!   then).
+//! - Passwords have a minimum length and are not on a list of common ones; app-password names
+//!   are 1 to 100 printable characters.
+//!
+//! A change made here reaches this process's credential index at once (not after the feed
+//! interval): the service refreshes the account in the index after every write.
+
+use std::sync::Arc;
+
+use super::hashing::{PasswordHasher, app_password_digest, generate_app_password};
+use super::index::CredentialIndex;
+use super::model::{
+    AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login, LoginError,
+    Service,
+};
+use super::secret::Secret;
+use crate::store::{AccountChange, Revocation, Store, StoreError};
+
+/// Shortest main password accepted, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+
+/// Longest main password accepted, in bytes (argon2 takes any length; this bounds the work a
+/// request can ask for).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Passwords people pick first: refused whatever their length.
+const COMMON_PASSWORDS: &[&str] = &[
+    "1234567890",
+    "12345678910",
+    "0123456789",
+    "1111111111",
+    "123123123123",
+    "qwertyuiop",
+    "1q2w3e4r5t",
+    "password123",
+    "password1234",
+    "passw0rd123",
+    "iloveyou123",
+    "qwerty12345",
+    "qwerty123456",
+    "abcdefghij",
+    "letmein123",
+    "welcome123",
+    "administrator",
+    "changeme123",
+    "sunshine123",
+    "football123",
+];
+
+/// Longest app-password name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// How often a write is decided again when the account changed under it.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    #[error("invalid login: {0}")]
+    Login(#[from] LoginError),
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    #[error("account {0} already exists")]
+    Exists(String),
+    #[error(
+        "the password is too weak: it needs at least {MIN_PASSWORD_CHARS} characters and must not be a common password"
+    )]
+    WeakPassword,
+    #[error("the password is longer than {MAX_PASSWORD_BYTES} bytes")]
+    PasswordTooLong,
+    #[error("the name must be 1 to {MAX_NAME_CHARS} printable characters")]
+    BadName,
+    #[error(
+        "the app-passwords option is off for {0}: turn it on first (the main password opens the protocols until then)"
+    )]
+    AppPasswordsOff(String),
+    #[error(
+        "two-factor authentication is on for {0}: app passwords are mandatory and the option cannot be turned off"
+    )]
+    AppPasswordsRequired(String),
+    #[error("account {login} has no app password with id {id}")]
+    UnknownAppPassword { login: String, id: i64 },
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("{0}")]
+    Hash(#[from] super::hashing::HashError),
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownAccount(login) => AccountError::UnknownAccount(login),
+            StoreError::AccountExists(login) => AccountError::Exists(login),
+            e => AccountError::Store(e),
+        }
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change was made; `Some` when it bumped the generation to this value.
+    Changed(Option<Generation>),
+    /// Nothing to do: the account was already in that state.
+    Unchanged,
+}
+
+/// A new app password: its id, and the secret, shown once and never stored.
+#[derive(Debug)]
+pub struct NewAppPassword {
+    pub id: AppPasswordId,
+    pub secret: Secret,
+}
+
+/// Checks a main password against the password rules.
+pub fn check_password(password: &Secret) -> Result<(), AccountError> {
+    if password.expose().len() > MAX_PASSWORD_BYTES {
+        return Err(AccountError::PasswordTooLong);
+    }
+    let text = String::from_utf8_lossy(password.expose());
+    let folded = text.trim().to_lowercase();
+    if text.chars().count() < MIN_PASSWORD_CHARS
+        || COMMON_PASSWORDS.contains(&folded.as_str())
+        // One character over and over.
+        || folded.chars().all(|c| folded.starts_with(c))
+    {
+        return Err(AccountError::WeakPassword);
+    }
+    Ok(())
+}
+
+/// Checks an app password's name; returns it trimmed.
+pub fn check_name(name: &str) -> Result<&str, AccountError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(AccountError::BadName);
+    }
+    Ok(name)
+}
+
+/// The change a new main password makes to `account`.
+pub fn password_change(account: &AccountState, hash: String) -> AccountChange {
+    AccountChange {
+        password_hash: Some(hash),
+        bump: (!account.two_factor).then_some(GenerationBump::PasswordChanged),
+        kind: "password",
+        ..AccountChange::default()
+    }
+}
+
+/// The change turning 2FA on or off makes, if any.
+pub fn two_factor_change(account: &AccountState, on: bool) -> Option<AccountChange> {
+    (account.two_factor != on).then(|| AccountChange {
+        two_factor: Some(on),
+        // The second factor makes app passwords mandatory.
+        app_passwords_only: on.then_some(true),
+        bump: Some(if on {
+            GenerationBump::TwoFactorOn
+        } else {
+            GenerationBump::TwoFactorOff
+        }),
+        kind: "two-factor",
+        ..AccountChange::default()
+    })
+}
+
+/// The change setting the "app passwords" option makes, if any.
+pub fn option_change(
+    account: &AccountState,
+    on: bool,
+) -> Result<Option<AccountChange>, AccountError> {
+    if !on && account.two_factor {
+        return Err(AccountError::AppPasswordsRequired(
+            account.login.to_string(),
+        ));
+    }
+    Ok((account.app_passwords_only != on).then(|| AccountChange {
+        app_passwords_only: Some(on),
+        kind: "app-passwords-option",
+        ..AccountChange::default()
+    }))
+}
+
+/// The change of an event that only bumps the generation.
+pub fn bump_change(event: GenerationBump) -> AccountChange {
+    AccountChange {
+        bump: Some(event),
+        kind: "generation",
+        ..AccountChange::default()
+    }
+}
+
+/// Accounts and app passwords, by their rules.
+#[derive(Clone)]
+pub struct AccountService {
+    store: Store,
+    hasher: PasswordHasher,
+    default_domain: Option<String>,
+    /// This process's credential index, told of every change at once.
+    index: Option<Arc<CredentialIndex>>,
+}
+
+impl AccountService {
+    pub fn new(store: Store, hasher: PasswordHasher, default_domain: Option<String>) -> Self {
+        Self {
+            store,
+            hasher,
+            default_domain,
+            index: None,
+        }
+    }
+
+    /// Keeps `index` current with every change this service makes.
+    pub fn with_index(mut self, index: Arc<CredentialIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The canonical login for what a person typed.
+    pub fn login(&self, typed: &str) -> Result<Login, AccountError> {
+        Ok(Login::parse(typed, self.default_domain.as_deref())?)
+    }
+
+    /// The account's current state.
+    pub async fn account(&self, login: &Login) -> Result<AccountState, AccountError> {
+        self.store
+            .account_by_login(login)
+            .await?
+            .map(|(state, _)| state)
+            .ok_or_else(|| AccountError::UnknownAccount(login.to_string()))
+    }
+
+    /// Creates an account with `password` as its main password.
+    pub async fn create_account(
+        &self,
+        login: &Login,
+        password: &Secret,
+    ) -> Result<(), AccountError> {
+        // "Exists" before the password rules: it is the answer that helps.
+        if self.store.account_by_login(login).await?.is_some() {
+            return Err(AccountError::Exists(login.to_string()));
+        }
+        check_password(password)?;
+        let hash = self.hasher.hash(password).await?;
+        self.store.create_account(login, &hash).await?;
+        Ok(())
+    }
+
+    /// Sets a new main password (see [`password_change`]).
+    pub async fn change_password(
+        &self,
+        login: &Login,
+        password: &Secret,
+    ) -> Result<Outcome, AccountError> {
+        check_password(password)?;
+        self.account(login).await?;
+        let hash = self.hasher.hash(password).await?;
+        self.decide(login, |account| {
+            Ok(Some(password_change(account, hash.clone())))
+        })
+        .await
+    }
+
+    /// Turns 2FA on or off (see [`two_factor_change`]).
+    pub async fn set_two_factor(&self, login: &Login, on: bool) -> Result<Outcome, AccountError> {
+        self.decide(login, |account| Ok(two_factor_change(account, on)))
+            .await
+    }
+
+    /// Sets the "app passwords" option (see [`option_change`]).
+    pub async fn set_app_passwords_only(
+        &self,
+        login: &Login,
+        on: bool,
+    ) -> Result<Outcome, AccountError> {
+        self.decide(login, |account| option_change(account, on))
+            .await
+    }
+
+    /// Access restored, or "log out on all devices": the generation moves on.
+    pub async fn bump_generation(
+        &self,
+        login: &Login,
+        event: GenerationBump,
+    ) -> Result<Generation, AccountError> {
+        match self.decide(login, |_| Ok(Some(bump_change(event)))).await? {
+            Outcome::Changed(Some(generation)) => Ok(generation),
+            _ => Ok(self.account(login).await?.generation),
+        }
+    }
+
+    /// Makes an app password for `service` named `name`; the secret is returned once.
+    pub async fn create_app_password(
+        &self,
+        login: &Login,
+        service: Service,
+        name: &str,
+    ) -> Result<NewAppPassword, AccountError> {
+        let name = check_name(name)?;
+        let secret = generate_app_password();
+        let digest = app_password_digest(&secret);
+        for _ in 0..CONFLICT_RETRIES {
+            let account = self.account(login).await?;
+            if !account.app_passwords_only {
+                return Err(AccountError::AppPasswordsOff(login.to_string()));
+            }
+            match self
+                .store
+                .create_app_password(&account, service, name, &digest)
+                .await
+            {
+                Ok(id) => {
+                    self.refresh(&account).await;
+                    return Ok(NewAppPassword { id, secret });
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(login.to_string()).into())
+    }
+
+    /// The account and every app password it has had, newest first.
+    pub async fn list_app_passwords(
+        &self,
+        login: &Login,
+    ) -> Result<(AccountState, Vec<AppPasswordInfo>), AccountError> {
+        let account = self.account(login).await?;
+        let passwords = self.store.list_app_passwords(&account).await?;
+        Ok((account, passwords))
+    }
+
+    /// Revokes one app password; the others stay alive.
+    pub async fn revoke_app_password(
+        &self,
+        login: &Login,
+        id: AppPasswordId,
+    ) -> Result<Outcome, AccountError> {
+        let account = self.account(login).await?;
+        match self.store.revoke_app_password(account.id, id).await? {
+            Revocation::Revoked => {
+                self.refresh(&account).await;
+                Ok(Outcome::Changed(None))
+            }
+            Revocation::AlreadyRevoked => Ok(Outcome::Unchanged),
+            Revocation::Unknown => Err(AccountError::UnknownAppPassword {
+                login: login.to_string(),
+                id: id.0,
+            }),
+        }
+    }
+
+    /// Reads the account, lets `rule` decide the change, and applies it; decides again if the
+    /// account changed in between.
+    async fn decide(
+        &self,
+        login: &Login,
+        rule: impl Fn(&AccountState) -> Result<Option<AccountChange>, AccountError>,
+    ) -> Result<Outcome, AccountError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let account = self.account(login).await?;
+            let Some(change) = rule(&account)? else {
+                return Ok(Outcome::Unchanged);
+            };
+            match self.store.apply_change(&account, &change).await {
+                Ok(generation) => {
+                    self.refresh(&account).await;
+                    return Ok(Outcome::Changed(change.bump.map(|_| generation)));
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(login.to_string()).into())
+    }
+
+    /// Tells this process's index at once; other processes learn it from the change feed.
+    async fn refresh(&self, account: &AccountState) {
+        if let Some(index) = &self.index
+            && let Err(e) = index.refresh_account(account.id).await
+        {
+            // The feed will bring it within its interval.
+            tracing::warn!(error = %e, "could not refresh the index after a change");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
