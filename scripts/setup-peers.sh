@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
-# Postfix and swaks, sendxmpp and go-sendxmpp, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
+# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
 # wsgidav, radicale, caldav, vdirsyncer and slixmpp.
 set -euo pipefail
 
@@ -21,6 +21,9 @@ command -v swaks >/dev/null 2>&1 || missing_debs+=(swaks)
 # Command-line Jabber clients whose habits differ from slixmpp's (see tests/xmpp_e2e.rs).
 command -v sendxmpp >/dev/null 2>&1 || missing_debs+=(sendxmpp)
 command -v go-sendxmpp >/dev/null 2>&1 || missing_debs+=(go-sendxmpp)
+# A real browser for the account portal's tests (Selenium drives it).
+command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing_debs+=(chromium-driver)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -38,7 +41,8 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
 fi
 
 # Python peers and clients: aiosmtpd (SMTP sink), wsgidav + cheroot (WebDAV server),
-# radicale (CalDAV/CardDAV server), caldav and vdirsyncer (DAV clients).
+# radicale (CalDAV/CardDAV server), caldav and vdirsyncer (DAV clients), slixmpp (XMPP client),
+# selenium (drives Chromium).
 missing_py=()
 python3 -c 'import aiosmtpd' 2>/dev/null || missing_py+=(aiosmtpd)
 python3 -c 'import wsgidav, cheroot' 2>/dev/null || missing_py+=(wsgidav cheroot)
@@ -46,6 +50,7 @@ python3 -c 'import radicale' 2>/dev/null || missing_py+=(radicale)
 python3 -c 'import caldav' 2>/dev/null || missing_py+=(caldav)
 command -v vdirsyncer >/dev/null 2>&1 || missing_py+=(vdirsyncer)
 python3 -c 'import slixmpp' 2>/dev/null || missing_py+=(slixmpp)
+python3 -c 'import selenium' 2>/dev/null || missing_py+=(selenium)
 if [ ${#missing_py[@]} -gt 0 ]; then
     echo "installing ${missing_py[*]}" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}" \

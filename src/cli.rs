@@ -278,14 +278,14 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
         AccountCommand::Restore { login } => {
             let login = service.login(&login)?;
             let generation = service
-                .bump_generation(&login, GenerationBump::AccessRestored)
+                .end_everything(&login, GenerationBump::AccessRestored)
                 .await?;
             report(Outcome::Changed(Some(generation)), "access restored");
         }
         AccountCommand::LogoutEverywhere { login } => {
             let login = service.login(&login)?;
             let generation = service
-                .bump_generation(&login, GenerationBump::LogoutEverywhere)
+                .end_everything(&login, GenerationBump::LogoutEverywhere)
                 .await?;
             report(Outcome::Changed(Some(generation)), "logged out everywhere");
         }
@@ -420,7 +420,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Unix milliseconds as `YYYY-MM-DD hh:mm:ss` UTC.
-fn timestamp(ms: i64) -> String {
+pub fn timestamp(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -35,6 +35,35 @@ pub struct Config {
     /// The authentication server for other daemons (Dovecot's auth protocol).
     #[serde(default)]
     pub auth_server: Option<AuthServerConfig>,
+    /// The account portal (`protocol = "portal"` listeners).
+    #[serde(default)]
+    pub portal: PortalConfig,
+}
+
+/// `[portal]`: the account portal's web sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortalConfig {
+    /// A web session ends this many seconds after its last request (default 7200).
+    pub idle_timeout_secs: u64,
+    /// A remembered sign-in ends this many days after it began, however active (default 30).
+    pub remember_days: u64,
+    /// Seconds after which creating an app password asks for the main password again
+    /// (default 300).
+    pub reconfirm_after_secs: u64,
+    /// Accounts signed in at once in one browser (default 5).
+    pub max_accounts: usize,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 7200,
+            remember_days: 30,
+            reconfirm_after_secs: 300,
+            max_accounts: 5,
+        }
+    }
 }
 
 /// `[auth_server]`: portcullis answering Dovecot's authentication protocol, so Postfix, Exim
@@ -269,6 +298,8 @@ pub enum ListenerProtocol {
     Http,
     /// XMPP client-to-server streams (RFC 6120).
     Xmpp,
+    /// HTTPS: the account portal (sign-in, access management), for people in a browser.
+    Portal,
 }
 
 /// How TLS starts on a listener.
@@ -560,6 +591,20 @@ impl Config {
                     self.validate_mail_listener(listener)?
                 }
                 ListenerProtocol::Http => self.validate_http_listener(listener)?,
+                ListenerProtocol::Portal => {
+                    if listener.backend.is_some() || !listener.routes.is_empty() {
+                        return Err(format!(
+                            "listener {}: a portal listener has no backend and no routes",
+                            listener.address
+                        ));
+                    }
+                    if listener.tls != ListenerTls::Implicit {
+                        return Err(format!(
+                            "listener {}: portal listeners use tls = \"implicit\" (HTTPS)",
+                            listener.address
+                        ));
+                    }
+                }
             }
         }
         for (name, backend) in &self.backends {
@@ -995,7 +1040,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.default_domain.as_deref(), Some("example.org"));
-        assert_eq!(config.listeners.len(), 6);
+        assert_eq!(config.listeners.len(), 7);
         assert_eq!(config.listeners[4].routes.len(), 3);
         assert_eq!(
             config.backends["prosody"].domain.as_deref(),

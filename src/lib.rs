@@ -20,6 +20,8 @@
 //!   client for DAV backends.
 //! - [`server`]: listeners, connection limits, deadlines, shutdown, and the drivers that connect
 //!   a protocol to sockets, the index and the backend (IMAP, submission, HTTPS, auth server).
+//! - [`portal`]: the account portal, where people sign in and manage their own app passwords
+//!   and sessions in a browser.
 //! - [`cli`]: the operator's command line.
 
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod io;
+pub mod portal;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -25,7 +25,7 @@ use super::model::{
     Service,
 };
 use super::secret::Secret;
-use crate::store::{AccountChange, Revocation, Store, StoreError};
+use crate::store::{AccountChange, NewWebSession, Revocation, Store, StoreError, WebSession};
 
 /// Shortest main password accepted, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 10;
@@ -92,6 +92,9 @@ pub enum AccountError {
     AppPasswordsRequired(String),
     #[error("account {login} has no app password with id {id}")]
     UnknownAppPassword { login: String, id: i64 },
+    /// A sign-in that failed: the same whatever failed (no such account, wrong password).
+    #[error("wrong login or password")]
+    BadCredentials,
     #[error("{0}")]
     Store(StoreError),
     #[error("{0}")]
@@ -205,6 +208,49 @@ pub fn bump_change(event: GenerationBump) -> AccountChange {
     }
 }
 
+/// How long web sessions of the portal live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRules {
+    /// A session ends this long after its last request.
+    pub idle: std::time::Duration,
+    /// A remembered session ends this long after it began, however active.
+    pub lifetime: std::time::Duration,
+}
+
+impl Default for SessionRules {
+    fn default() -> Self {
+        Self {
+            idle: std::time::Duration::from_secs(7200),
+            lifetime: std::time::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl SessionRules {
+    /// Whether `session` is still alive at `now` (milliseconds).
+    pub fn alive(&self, session: &WebSession, now: i64) -> bool {
+        let idle = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
+        let lifetime = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
+        now - session.last_seen_at <= idle && now - session.created_at <= lifetime
+    }
+}
+
+/// A new web session: its id and the token for the cookie (only its digest is stored).
+#[derive(Debug)]
+pub struct NewSession {
+    pub id: i64,
+    pub token: Secret,
+}
+
+/// The stored form and lookup key of a web session token.
+pub fn session_digest(token: &Secret) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"portcullis web-session v1\0");
+    hasher.update(token.expose());
+    super::hashing::hex(&hasher.finalize())
+}
+
 /// Accounts and app passwords, by their rules.
 #[derive(Clone)]
 pub struct AccountService {
@@ -213,6 +259,7 @@ pub struct AccountService {
     default_domain: Option<String>,
     /// This process's credential index, told of every change at once.
     index: Option<Arc<CredentialIndex>>,
+    sessions: SessionRules,
 }
 
 impl AccountService {
@@ -222,7 +269,124 @@ impl AccountService {
             hasher,
             default_domain,
             index: None,
+            sessions: SessionRules::default(),
         }
+    }
+
+    /// Web sessions live by `rules`.
+    pub fn with_session_rules(mut self, rules: SessionRules) -> Self {
+        self.sessions = rules;
+        self
+    }
+
+    /// Checks a main password for the portal's sign-in. Unlike the protocols, the portal takes
+    /// the main password whatever the app-passwords option says, and never an app password.
+    /// Every failure is the same `BadCredentials`.
+    pub async fn verify_main_password(
+        &self,
+        typed_login: &str,
+        password: &Secret,
+    ) -> Result<AccountState, AccountError> {
+        let Ok(login) = self.login(typed_login) else {
+            return Err(AccountError::BadCredentials);
+        };
+        if password.is_empty() || password.expose().len() > MAX_PASSWORD_BYTES {
+            return Err(AccountError::BadCredentials);
+        }
+        let Some((account, hash)) = self.store.account_by_login(&login).await? else {
+            return Err(AccountError::BadCredentials);
+        };
+        match self.hasher.verify(password, &hash).await {
+            Ok(true) => Ok(account),
+            Ok(false) | Err(super::hashing::HashError::Busy) => Err(AccountError::BadCredentials),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a web session for `account` after a sign-in.
+    pub async fn open_web_session(
+        &self,
+        account: &AccountState,
+        remember: bool,
+        ip: &str,
+        user_agent: &str,
+    ) -> Result<NewSession, AccountError> {
+        let token = Secret::new(super::hashing::hex(&rand::random::<[u8; 32]>()).into_bytes());
+        let digest = session_digest(&token);
+        let user_agent: String = user_agent.chars().take(200).collect();
+        let id = self
+            .store
+            .create_web_session(&NewWebSession {
+                account_id: account.id,
+                digest: &digest,
+                remember,
+                ip,
+                user_agent: &user_agent,
+            })
+            .await?;
+        Ok(NewSession { id, token })
+    }
+
+    /// The live web session a cookie token names, marked active now; `None` when there is
+    /// none or it has expired (an expired one is ended).
+    pub async fn web_session(&self, token: &Secret) -> Result<Option<WebSession>, AccountError> {
+        let Some(session) = self.store.web_session(&session_digest(token)).await? else {
+            return Ok(None);
+        };
+        let now = super::model::now_ms();
+        if !self.sessions.alive(&session, now) {
+            self.store
+                .end_web_session(session.account_id, session.id)
+                .await?;
+            return Ok(None);
+        }
+        self.store.touch_web_session(session.id, now, false).await?;
+        Ok(Some(session))
+    }
+
+    /// The main password was given again in this session (before a sensitive action).
+    pub async fn reconfirm_web_session(&self, session: &WebSession) -> Result<(), AccountError> {
+        self.store
+            .touch_web_session(session.id, super::model::now_ms(), true)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends one web session of the account.
+    pub async fn end_web_session(
+        &self,
+        account: &AccountState,
+        id: i64,
+    ) -> Result<bool, AccountError> {
+        Ok(self.store.end_web_session(account.id, id).await?)
+    }
+
+    /// The account's web sessions, most recently active first (expired ones left out).
+    pub async fn web_sessions(
+        &self,
+        account: &AccountState,
+    ) -> Result<Vec<WebSession>, AccountError> {
+        let now = super::model::now_ms();
+        Ok(self
+            .store
+            .web_sessions(account.id)
+            .await?
+            .into_iter()
+            .filter(|s| self.sessions.alive(s, now))
+            .collect())
+    }
+
+    /// "Log out on all devices" and "access restored": the generation moves on (every app
+    /// password and the sessions relayed with them die) and every web session ends.
+    pub async fn end_everything(
+        &self,
+        login: &Login,
+        event: GenerationBump,
+    ) -> Result<Generation, AccountError> {
+        let generation = self.bump_generation(login, event).await?;
+        let account = self.account(login).await?;
+        self.store.end_web_sessions(account.id).await?;
+        Ok(generation)
     }
 
     /// Keeps `index` current with every change this service makes.

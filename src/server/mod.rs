@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::config::{AuthConfig, Config, Limits, ListenerConfig, ListenerProtocol};
 use crate::credentials::CredentialIndex;
-use crate::credentials::accounts::AccountService;
+use crate::credentials::accounts::{AccountService, SessionRules};
 use crate::credentials::index::{IndexSettings, spawn_use_writer};
 use crate::protocol::http::Router;
 use crate::upstream::Backend;
@@ -108,7 +108,11 @@ impl Gateway {
             Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
         // Account changes made in this process reach its index at once.
         let accounts = AccountService::new(store, index.hasher(), config.default_domain.clone())
-            .with_index(index.clone());
+            .with_index(index.clone())
+            .with_session_rules(SessionRules {
+                idle: Duration::from_secs(config.portal.idle_timeout_secs),
+                lifetime: Duration::from_secs(config.portal.remember_days * 24 * 3600),
+            });
         let tls = crate::tls::server_config(
             &config.tls.certificate,
             &config.tls.private_key,
@@ -237,6 +241,13 @@ impl Gateway {
                         config: listener.clone(),
                     }))
                 }
+                ListenerProtocol::Portal => {
+                    tracing::info!(address = %local, "listening (portal)");
+                    let portal =
+                        crate::portal::Portal::new(shared.clone(), http_tls.clone(), &config)
+                            .map_err(StartError::Backend)?;
+                    Served::Portal(Arc::new(portal))
+                }
                 ListenerProtocol::Imap | ListenerProtocol::Submission | ListenerProtocol::Xmpp => {
                     let name = listener.backend.clone().unwrap_or_default();
                     let backend = mail_backends
@@ -360,6 +371,7 @@ fn connections_that_fit(config: &Config) -> usize {
 enum Served {
     Mail(Arc<ListenerContext>),
     Http(Arc<http::HttpListener>),
+    Portal(Arc<crate::portal::Portal>),
 }
 
 async fn accept_loop(
@@ -396,6 +408,9 @@ async fn accept_loop(
                 tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol)
             }
             Served::Http(_) => tracing::info_span!("session", id, peer = %peer, proto = "http"),
+            Served::Portal(_) => {
+                tracing::info_span!("session", id, peer = %peer, proto = "portal")
+            }
         };
         tracker.spawn(
             async move {
@@ -403,6 +418,9 @@ async fn accept_loop(
                 match served {
                     Served::Mail(context) => handle_mail(tcp, peer, context, &admitted).await,
                     Served::Http(listener) => http::serve(tcp, peer, listener, admitted).await,
+                    Served::Portal(portal) => {
+                        crate::portal::serve(tcp, peer, portal, admitted).await
+                    }
                 }
             }
             .instrument(span),
@@ -428,7 +446,7 @@ fn refuse_busy(tcp: &TcpStream, served: &Served, refusal: admission::Refusal, pe
             ListenerProtocol::Submission => b"421 4.7.0 Too many connections, try again later\r\n",
             ListenerProtocol::Imap => b"* BYE Too many connections, try again later\r\n",
             // An XMPP server speaks only after the client's stream header: just close.
-            ListenerProtocol::Xmpp | ListenerProtocol::Http => b"",
+            ListenerProtocol::Xmpp | ListenerProtocol::Http | ListenerProtocol::Portal => b"",
         };
         let _ = tcp.try_write(line);
     }
@@ -448,7 +466,7 @@ async fn handle_mail(
     match context.config.protocol {
         ListenerProtocol::Submission => smtp::serve(tcp, client, &context, admitted).await,
         ListenerProtocol::Xmpp => xmpp::serve(tcp, client, &context, admitted).await,
-        ListenerProtocol::Imap | ListenerProtocol::Http => {
+        ListenerProtocol::Imap | ListenerProtocol::Http | ListenerProtocol::Portal => {
             imap::serve(tcp, client, &context, admitted).await
         }
     }

@@ -34,6 +34,7 @@ use crate::credentials::model::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_use_reporter.sql")),
+    (3, include_str!("migrations/0003_web_sessions.sql")),
 ];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
@@ -77,6 +78,32 @@ pub struct AccountChange {
     pub bump: Option<GenerationBump>,
     /// What happened, recorded in the change feed.
     pub kind: &'static str,
+}
+
+/// A web session of the account portal, as stored (the token's digest, never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    pub id: i64,
+    pub account_id: AccountId,
+    pub login: Login,
+    pub created_at: i64,
+    /// When the main password (and second factor) were last given in this session.
+    pub signed_in_at: i64,
+    pub last_seen_at: i64,
+    /// "Remember me": the cookie persists; otherwise it ends with the browser.
+    pub remember: bool,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// A web session to create.
+#[derive(Debug, Clone)]
+pub struct NewWebSession<'a> {
+    pub account_id: AccountId,
+    pub digest: &'a str,
+    pub remember: bool,
+    pub ip: &'a str,
+    pub user_agent: &'a str,
 }
 
 /// How a revocation went.
@@ -155,6 +182,26 @@ pub trait AccountStore: Send + Sync {
         account: AccountId,
         id: AppPasswordId,
     ) -> Result<Revocation, StoreError>;
+
+    // ----- web sessions of the portal -----
+
+    /// Stores a new web session; returns its id.
+    async fn create_web_session(&self, session: &NewWebSession<'_>) -> Result<i64, StoreError>;
+
+    /// The web session whose token has this digest.
+    async fn web_session(&self, digest: &str) -> Result<Option<WebSession>, StoreError>;
+
+    /// Records activity (and, with `signed_in`, a new proof of the password) at `at`.
+    async fn touch_web_session(&self, id: i64, at: i64, signed_in: bool) -> Result<(), StoreError>;
+
+    /// Ends one web session of the account; false if it had none with that id.
+    async fn end_web_session(&self, account: AccountId, id: i64) -> Result<bool, StoreError>;
+
+    /// Ends every web session of the account.
+    async fn end_web_sessions(&self, account: AccountId) -> Result<u64, StoreError>;
+
+    /// The account's web sessions, most recently active first.
+    async fn web_sessions(&self, account: AccountId) -> Result<Vec<WebSession>, StoreError>;
 
     // ----- change feed -----
 
@@ -557,6 +604,69 @@ impl AccountStore for SqliteStore {
         }
     }
 
+    async fn create_web_session(&self, session: &NewWebSession<'_>) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO web_sessions (account_id, digest, created_at, signed_in_at, last_seen_at, remember, ip, user_agent) VALUES ($1, $2, $3, $3, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(session.account_id.0)
+        .bind(session.digest)
+        .bind(now)
+        .bind(i64::from(session.remember))
+        .bind(session.ip)
+        .bind(session.user_agent)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn web_session(&self, digest: &str) -> Result<Option<WebSession>, StoreError> {
+        let row = sqlx::query(WEB_SESSION_BY_DIGEST)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| web_session_from_row(&row)).transpose()
+    }
+
+    async fn touch_web_session(&self, id: i64, at: i64, signed_in: bool) -> Result<(), StoreError> {
+        let sql = if signed_in {
+            "UPDATE web_sessions SET last_seen_at = $1, signed_in_at = $1 WHERE id = $2"
+        } else {
+            "UPDATE web_sessions SET last_seen_at = $1 WHERE id = $2"
+        };
+        sqlx::query(sql)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn end_web_session(&self, account: AccountId, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE id = $1 AND account_id = $2")
+            .bind(id)
+            .bind(account.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn end_web_sessions(&self, account: AccountId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE account_id = $1")
+            .bind(account.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn web_sessions(&self, account: AccountId) -> Result<Vec<WebSession>, StoreError> {
+        let rows = sqlx::query(WEB_SESSIONS_OF_ACCOUNT)
+            .bind(account.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(web_session_from_row).collect()
+    }
+
     async fn latest_change(&self) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM changes")
             .fetch_one(&self.pool)
@@ -583,6 +693,23 @@ impl AccountStore for SqliteStore {
 
 const ACCOUNT_COLUMNS_BY_LOGIN: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE login = $1";
 const ACCOUNT_COLUMNS_BY_ID: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE id = $1";
+
+const WEB_SESSION_BY_DIGEST: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.digest = $1";
+const WEB_SESSIONS_OF_ACCOUNT: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.account_id = $1 ORDER BY s.last_seen_at DESC";
+
+fn web_session_from_row(row: &SqliteRow) -> Result<WebSession, StoreError> {
+    Ok(WebSession {
+        id: row.try_get("id")?,
+        account_id: AccountId(row.try_get("account_id")?),
+        login: Login::from_stored(row.try_get("login")?),
+        created_at: row.try_get("created_at")?,
+        signed_in_at: row.try_get("signed_in_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        remember: row.try_get::<i64, _>("remember")? != 0,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+    })
+}
 
 fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
     Ok(AccountState {

@@ -1,0 +1,271 @@
+//! The account portal: where people manage their own access in a browser.
+//!
+//! Server-rendered pages that work without JavaScript, on an HTTPS listener of their own
+//! (`protocol = "portal"`). Sign-in takes the login and the **main password** (never an app
+//! password); sessions are server-side (a random token in a `__Host-` cookie, only its digest
+//! stored) and up to `[portal] max_accounts` accounts share one browser, the first in the
+//! cookie being the current one. Every change goes through the account service, so the rules
+//! are the CLI's and the gateway's, and this process's credential index learns of it at once.
+//!
+//! Every response carries a strict CSP (no script at all), `frame-ancestors 'none'`, HSTS,
+//! `Referrer-Policy` and `Cache-Control: no-store`; every state-changing request must come from
+//! this origin (`Sec-Fetch-Site`, else `Origin`), which is the CSRF protection.
+
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ListenerProtocol, ListenerTls, PortalConfig};
+use crate::credentials::Secret;
+use crate::server::Shared;
+use crate::server::admission::Admitted;
+
+/// The session cookie. `__Host-`: only ever set over HTTPS, for this host, on `/`.
+pub const COOKIE: &str = "__Host-portcullis";
+
+/// Sign-in attempts one client address may make per minute.
+const SIGNIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+
+/// A server a mail, file, calendar or chat program is told to use.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Setting {
+    pub what: String,
+    pub value: String,
+}
+
+/// An app password just made, held for the one page view that shows it.
+struct Shown {
+    name: String,
+    secret: Secret,
+    settings: Vec<Setting>,
+}
+
+/// What the portal's handlers share.
+pub struct Portal {
+    pub shared: Arc<Shared>,
+    /// The server TLS configuration with ALPN `h2` and `http/1.1`.
+    pub tls: TlsAcceptor,
+    pub config: PortalConfig,
+    templates: minijinja::Environment<'static>,
+    /// App passwords just made, by web session id, until the next page shows them.
+    shown: DashMap<i64, Shown>,
+    /// Sign-in attempts per client address in the current minute.
+    attempts: Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
+    /// The listeners whose servers and ports the settings of a new app password name.
+    listeners: Vec<(ListenerProtocol, ListenerTls, u16)>,
+}
+
+impl Portal {
+    pub fn new(shared: Arc<Shared>, tls: TlsAcceptor, config: &Config) -> Result<Self, String> {
+        let mut templates = minijinja::Environment::new();
+        for (name, text) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("signin.html", include_str!("templates/signin.html")),
+            ("access.html", include_str!("templates/access.html")),
+            ("sessions.html", include_str!("templates/sessions.html")),
+            ("accounts.html", include_str!("templates/accounts.html")),
+            ("password.html", include_str!("templates/password.html")),
+        ] {
+            templates
+                .add_template(name, text)
+                .map_err(|e| format!("portal template {name}: {e}"))?;
+        }
+        Ok(Self {
+            shared,
+            tls,
+            config: config.portal.clone(),
+            templates,
+            shown: DashMap::new(),
+            attempts: Mutex::new(std::collections::HashMap::new()),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| (l.protocol, l.tls, l.address.port()))
+                .collect(),
+        })
+    }
+
+    /// Renders a page; a template fault is a 500 with no detail for the browser.
+    fn render(&self, name: &str, context: minijinja::Value) -> Response {
+        match self
+            .templates
+            .get_template(name)
+            .and_then(|t| t.render(context))
+        {
+            Ok(html) => {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, template = name, "portal template failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal error\n").into_response()
+            }
+        }
+    }
+
+    /// Whether `ip` may try to sign in now (a fixed window per minute).
+    fn may_attempt(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if attempts.len() > 100_000 {
+            attempts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let entry = attempts.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= SIGNIN_ATTEMPTS_PER_MINUTE
+    }
+}
+
+/// Per connection: who is on the other end, and the connection's place in the limits.
+#[derive(Clone)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub admitted: Arc<Admitted>,
+}
+
+/// The routes, over the portal's state.
+pub fn router(portal: Arc<Portal>) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/signin", get(pages::signin_page).post(pages::signin))
+        .route("/access", get(pages::access))
+        .route("/access/option", post(pages::set_option))
+        .route("/access/create", post(pages::create))
+        .route("/access/{id}/delete", post(pages::delete))
+        .route(
+            "/password",
+            get(pages::password_page).post(pages::change_password),
+        )
+        .route("/sessions", get(pages::sessions))
+        .route("/sessions/{id}/end", post(pages::end_session))
+        .route("/accounts", get(pages::accounts))
+        .route("/accounts/remove", post(pages::remove_accounts))
+        .route("/switch", post(pages::switch))
+        .route("/logout", post(pages::logout))
+        .route("/logout-all", post(pages::logout_all))
+        .route("/logout-everywhere", post(pages::logout_everywhere))
+        .route("/static/portal.css", get(stylesheet))
+        // No icon: said plainly, so browsers do not log a missing one.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(portal)
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("static/portal.css"),
+    )
+        .into_response()
+}
+
+/// CSRF: a request that changes state must come from a page of this origin. Browsers say so
+/// in `Sec-Fetch-Site`; those that do not send `Origin` on every POST.
+async fn same_origin_only(mut request: Request, next: Next) -> Response {
+    // HTTP/2 names the host in the URI (`:authority`), not in a Host header: give the pages one
+    // place to read it.
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = request.uri().authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    if !same_origin(request.headers()) {
+        tracing::info!("portal request from another origin refused");
+        return (StatusCode::FORBIDDEN, "Forbidden: cross-site request\n").into_response();
+    }
+    next.run(request).await
+}
+
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    matches!((origin, host), (Some(origin), Some(host)) if origin == format!("https://{host}"))
+}
+
+/// Headers every portal response carries.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("strict-transport-security", "max-age=31536000"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        // Pages show account data and, once, secrets: nothing is kept by caches or history.
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Serves one accepted connection.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, portal: Arc<Portal>, admitted: Arc<Admitted>) {
+    let limits = &portal.shared.limits;
+    let tls = match tokio::time::timeout(limits.handshake_timeout(), portal.tls.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
+            tracing::debug!("TLS handshake failed or timed out");
+            return;
+        }
+    };
+    let connection = Connection { peer, admitted };
+    let app = router(portal.clone()).layer(axum::Extension(connection));
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.http_header_timeout_secs));
+    builder
+        .http2()
+        .max_concurrent_streams(limits.http_max_streams);
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let shutdown = portal.shared.shutdown.clone();
+    let idle = Duration::from_secs(limits.http_idle_timeout_secs.max(1));
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "portal connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.as_mut()).await;
+        }
+        // Browsers keep connections open; the portal does not need them for long.
+        () = tokio::time::sleep(idle * 10) => {}
+    }
+}

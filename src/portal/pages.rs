@@ -1,0 +1,848 @@
+//! The portal's pages: sign-in, access management, devices and sessions, account switching.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Extension, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::context;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::{COOKIE, Connection, Portal, Setting, Shown};
+use crate::config::{ListenerProtocol, ListenerTls};
+use crate::credentials::accounts::AccountError;
+use crate::credentials::model::{AccountState, AppPasswordId, GenerationBump, now_ms};
+use crate::credentials::{Secret, Service};
+use crate::store::WebSession;
+
+/// The browser's signed-in sessions, the current one first.
+struct Signed {
+    /// Tokens as in the cookie (live ones only), in order.
+    tokens: Vec<Secret>,
+    sessions: Vec<WebSession>,
+    /// The cookie named sessions that have ended: it must be rewritten.
+    stale: bool,
+}
+
+impl Signed {
+    fn current(&self) -> Option<&WebSession> {
+        self.sessions.first()
+    }
+
+    fn logins(&self) -> Vec<String> {
+        self.sessions.iter().map(|s| s.login.to_string()).collect()
+    }
+}
+
+/// The tokens in the request's cookie.
+fn cookie_tokens(headers: &HeaderMap) -> Vec<Secret> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == COOKIE)
+        .flat_map(|(_, value)| value.split('.'))
+        // Tokens are 64 hex digits; anything else is not ours.
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .take(16)
+        .map(Secret::from)
+        .collect()
+}
+
+/// Resolves the cookie's tokens to live sessions (and marks the connection logged in).
+async fn signed(portal: &Portal, headers: &HeaderMap, conn: &Connection) -> Signed {
+    let mut signed = Signed {
+        tokens: Vec::new(),
+        sessions: Vec::new(),
+        stale: false,
+    };
+    for token in cookie_tokens(headers) {
+        match portal.shared.accounts.web_session(&token).await {
+            Ok(Some(session)) => {
+                signed.tokens.push(token);
+                signed.sessions.push(session);
+            }
+            Ok(None) => signed.stale = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "web session lookup failed");
+                signed.stale = true;
+            }
+        }
+    }
+    if !signed.sessions.is_empty() {
+        conn.admitted.logged_in();
+    }
+    signed
+}
+
+/// The `Set-Cookie` value for `tokens` (current first); empty tokens clear the cookie. A
+/// remembered sign-in persists for `remember_days`; otherwise the cookie ends with the browser.
+fn set_cookie(portal: &Portal, tokens: &[Secret], remember: bool) -> HeaderValue {
+    let value: Vec<String> = tokens
+        .iter()
+        .map(|t| String::from_utf8_lossy(t.expose()).into_owned())
+        .collect();
+    let lifetime = if tokens.is_empty() {
+        "; Max-Age=0".to_owned()
+    } else if remember {
+        format!("; Max-Age={}", portal.config.remember_days * 24 * 3600)
+    } else {
+        String::new()
+    };
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax{lifetime}",
+        value.join(".")
+    );
+    let mut value = HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// A redirect that also rewrites the session cookie.
+fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
+    let mut response = Redirect::to(to).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+}
+
+/// The cookie as it should be after dropping ended sessions (if any were dropped).
+fn refreshed_cookie(portal: &Portal, signed: &Signed) -> Option<HeaderValue> {
+    signed.stale.then(|| {
+        let remember = signed.current().is_some_and(|s| s.remember);
+        set_cookie(portal, &signed.tokens, remember)
+    })
+}
+
+fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn time(ms: i64) -> String {
+    crate::cli::timestamp(ms)
+}
+
+/// `/`: the access page when signed in, the sign-in page otherwise.
+pub async fn home(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    let to = if signed.current().is_some() {
+        "/access"
+    } else {
+        "/signin"
+    };
+    with_cookie(
+        Redirect::to(to).into_response(),
+        refreshed_cookie(&portal, &signed),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct SigninQuery {
+    add: Option<String>,
+}
+
+pub async fn signin_page(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<SigninQuery>,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    if signed.current().is_some() && query.add.is_none() {
+        return Redirect::to("/access").into_response();
+    }
+    with_cookie(
+        portal.render(
+            "signin.html",
+            context! { accounts => signed.logins(), login => "" },
+        ),
+        refreshed_cookie(&portal, &signed),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct SigninForm {
+    login: String,
+    password: String,
+    forget: Option<String>,
+}
+
+/// Sign-in: the main password, answered at the failure delay with one message whatever
+/// failed, a few attempts a minute per client address.
+pub async fn signin(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<SigninForm>,
+) -> Response {
+    let arrived = Instant::now();
+    let signed = signed(&portal, &headers, &conn).await;
+    let refuse = |error: &str| {
+        portal.render(
+            "signin.html",
+            context! { accounts => signed.logins(), login => form.login.clone(), error => error },
+        )
+    };
+    if !portal.may_attempt(conn.peer.ip()) {
+        tracing::info!(peer = %conn.peer, "portal sign-in throttled");
+        let mut response =
+            refuse("Too many attempts from your address. Wait a minute and try again.");
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return response;
+    }
+    let password = Secret::from(form.password.as_str());
+    let accounts = &portal.shared.accounts;
+    let account = match accounts.verify_main_password(&form.login, &password).await {
+        Ok(account) => account,
+        Err(AccountError::BadCredentials) => {
+            tracing::info!(login = %crate::protocol::printable(&form.login), peer = %conn.peer, "portal sign-in refused");
+            let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
+            tokio::time::sleep_until(arrived + delay).await;
+            let mut response = refuse("Wrong login or password.");
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            return response;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "portal sign-in failed");
+            let mut response = refuse("Signing in is not possible right now. Try again later.");
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return response;
+        }
+    };
+    // The browser's list: this account first, without its older session if it had one.
+    let mut tokens: Vec<Secret> = Vec::new();
+    for (token, session) in signed.tokens.iter().zip(&signed.sessions) {
+        if session.account_id == account.id {
+            let _ = accounts.end_web_session(&account, session.id).await;
+        } else {
+            tokens.push(token.clone());
+        }
+    }
+    if tokens.len() >= portal.config.max_accounts {
+        let mut response = refuse(&format!(
+            "{} accounts are signed in in this browser already: log out of one first.",
+            portal.config.max_accounts
+        ));
+        *response.status_mut() = StatusCode::CONFLICT;
+        return response;
+    }
+    let remember = form.forget.is_none();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown browser");
+    let session = match accounts
+        .open_web_session(&account, remember, &conn.peer.ip().to_string(), user_agent)
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not open a web session");
+            let mut response = refuse("Signing in is not possible right now. Try again later.");
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return response;
+        }
+    };
+    tracing::info!(login = %account.login, peer = %conn.peer, "portal sign-in");
+    conn.admitted.logged_in();
+    tokens.insert(0, session.token);
+    redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
+}
+
+/// The signed-in account for a page, or a redirect to the sign-in page.
+async fn require(
+    portal: &Portal,
+    headers: &HeaderMap,
+    conn: &Connection,
+) -> Result<(Signed, AccountState), Response> {
+    let signed = signed(portal, headers, conn).await;
+    let Some(session) = signed.current() else {
+        return Err(redirect_with_cookie(
+            "/signin",
+            set_cookie(portal, &[], false),
+        ));
+    };
+    match portal.shared.accounts.account(&session.login).await {
+        Ok(account) => Ok((signed, account)),
+        Err(e) => {
+            tracing::warn!(error = %e, "portal account lookup failed");
+            Err((StatusCode::SERVICE_UNAVAILABLE, "Try again later\n").into_response())
+        }
+    }
+}
+
+fn services() -> Vec<minijinja::Value> {
+    [
+        (Service::Mail, "Mail (IMAP, SMTP)"),
+        (Service::Disk, "Disk (WebDAV)"),
+        (Service::Calendar, "Calendar (CalDAV)"),
+        (Service::Contacts, "Contacts (CardDAV)"),
+        (Service::Xmpp, "Chat (XMPP)"),
+    ]
+    .into_iter()
+    .map(|(s, label)| context! { value => s.as_str(), label => label })
+    .collect()
+}
+
+/// The servers a program of `service` is told to use, from the configured listeners.
+fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -> Vec<Setting> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(crate::protocol::http::host_without_port)
+        .unwrap_or_else(|| "localhost".to_owned());
+    let mut out = Vec::new();
+    for &(protocol, tls, port) in &portal.listeners {
+        let what = match (service, protocol, tls) {
+            (Service::Mail, ListenerProtocol::Imap, ListenerTls::Implicit) => "IMAP (SSL/TLS)",
+            (Service::Mail, ListenerProtocol::Imap, ListenerTls::Starttls) => "IMAP (STARTTLS)",
+            (Service::Mail, ListenerProtocol::Submission, ListenerTls::Implicit) => {
+                "SMTP (SSL/TLS)"
+            }
+            (Service::Mail, ListenerProtocol::Submission, ListenerTls::Starttls) => {
+                "SMTP (STARTTLS)"
+            }
+            (Service::Xmpp, ListenerProtocol::Xmpp, _) => "XMPP server",
+            (Service::Disk | Service::Calendar | Service::Contacts, ListenerProtocol::Http, _) => {
+                "HTTPS server"
+            }
+            _ => continue,
+        };
+        out.push(Setting {
+            what: what.to_owned(),
+            value: format!("{host}, port {port}"),
+        });
+    }
+    out
+}
+
+fn page_error(e: &AccountError) -> String {
+    match e {
+        AccountError::Store(_) | AccountError::Hash(_) => {
+            "That did not work right now. Try again later.".to_owned()
+        }
+        e => {
+            let text = e.to_string();
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect::<String>() + ".")
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The access management page.
+pub async fn access(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    access_page(&portal, &conn, &headers, None).await
+}
+
+async fn access_page(
+    portal: &Portal,
+    conn: &Connection,
+    headers: &HeaderMap,
+    error: Option<String>,
+) -> Response {
+    let (signed, account) = match require(portal, headers, conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let Some(session) = signed.current() else {
+        return Redirect::to("/signin").into_response();
+    };
+    // Shown once: taken out of the map by the page that shows it.
+    let created = portal.shown.remove(&session.id).map(|(_, shown)| {
+        context! {
+            name => shown.name,
+            secret => String::from_utf8_lossy(shown.secret.expose()).into_owned(),
+            settings => shown
+                .settings
+                .iter()
+                .map(|s| context! { what => s.what.clone(), value => s.value.clone() })
+                .collect::<Vec<_>>(),
+        }
+    });
+    let passwords = match portal
+        .shared
+        .accounts
+        .list_app_passwords(&account.login)
+        .await
+    {
+        Ok((_, list)) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing app passwords failed");
+            Vec::new()
+        }
+    };
+    let passwords: Vec<minijinja::Value> = passwords
+        .iter()
+        .filter(|p| p.alive)
+        .map(|p| {
+            let last_used = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
+                (Some(at), Some(ip), Some(protocol)) => {
+                    format!("{} from {ip} ({protocol})", time(*at))
+                }
+                _ => "never".to_owned(),
+            };
+            context! {
+                id => p.id.0,
+                name => p.name.clone(),
+                service => p.service.as_str(),
+                created => time(p.created_at),
+                last_used => last_used,
+            }
+        })
+        .collect();
+    let reconfirm = now_ms() - session.signed_in_at
+        > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX);
+    let response = portal.render(
+        "access.html",
+        context! {
+            accounts => signed.logins(),
+            login => account.login.to_string(),
+            two_factor => account.two_factor,
+            app_passwords_only => account.app_passwords_only,
+            services => services(),
+            passwords => passwords,
+            created => created,
+            reconfirm => reconfirm,
+            error => error,
+        },
+    );
+    with_cookie(response, refreshed_cookie(portal, &signed))
+}
+
+#[derive(Deserialize)]
+pub struct OptionForm {
+    on: String,
+}
+
+pub async fn set_option(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<OptionForm>,
+) -> Response {
+    let (_, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match portal
+        .shared
+        .accounts
+        .set_app_passwords_only(&account.login, form.on == "1")
+        .await
+    {
+        Ok(_) => Redirect::to("/access").into_response(),
+        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CreateForm {
+    service: String,
+    name: String,
+    password: Option<String>,
+}
+
+/// Makes an app password; the next page view shows it once (POST, redirect, GET: reloading or
+/// going back never shows it again).
+pub async fn create(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<CreateForm>,
+) -> Response {
+    let (signed, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let Some(session) = signed.current() else {
+        return Redirect::to("/signin").into_response();
+    };
+    let accounts = &portal.shared.accounts;
+    let stale = now_ms() - session.signed_in_at
+        > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX);
+    if stale {
+        let arrived = Instant::now();
+        let typed = Secret::from(form.password.as_deref().unwrap_or(""));
+        match accounts
+            .verify_main_password(account.login.as_str(), &typed)
+            .await
+        {
+            Ok(_) => {
+                let _ = accounts.reconfirm_web_session(session).await;
+            }
+            Err(_) => {
+                let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
+                tokio::time::sleep_until(arrived + delay).await;
+                return access_page(&portal, &conn, &headers, Some("Wrong password.".to_owned()))
+                    .await;
+            }
+        }
+    }
+    let Ok(service) = form.service.parse::<Service>() else {
+        return access_page(&portal, &conn, &headers, Some("Choose a service.".into())).await;
+    };
+    match accounts
+        .create_app_password(&account.login, service, &form.name)
+        .await
+    {
+        Ok(made) => {
+            tracing::info!(login = %account.login, id = made.id.0, %service, "app password created in the portal");
+            portal.shown.insert(
+                session.id,
+                Shown {
+                    name: form.name.trim().to_owned(),
+                    secret: made.secret,
+                    settings: settings(&portal, service, &headers),
+                },
+            );
+            Redirect::to("/access").into_response()
+        }
+        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+    }
+}
+
+pub async fn delete(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let (_, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match portal
+        .shared
+        .accounts
+        .revoke_app_password(&account.login, AppPasswordId(id))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(login = %account.login, id, "app password deleted in the portal");
+            Redirect::to("/access").into_response()
+        }
+        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+    }
+}
+
+/// The password page.
+pub async fn password_page(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    password_view(&portal, &conn, &headers, None).await
+}
+
+async fn password_view(
+    portal: &Portal,
+    conn: &Connection,
+    headers: &HeaderMap,
+    error: Option<String>,
+) -> Response {
+    let (signed, account) = match require(portal, headers, conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    portal.render(
+        "password.html",
+        context! {
+            accounts => signed.logins(),
+            login => account.login.to_string(),
+            two_factor => account.two_factor,
+            min_chars => crate::credentials::accounts::MIN_PASSWORD_CHARS,
+            error => error,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    current: String,
+    new: String,
+    end_others: Option<String>,
+}
+
+/// A new main password, given the current one; by the account service's rule it kills every
+/// app password while 2FA is off. The other web sessions end if asked (this one stays).
+pub async fn change_password(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let arrived = Instant::now();
+    let (signed, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let accounts = &portal.shared.accounts;
+    if accounts
+        .verify_main_password(account.login.as_str(), &Secret::from(form.current.as_str()))
+        .await
+        .is_err()
+    {
+        let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
+        tokio::time::sleep_until(arrived + delay).await;
+        return password_view(
+            &portal,
+            &conn,
+            &headers,
+            Some("Wrong current password.".into()),
+        )
+        .await;
+    }
+    match accounts
+        .change_password(&account.login, &Secret::from(form.new.as_str()))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(login = %account.login, "main password changed in the portal");
+            if form.end_others.is_some() {
+                let this = signed.current().map(|s| s.id);
+                for session in accounts.web_sessions(&account).await.unwrap_or_default() {
+                    if Some(session.id) != this {
+                        let _ = accounts.end_web_session(&account, session.id).await;
+                    }
+                }
+            }
+            if let Some(session) = signed.current() {
+                let _ = accounts.reconfirm_web_session(session).await;
+            }
+            Redirect::to("/access").into_response()
+        }
+        Err(e) => password_view(&portal, &conn, &headers, Some(page_error(&e))).await,
+    }
+}
+
+/// The account's web sessions, on every device.
+pub async fn sessions(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let (signed, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let this = signed.current().map(|s| s.id);
+    let list = portal
+        .shared
+        .accounts
+        .web_sessions(&account)
+        .await
+        .unwrap_or_default();
+    let rows: Vec<minijinja::Value> = list
+        .iter()
+        .map(|s| {
+            context! {
+                id => s.id,
+                user_agent => s.user_agent.clone(),
+                ip => s.ip.clone(),
+                last_seen => time(s.last_seen_at),
+                this => Some(s.id) == this,
+            }
+        })
+        .collect();
+    portal.render(
+        "sessions.html",
+        context! { accounts => signed.logins(), login => account.login.to_string(), sessions => rows },
+    )
+}
+
+pub async fn end_session(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let (_, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let _ = portal.shared.accounts.end_web_session(&account, id).await;
+    Redirect::to("/sessions").into_response()
+}
+
+/// The browser's accounts, to log out of several at once.
+pub async fn accounts(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    if signed.current().is_none() {
+        return Redirect::to("/signin").into_response();
+    }
+    portal.render("accounts.html", context! { accounts => signed.logins() })
+}
+
+/// Ends the sessions at `indexes` of the browser's list and rewrites the cookie.
+async fn remove(portal: &Portal, signed: Signed, indexes: &[usize]) -> Response {
+    let mut tokens = Vec::new();
+    let mut remember = false;
+    let mut first = true;
+    for (i, (token, session)) in signed.tokens.iter().zip(&signed.sessions).enumerate() {
+        if indexes.contains(&i) {
+            if let Ok(account) = portal.shared.accounts.account(&session.login).await {
+                let _ = portal
+                    .shared
+                    .accounts
+                    .end_web_session(&account, session.id)
+                    .await;
+            }
+        } else {
+            if first {
+                remember = session.remember;
+                first = false;
+            }
+            tokens.push(token.clone());
+        }
+    }
+    let to = if tokens.is_empty() {
+        "/signin"
+    } else {
+        "/access"
+    };
+    redirect_with_cookie(to, set_cookie(portal, &tokens, remember))
+}
+
+/// "Log out": the current account leaves the list; the next one is current.
+pub async fn logout(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    remove(&portal, signed, &[0]).await
+}
+
+/// "Log out of all accounts": the list is emptied.
+pub async fn logout_all(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    let all: Vec<usize> = (0..signed.sessions.len()).collect();
+    remove(&portal, signed, &all).await
+}
+
+/// "Edit list": log out of the selected accounts.
+pub async fn remove_accounts(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    let indexes: Vec<usize> = form
+        .iter()
+        .filter(|(k, _)| k == "remove")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    remove(&portal, signed, &indexes).await
+}
+
+#[derive(Deserialize)]
+pub struct SwitchForm {
+    index: usize,
+}
+
+/// Makes another account of the browser's list current, without asking for credentials.
+pub async fn switch(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+    Form(form): Form<SwitchForm>,
+) -> Response {
+    let signed = signed(&portal, &headers, &conn).await;
+    if form.index >= signed.tokens.len() {
+        return Redirect::to("/access").into_response();
+    }
+    let mut tokens = signed.tokens.clone();
+    let chosen = tokens.remove(form.index);
+    tokens.insert(0, chosen);
+    let remember = signed.sessions.get(form.index).is_some_and(|s| s.remember);
+    redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
+}
+
+/// "Log out on all devices": the generation moves on (every app password dies, every session
+/// relayed with one is cut) and every web session of the account ends, this one included.
+pub async fn logout_everywhere(
+    State(portal): State<Arc<Portal>>,
+    Extension(conn): Extension<Connection>,
+    headers: HeaderMap,
+) -> Response {
+    let (signed, account) = match require(&portal, &headers, &conn).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match portal
+        .shared
+        .accounts
+        .end_everything(&account.login, GenerationBump::LogoutEverywhere)
+        .await
+    {
+        Ok(generation) => {
+            tracing::info!(login = %account.login, generation = generation.0, "logged out on all devices from the portal");
+            // The other accounts of this browser stay signed in.
+            let tokens: Vec<Secret> = signed
+                .tokens
+                .iter()
+                .zip(&signed.sessions)
+                .filter(|(_, s)| s.account_id != account.id)
+                .map(|(t, _)| t.clone())
+                .collect();
+            let remember = signed
+                .sessions
+                .iter()
+                .find(|s| s.account_id != account.id)
+                .is_some_and(|s| s.remember);
+            redirect_with_cookie("/signin", set_cookie(&portal, &tokens, remember))
+        }
+        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_tokens_are_read_from_the_cookie() {
+        let good = "a".repeat(64);
+        let other = "b".repeat(64);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!(
+                "theme=dark; {COOKIE}={good}.short.{other}.{}; x=y",
+                "z".repeat(64)
+            ))
+            .unwrap(),
+        );
+        let tokens: Vec<Vec<u8>> = cookie_tokens(&headers)
+            .iter()
+            .map(|t| t.expose().to_vec())
+            .collect();
+        assert_eq!(tokens, vec![good.into_bytes(), other.into_bytes()]);
+    }
+}

@@ -1,0 +1,198 @@
+//! The account portal: real Chromium (Selenium) through the real binary, with the app
+//! passwords it makes used over IMAP through the gateway to a real Dovecot; and the portal's
+//! HTTP rules (CSRF, headers, what may sign in) with curl.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct World {
+    _sink: SmtpSink,
+    _dovecot: Dovecot,
+    gateway: Gateway,
+}
+
+fn world(portal: &str) -> World {
+    let sink = SmtpSink::start();
+    let dovecot = Dovecot::start(sink.port, &["alice@example.org"]);
+    let gateway = Gateway::start(
+        dovecot.imap_port,
+        dovecot.submission_port,
+        Options {
+            tail: format!(
+                "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{{http}}\"\ntls = \"implicit\"\n[portal]\n{portal}\n"
+            ),
+            ..Options::default()
+        },
+    );
+    for login in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        gateway.create_account(login, &format!("{login} long main password"));
+    }
+    World {
+        _sink: sink,
+        _dovecot: dovecot,
+        gateway,
+    }
+}
+
+fn browser(w: &World, scenario: &str) -> String {
+    require("chromium", "apt-get install chromium chromium-driver");
+    require("chromedriver", "apt-get install chromium-driver");
+    require_python_module("selenium", "pip install selenium");
+    let script = std::fs::read_to_string(repo_path("tests/portal_browser.py")).unwrap();
+    let work = w.gateway.dir.path().join(format!("browser-{scenario}"));
+    std::fs::create_dir_all(&work).unwrap();
+    let out = python(
+        &script,
+        &[
+            &format!("https://localhost:{}", w.gateway.ports.http),
+            &w.gateway.ports.imaps.to_string(),
+            &w.gateway.ca.to_string_lossy(),
+            &work.to_string_lossy(),
+            scenario,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{scenario}: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        w.gateway.log()
+    );
+    // The pages rendered: every screenshot the scenario took is a real image.
+    for entry in std::fs::read_dir(&work).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "png") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                bytes.len() > 5000 && bytes.starts_with(b"\x89PNG"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    stdout
+}
+
+#[test]
+fn sign_in_create_use_delete_switch_and_log_out_in_a_real_browser() {
+    let w = world("");
+    let out = browser(&w, "main");
+    for step in [
+        "CREATED",
+        "IMAP-LOGIN OK",
+        "IMAP-CUT * BYE",
+        "SWITCHED",
+        "SIXTH-REFUSED",
+        "LOGGED-OUT-ALL",
+    ] {
+        assert!(out.contains(step), "{step} missing: {out}");
+    }
+    // The secret shown once never reached the log.
+    assert!(!w.gateway.log().contains("secret="), "{}", w.gateway.log());
+}
+
+#[test]
+fn log_out_on_all_devices_ends_every_session_and_kills_app_passwords() {
+    let w = world("");
+    let out = browser(&w, "everywhere");
+    assert!(out.contains("EVERYWHERE"), "{out}");
+}
+
+#[test]
+fn a_password_change_kills_app_passwords_and_the_other_sessions() {
+    let w = world("");
+    let out = browser(&w, "password");
+    assert!(out.contains("PASSWORD-CHANGED"), "{out}");
+}
+
+#[test]
+fn a_session_ends_after_the_idle_timeout() {
+    let w = world("idle_timeout_secs = 2");
+    let out = browser(&w, "idle");
+    assert!(out.contains("IDLE-EXPIRED"), "{out}");
+}
+
+/// curl against the portal: (status, headers, body).
+fn curl(w: &World, args: &[&str]) -> (String, String, String) {
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", &ca, "-D", "-", "-o", "-"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn the_portal_takes_main_passwords_only_from_its_own_origin_with_strict_headers() {
+    let w = world("");
+    let base = format!("https://localhost:{}", w.gateway.ports.http);
+    let origin = format!("Origin: {base}");
+    let (status, head, body) = curl(&w, &[&format!("{base}/signin")]);
+    assert_eq!(status, "200", "{body}");
+    for header in [
+        "content-security-policy: default-src 'none'; style-src 'self'",
+        "frame-ancestors 'none'",
+        "strict-transport-security: max-age=",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+    ] {
+        assert!(head.contains(header), "{header}: {head}");
+    }
+    // A right main password signs in: a __Host- cookie, Secure, HttpOnly, SameSite.
+    let signin = |login: &str, password: &str, extra: &[&str]| {
+        let form = format!("login={login}&password={}", password.replace(' ', "+"));
+        let mut args = vec!["-X", "POST", "--data", &form];
+        args.extend_from_slice(extra);
+        let url = format!("{base}/signin");
+        args.push(&url);
+        curl(&w, &args)
+    };
+    let (status, head, _) = signin("alice", "alice long main password", &["-H", &origin]);
+    assert_eq!(status, "303", "{head}");
+    assert!(
+        head.contains("set-cookie: __host-portcullis=")
+            && head.contains("; path=/; secure; httponly; samesite=lax; max-age="),
+        "{head}"
+    );
+    // An app password, of any service, never opens the portal; nor a wrong password or an
+    // unknown account, all with one answer.
+    let secret = w.gateway.app_password("alice", "mail", "Thunderbird");
+    let mut bodies = Vec::new();
+    for (login, password) in [
+        ("alice", secret.as_str()),
+        ("alice", "wrong password here"),
+        ("nobody", "alice long main password"),
+    ] {
+        let (status, head, body) = signin(login, password, &["-H", &origin]);
+        assert_eq!(status, "401", "{login}: {head}");
+        assert!(!head.contains("set-cookie"), "{head}");
+        bodies.push(body.replace(login, "LOGIN"));
+    }
+    assert!(bodies.windows(2).all(|b| b[0] == b[1]), "{bodies:#?}");
+    // A state-changing request from another origin, or naming none, is refused.
+    for extra in [
+        vec!["-H", "Origin: https://evil.example"],
+        vec!["-H", "Sec-Fetch-Site: cross-site"],
+        vec![],
+    ] {
+        let (status, _, body) = signin("alice", "alice long main password", &extra);
+        assert_eq!(status, "403", "{extra:?}: {body}");
+    }
+    // Sign-in attempts from one address are throttled.
+    let mut throttled = false;
+    for _ in 0..12 {
+        let (status, _, _) = signin("alice", "wrong password here", &["-H", &origin]);
+        if status == "429" {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "no throttling after a dozen attempts");
+}
