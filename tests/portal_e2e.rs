@@ -196,3 +196,59 @@ fn the_portal_takes_main_passwords_only_from_its_own_origin_with_strict_headers(
     }
     assert!(throttled, "no throttling after a dozen attempts");
 }
+
+#[test]
+fn guessing_one_account_slows_down_but_never_locks_its_owner_out() {
+    let w = world("");
+    let base = format!("https://localhost:{}", w.gateway.ports.http);
+    let origin = format!("Origin: {base}");
+    let timed = |login: &str, password: &str| {
+        let form = format!("login={login}&password={}", password.replace(' ', "+"));
+        let started = std::time::Instant::now();
+        let (status, _, _) = curl(
+            &w,
+            &[
+                "-X",
+                "POST",
+                "--data",
+                &form,
+                "-H",
+                &origin,
+                &format!("{base}/signin"),
+            ],
+        );
+        (status, started.elapsed())
+    };
+    // Spelled three ways, one account: the first five failures at the failure delay (250 ms),
+    // then 500 ms, 1 s, 2 s.
+    let mut times = Vec::new();
+    for login in [
+        "alice",
+        "Alice",
+        "alice@example.org",
+        "ALICE",
+        "alice",
+        "alice",
+        "Alice",
+        "alice",
+    ] {
+        let (status, took) = timed(login, "a wrong guess here");
+        assert_eq!(status, "401");
+        times.push(took);
+    }
+    eprintln!("refusal times: {times:?}");
+    assert!(
+        times[..5]
+            .iter()
+            .all(|t| *t < std::time::Duration::from_millis(450)),
+        "{times:?}"
+    );
+    assert!(
+        times[7] >= std::time::Duration::from_millis(1900),
+        "{times:?}"
+    );
+    // The owner still signs in at once.
+    let (status, took) = timed("alice", "alice long main password");
+    assert_eq!(status, "303");
+    assert!(took < std::time::Duration::from_millis(1000), "{took:?}");
+}

@@ -41,6 +41,16 @@ pub const COOKIE: &str = "__Host-portcullis";
 /// Sign-in attempts one client address may make per minute.
 const SIGNIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 
+/// Failed sign-ins for one login, from anywhere, before each further failure is answered
+/// later and later (never refused: the real user must still get in).
+const FREE_FAILURES: u32 = 5;
+
+/// The longest a refused sign-in is held back.
+const MAX_REFUSAL_DELAY: Duration = Duration::from_secs(8);
+
+/// How long failed sign-ins of a login are remembered.
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
 /// A server a mail, file, calendar or chat program is told to use.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Setting {
@@ -66,6 +76,8 @@ pub struct Portal {
     shown: DashMap<i64, Shown>,
     /// Sign-in attempts per client address in the current minute.
     attempts: Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
+    /// Failed sign-ins per account login (canonical; unknown logins alike) in the window.
+    failures: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
     /// The listeners whose servers and ports the settings of a new app password name.
     listeners: Vec<(ListenerProtocol, ListenerTls, u16)>,
 }
@@ -92,6 +104,7 @@ impl Portal {
             templates,
             shown: DashMap::new(),
             attempts: Mutex::new(std::collections::HashMap::new()),
+            failures: Mutex::new(std::collections::HashMap::new()),
             listeners: config
                 .listeners
                 .iter()
@@ -114,6 +127,44 @@ impl Portal {
                 tracing::error!(error = %e, template = name, "portal template failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal error\n").into_response()
             }
+        }
+    }
+
+    /// Counts a failed sign-in for `login` and says how long after its arrival to answer it:
+    /// the failure delay, doubled for every failure past the first few in the window, up to
+    /// a cap. Guessing one account from many addresses slows down; its owner is never locked
+    /// out. Unknown logins count the same way, so the delay says nothing about existence.
+    pub(crate) fn refusal_delay(&self, login: &str) -> Duration {
+        let base = Duration::from_millis(self.shared.auth.failure_delay_ms);
+        let Ok(mut failures) = self.failures.lock() else {
+            return base;
+        };
+        let now = Instant::now();
+        if failures.len() > 100_000 {
+            failures.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(self.failure_key(login)).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        let extra = entry.1.saturating_sub(FREE_FAILURES).min(16);
+        base.saturating_mul(1 << extra)
+            .min(MAX_REFUSAL_DELAY.max(base))
+    }
+
+    /// A sign-in of `login` succeeded: its failures are forgotten.
+    pub(crate) fn signed_in(&self, login: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&self.failure_key(login));
+        }
+    }
+
+    /// One key per account however its login is spelled (`alice`, `Alice@example.org`).
+    fn failure_key(&self, login: &str) -> String {
+        match self.shared.accounts.login(login) {
+            Ok(login) => login.to_string(),
+            Err(_) => login.trim().to_lowercase().chars().take(320).collect(),
         }
     }
 

@@ -206,8 +206,7 @@ pub async fn signin(
         Ok(account) => account,
         Err(AccountError::BadCredentials) => {
             tracing::info!(login = %crate::protocol::printable(&form.login), peer = %conn.peer, "portal sign-in refused");
-            let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
-            tokio::time::sleep_until(arrived + delay).await;
+            tokio::time::sleep_until(arrived + portal.refusal_delay(&form.login)).await;
             let mut response = refuse("Wrong login or password.");
             *response.status_mut() = StatusCode::UNAUTHORIZED;
             return response;
@@ -254,6 +253,7 @@ pub async fn signin(
         }
     };
     tracing::info!(login = %account.login, peer = %conn.peer, "portal sign-in");
+    portal.signed_in(&form.login);
     conn.admitted.logged_in();
     tokens.insert(0, session.token);
     redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
