@@ -63,7 +63,12 @@ struct Shown {
     name: String,
     secret: Secret,
     settings: Vec<Setting>,
+    /// When it was made: one nobody came to see is dropped after [`SHOWN_FOR`].
+    made: Instant,
 }
+
+/// How long a new app password waits for the page that shows it.
+const SHOWN_FOR: Duration = Duration::from_secs(600);
 
 /// What the portal's handlers share.
 pub struct Portal {

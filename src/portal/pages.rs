@@ -365,17 +365,21 @@ async fn access_page(
         return Redirect::to("/signin").into_response();
     };
     // Shown once: taken out of the map by the page that shows it.
-    let created = portal.shown.remove(&session.id).map(|(_, shown)| {
-        context! {
-            name => shown.name,
-            secret => String::from_utf8_lossy(shown.secret.expose()).into_owned(),
-            settings => shown
-                .settings
-                .iter()
-                .map(|s| context! { what => s.what.clone(), value => s.value.clone() })
-                .collect::<Vec<_>>(),
-        }
-    });
+    let created = portal
+        .shown
+        .remove(&session.id)
+        .filter(|(_, shown)| shown.made.elapsed() < super::SHOWN_FOR)
+        .map(|(_, shown)| {
+            context! {
+                name => shown.name,
+                secret => String::from_utf8_lossy(shown.secret.expose()).into_owned(),
+                settings => shown
+                    .settings
+                    .iter()
+                    .map(|s| context! { what => s.what.clone(), value => s.value.clone() })
+                    .collect::<Vec<_>>(),
+            }
+        });
     let passwords = match portal
         .shared
         .accounts
@@ -504,12 +508,16 @@ pub async fn create(
     {
         Ok(made) => {
             tracing::info!(login = %account.login, id = made.id.0, %service, "app password created in the portal");
+            portal
+                .shown
+                .retain(|_, shown| shown.made.elapsed() < super::SHOWN_FOR);
             portal.shown.insert(
                 session.id,
                 Shown {
                     name: form.name.trim().to_owned(),
                     secret: made.secret,
                     settings: settings(&portal, service, &headers),
+                    made: Instant::now(),
                 },
             );
             Redirect::to("/access").into_response()
