@@ -109,6 +109,13 @@ fn a_password_change_kills_app_passwords_and_the_other_sessions() {
 }
 
 #[test]
+fn an_app_password_made_long_after_sign_in_needs_the_main_password_again() {
+    let w = world("reconfirm_after_secs = 1");
+    let out = browser(&w, "reconfirm");
+    assert!(out.contains("RECONFIRMED"), "{out}");
+}
+
+#[test]
 fn a_session_ends_after_the_idle_timeout() {
     let w = world("idle_timeout_secs = 2");
     let out = browser(&w, "idle");
