@@ -715,7 +715,6 @@ impl Config {
                     ));
                 }
             }
-            auth_server.mode()?;
         }
         if self.auth.max_failures == 0 {
             return Err("[auth] max_failures must be at least 1".into());

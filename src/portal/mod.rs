@@ -79,10 +79,10 @@ pub struct Portal {
     templates: minijinja::Environment<'static>,
     /// App passwords just made, by web session id, until the next page shows them.
     shown: DashMap<i64, Shown>,
-    /// Sign-in attempts per client address in the current minute.
-    attempts: Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
-    /// Failed sign-ins per account login (canonical; unknown logins alike) in the window.
-    failures: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+    /// Sign-in attempts per client address, by the minute.
+    attempts: Counter<std::net::IpAddr>,
+    /// Failed sign-ins per account login (canonical; unknown logins alike), by the window.
+    failures: Counter<String>,
     /// The listeners whose servers and ports the settings of a new app password name.
     listeners: Vec<(ListenerProtocol, ListenerTls, u16)>,
 }
@@ -108,8 +108,8 @@ impl Portal {
             config: config.portal.clone(),
             templates,
             shown: DashMap::new(),
-            attempts: Mutex::new(std::collections::HashMap::new()),
-            failures: Mutex::new(std::collections::HashMap::new()),
+            attempts: Counter::new(Duration::from_secs(60)),
+            failures: Counter::new(FAILURE_WINDOW),
             listeners: config
                 .listeners
                 .iter()
@@ -141,28 +141,15 @@ impl Portal {
     /// out. Unknown logins count the same way, so the delay says nothing about existence.
     pub(crate) fn refusal_delay(&self, login: &str) -> Duration {
         let base = Duration::from_millis(self.shared.auth.failure_delay_ms);
-        let Ok(mut failures) = self.failures.lock() else {
-            return base;
-        };
-        let now = Instant::now();
-        if failures.len() > 100_000 {
-            failures.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
-        }
-        let entry = failures.entry(self.failure_key(login)).or_insert((now, 0));
-        if now.duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        let extra = entry.1.saturating_sub(FREE_FAILURES).min(16);
+        let failures = self.failures.count(self.failure_key(login)).unwrap_or(0);
+        let extra = failures.saturating_sub(FREE_FAILURES).min(16);
         base.saturating_mul(1 << extra)
             .min(MAX_REFUSAL_DELAY.max(base))
     }
 
     /// A sign-in of `login` succeeded: its failures are forgotten.
     pub(crate) fn signed_in(&self, login: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(&self.failure_key(login));
-        }
+        self.failures.forget(&self.failure_key(login));
     }
 
     /// One key per account however its login is spelled (`alice`, `Alice@example.org`).
@@ -175,19 +162,47 @@ impl Portal {
 
     /// Whether `ip` may try to sign in now (a fixed window per minute).
     fn may_attempt(&self, ip: std::net::IpAddr) -> bool {
-        let Ok(mut attempts) = self.attempts.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        if attempts.len() > 100_000 {
-            attempts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        self.attempts
+            .count(ip)
+            .is_some_and(|n| n <= SIGNIN_ATTEMPTS_PER_MINUTE)
+    }
+}
+
+/// Events per key in fixed windows: sign-in attempts per address, failures per account.
+struct Counter<K> {
+    window: Duration,
+    counts: Mutex<std::collections::HashMap<K, (Instant, u32)>>,
+}
+
+impl<K: std::hash::Hash + Eq> Counter<K> {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            counts: Mutex::new(std::collections::HashMap::new()),
         }
-        let entry = attempts.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+    }
+
+    /// Counts one event for `key`: how many its current window holds, this one included.
+    fn count(&self, key: K) -> Option<u32> {
+        let mut counts = self.counts.lock().ok()?;
+        let now = Instant::now();
+        // Bounded: a flood of distinct keys is swept of expired windows.
+        if counts.len() > 100_000 {
+            counts.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let entry = counts.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 <= SIGNIN_ATTEMPTS_PER_MINUTE
+        Some(entry.1)
+    }
+
+    /// Forgets `key`'s events.
+    fn forget(&self, key: &K) {
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.remove(key);
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Extension, Form, Path, State};
+use axum::extract::{Form, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::context;
@@ -128,13 +129,63 @@ fn time(ms: i64) -> String {
     crate::cli::timestamp(ms)
 }
 
+/// A request and the browser behind it: the portal, the connection (address, admission slot),
+/// the request's headers and the browser's signed-in sessions, resolved once per request.
+pub struct Browser(Arc<Portal>, Connection, HeaderMap, Signed);
+
+impl FromRequestParts<Arc<Portal>> for Browser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Arc<Portal>) -> Result<Self, Response> {
+        let conn = parts
+            .extensions
+            .get::<Connection>()
+            .cloned()
+            .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        let signed = signed(portal, &parts.headers, &conn).await;
+        Ok(Self(portal.clone(), conn, parts.headers.clone(), signed))
+    }
+}
+
+/// A page of the current account: the browser, the account and its web session. Without a
+/// signed-in account the request gets the sign-in page instead.
+pub struct Page(Browser, AccountState, WebSession);
+
+impl FromRequestParts<Arc<Portal>> for Page {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Arc<Portal>) -> Result<Self, Response> {
+        let browser = Browser::from_request_parts(parts, portal).await?;
+        let Some(session) = browser.3.current().cloned() else {
+            return Err(redirect_with_cookie(
+                "/signin",
+                set_cookie(portal, &[], false),
+            ));
+        };
+        match portal.shared.accounts.account(&session.login).await {
+            Ok(account) => Ok(Self(browser, account, session)),
+            Err(e) => {
+                tracing::warn!(error = %e, "portal account lookup failed");
+                Err((StatusCode::SERVICE_UNAVAILABLE, "Try again later\n").into_response())
+            }
+        }
+    }
+}
+
+/// Whether the session's sign-in is older than the portal asks for a sensitive action.
+fn needs_reconfirm(portal: &Portal, session: &WebSession) -> bool {
+    now_ms() - session.signed_in_at
+        > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX)
+}
+
+/// Waits out the failure delay counted from `arrived`, before answering a refusal.
+async fn failure_delay(portal: &Portal, arrived: Instant) {
+    let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
+    tokio::time::sleep_until(arrived + delay).await;
+}
+
 /// `/`: the access page when signed in, the sign-in page otherwise.
-pub async fn home(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
+pub async fn home(Browser(portal, _, _, signed): Browser) -> Response {
     let to = if signed.current().is_some() {
         "/access"
     } else {
@@ -152,12 +203,9 @@ pub struct SigninQuery {
 }
 
 pub async fn signin_page(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
+    Browser(portal, _, _, signed): Browser,
     axum::extract::Query(query): axum::extract::Query<SigninQuery>,
 ) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
     if signed.current().is_some() && query.add.is_none() {
         return Redirect::to("/access").into_response();
     }
@@ -180,13 +228,10 @@ pub struct SigninForm {
 /// Sign-in: the main password, answered at the failure delay with one message whatever
 /// failed, a few attempts a minute per client address.
 pub async fn signin(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
+    Browser(portal, conn, headers, signed): Browser,
     Form(form): Form<SigninForm>,
 ) -> Response {
     let arrived = Instant::now();
-    let signed = signed(&portal, &headers, &conn).await;
     let refuse = |error: &str| {
         portal.render(
             "signin.html",
@@ -259,28 +304,6 @@ pub async fn signin(
     redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
 }
 
-/// The signed-in account for a page, or a redirect to the sign-in page.
-async fn require(
-    portal: &Portal,
-    headers: &HeaderMap,
-    conn: &Connection,
-) -> Result<(Signed, AccountState), Response> {
-    let signed = signed(portal, headers, conn).await;
-    let Some(session) = signed.current() else {
-        return Err(redirect_with_cookie(
-            "/signin",
-            set_cookie(portal, &[], false),
-        ));
-    };
-    match portal.shared.accounts.account(&session.login).await {
-        Ok(account) => Ok((signed, account)),
-        Err(e) => {
-            tracing::warn!(error = %e, "portal account lookup failed");
-            Err((StatusCode::SERVICE_UNAVAILABLE, "Try again later\n").into_response())
-        }
-    }
-}
-
 fn services() -> Vec<minijinja::Value> {
     [
         (Service::Mail, "Mail (IMAP, SMTP)"),
@@ -343,27 +366,12 @@ fn page_error(e: &AccountError) -> String {
 }
 
 /// The access management page.
-pub async fn access(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    access_page(&portal, &conn, &headers, None).await
+pub async fn access(page: Page) -> Response {
+    access_page(&page, None).await
 }
 
-async fn access_page(
-    portal: &Portal,
-    conn: &Connection,
-    headers: &HeaderMap,
-    error: Option<String>,
-) -> Response {
-    let (signed, account) = match require(portal, headers, conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let Some(session) = signed.current() else {
-        return Redirect::to("/signin").into_response();
-    };
+async fn access_page(page: &Page, error: Option<String>) -> Response {
+    let Page(Browser(portal, _, _, signed), account, session) = page;
     // Shown once: taken out of the map by the page that shows it.
     let created = portal
         .shown
@@ -411,8 +419,6 @@ async fn access_page(
             }
         })
         .collect();
-    let reconfirm = now_ms() - session.signed_in_at
-        > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX);
     let response = portal.render(
         "access.html",
         context! {
@@ -423,11 +429,11 @@ async fn access_page(
             services => services(),
             passwords => passwords,
             created => created,
-            reconfirm => reconfirm,
+            reconfirm => needs_reconfirm(portal, session),
             error => error,
         },
     );
-    with_cookie(response, refreshed_cookie(portal, &signed))
+    with_cookie(response, refreshed_cookie(portal, signed))
 }
 
 #[derive(Deserialize)]
@@ -435,16 +441,8 @@ pub struct OptionForm {
     on: String,
 }
 
-pub async fn set_option(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-    Form(form): Form<OptionForm>,
-) -> Response {
-    let (_, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub async fn set_option(page: Page, Form(form): Form<OptionForm>) -> Response {
+    let Page(Browser(portal, ..), account, _) = &page;
     match portal
         .shared
         .accounts
@@ -452,7 +450,7 @@ pub async fn set_option(
         .await
     {
         Ok(_) => Redirect::to("/access").into_response(),
-        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+        Err(e) => access_page(&page, Some(page_error(&e))).await,
     }
 }
 
@@ -465,23 +463,10 @@ pub struct CreateForm {
 
 /// Makes an app password; the next page view shows it once (POST, redirect, GET: reloading or
 /// going back never shows it again).
-pub async fn create(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-    Form(form): Form<CreateForm>,
-) -> Response {
-    let (signed, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let Some(session) = signed.current() else {
-        return Redirect::to("/signin").into_response();
-    };
+pub async fn create(page: Page, Form(form): Form<CreateForm>) -> Response {
+    let Page(Browser(portal, _, headers, _), account, session) = &page;
     let accounts = &portal.shared.accounts;
-    let stale = now_ms() - session.signed_in_at
-        > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX);
-    if stale {
+    if needs_reconfirm(portal, session) {
         let arrived = Instant::now();
         let typed = Secret::from(form.password.as_deref().unwrap_or(""));
         match accounts
@@ -492,15 +477,13 @@ pub async fn create(
                 let _ = accounts.reconfirm_web_session(session).await;
             }
             Err(_) => {
-                let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
-                tokio::time::sleep_until(arrived + delay).await;
-                return access_page(&portal, &conn, &headers, Some("Wrong password.".to_owned()))
-                    .await;
+                failure_delay(portal, arrived).await;
+                return access_page(&page, Some("Wrong password.".to_owned())).await;
             }
         }
     }
     let Ok(service) = form.service.parse::<Service>() else {
-        return access_page(&portal, &conn, &headers, Some("Choose a service.".into())).await;
+        return access_page(&page, Some("Choose a service.".into())).await;
     };
     match accounts
         .create_app_password(&account.login, service, &form.name)
@@ -516,26 +499,18 @@ pub async fn create(
                 Shown {
                     name: form.name.trim().to_owned(),
                     secret: made.secret,
-                    settings: settings(&portal, service, &headers),
+                    settings: settings(portal, service, headers),
                     made: Instant::now(),
                 },
             );
             Redirect::to("/access").into_response()
         }
-        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+        Err(e) => access_page(&page, Some(page_error(&e))).await,
     }
 }
 
-pub async fn delete(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Response {
-    let (_, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub async fn delete(page: Page, Path(id): Path<i64>) -> Response {
+    let Page(Browser(portal, ..), account, _) = &page;
     match portal
         .shared
         .accounts
@@ -546,29 +521,17 @@ pub async fn delete(
             tracing::info!(login = %account.login, id, "app password deleted in the portal");
             Redirect::to("/access").into_response()
         }
-        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+        Err(e) => access_page(&page, Some(page_error(&e))).await,
     }
 }
 
 /// The password page.
-pub async fn password_page(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    password_view(&portal, &conn, &headers, None).await
+pub async fn password_page(page: Page) -> Response {
+    password_view(&page, None)
 }
 
-async fn password_view(
-    portal: &Portal,
-    conn: &Connection,
-    headers: &HeaderMap,
-    error: Option<String>,
-) -> Response {
-    let (signed, account) = match require(portal, headers, conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+fn password_view(page: &Page, error: Option<String>) -> Response {
+    let Page(Browser(portal, _, _, signed), account, _) = page;
     portal.render(
         "password.html",
         context! {
@@ -590,32 +553,17 @@ pub struct PasswordForm {
 
 /// A new main password, given the current one; by the account service's rule it kills every
 /// app password while 2FA is off. The other web sessions end if asked (this one stays).
-pub async fn change_password(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-    Form(form): Form<PasswordForm>,
-) -> Response {
+pub async fn change_password(page: Page, Form(form): Form<PasswordForm>) -> Response {
     let arrived = Instant::now();
-    let (signed, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let Page(Browser(portal, ..), account, session) = &page;
     let accounts = &portal.shared.accounts;
     if accounts
         .verify_main_password(account.login.as_str(), &Secret::from(form.current.as_str()))
         .await
         .is_err()
     {
-        let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
-        tokio::time::sleep_until(arrived + delay).await;
-        return password_view(
-            &portal,
-            &conn,
-            &headers,
-            Some("Wrong current password.".into()),
-        )
-        .await;
+        failure_delay(portal, arrived).await;
+        return password_view(&page, Some("Wrong current password.".into()));
     }
     match accounts
         .change_password(&account.login, &Secret::from(form.new.as_str()))
@@ -624,33 +572,21 @@ pub async fn change_password(
         Ok(_) => {
             tracing::info!(login = %account.login, "main password changed in the portal");
             if form.end_others.is_some() {
-                let this = signed.current().map(|s| s.id);
-                for session in accounts.web_sessions(&account).await.unwrap_or_default() {
-                    if Some(session.id) != this {
-                        let _ = accounts.end_web_session(&account, session.id).await;
+                for other in accounts.web_sessions(account).await.unwrap_or_default() {
+                    if other.id != session.id {
+                        let _ = accounts.end_web_session(account, other.id).await;
                     }
                 }
             }
-            if let Some(session) = signed.current() {
-                let _ = accounts.reconfirm_web_session(session).await;
-            }
+            let _ = accounts.reconfirm_web_session(session).await;
             Redirect::to("/access").into_response()
         }
-        Err(e) => password_view(&portal, &conn, &headers, Some(page_error(&e))).await,
+        Err(e) => password_view(&page, Some(page_error(&e))),
     }
 }
 
 /// The account's web sessions, on every device.
-pub async fn sessions(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let (signed, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let this = signed.current().map(|s| s.id);
+pub async fn sessions(Page(Browser(portal, _, _, signed), account, session): Page) -> Response {
     let list = portal
         .shared
         .accounts
@@ -665,7 +601,7 @@ pub async fn sessions(
                 user_agent => s.user_agent.clone(),
                 ip => s.ip.clone(),
                 last_seen => time(s.last_seen_at),
-                this => Some(s.id) == this,
+                this => s.id == session.id,
             }
         })
         .collect();
@@ -676,26 +612,15 @@ pub async fn sessions(
 }
 
 pub async fn end_session(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
+    Page(Browser(portal, ..), account, _): Page,
     Path(id): Path<i64>,
 ) -> Response {
-    let (_, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
     let _ = portal.shared.accounts.end_web_session(&account, id).await;
     Redirect::to("/sessions").into_response()
 }
 
 /// The browser's accounts, to log out of several at once.
-pub async fn accounts(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
+pub async fn accounts(Browser(portal, _, _, signed): Browser) -> Response {
     if signed.current().is_none() {
         return Redirect::to("/signin").into_response();
     }
@@ -733,34 +658,21 @@ async fn remove(portal: &Portal, signed: Signed, indexes: &[usize]) -> Response 
 }
 
 /// "Log out": the current account leaves the list; the next one is current.
-pub async fn logout(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
+pub async fn logout(Browser(portal, _, _, signed): Browser) -> Response {
     remove(&portal, signed, &[0]).await
 }
 
 /// "Log out of all accounts": the list is emptied.
-pub async fn logout_all(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
+pub async fn logout_all(Browser(portal, _, _, signed): Browser) -> Response {
     let all: Vec<usize> = (0..signed.sessions.len()).collect();
     remove(&portal, signed, &all).await
 }
 
 /// "Edit list": log out of the selected accounts.
 pub async fn remove_accounts(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
+    Browser(portal, _, _, signed): Browser,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
     let indexes: Vec<usize> = form
         .iter()
         .filter(|(k, _)| k == "remove")
@@ -776,12 +688,9 @@ pub struct SwitchForm {
 
 /// Makes another account of the browser's list current, without asking for credentials.
 pub async fn switch(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
+    Browser(portal, _, _, signed): Browser,
     Form(form): Form<SwitchForm>,
 ) -> Response {
-    let signed = signed(&portal, &headers, &conn).await;
     if form.index >= signed.tokens.len() {
         return Redirect::to("/access").into_response();
     }
@@ -794,15 +703,8 @@ pub async fn switch(
 
 /// "Log out on all devices": the generation moves on (every app password dies, every session
 /// relayed with one is cut) and every web session of the account ends, this one included.
-pub async fn logout_everywhere(
-    State(portal): State<Arc<Portal>>,
-    Extension(conn): Extension<Connection>,
-    headers: HeaderMap,
-) -> Response {
-    let (signed, account) = match require(&portal, &headers, &conn).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+pub async fn logout_everywhere(page: Page) -> Response {
+    let Page(Browser(portal, _, _, signed), account, _) = &page;
     match portal
         .shared
         .accounts
@@ -812,21 +714,17 @@ pub async fn logout_everywhere(
         Ok(generation) => {
             tracing::info!(login = %account.login, generation = generation.0, "logged out on all devices from the portal");
             // The other accounts of this browser stay signed in.
-            let tokens: Vec<Secret> = signed
+            let (tokens, sessions): (Vec<Secret>, Vec<&WebSession>) = signed
                 .tokens
                 .iter()
                 .zip(&signed.sessions)
                 .filter(|(_, s)| s.account_id != account.id)
-                .map(|(t, _)| t.clone())
-                .collect();
-            let remember = signed
-                .sessions
-                .iter()
-                .find(|s| s.account_id != account.id)
-                .is_some_and(|s| s.remember);
-            redirect_with_cookie("/signin", set_cookie(&portal, &tokens, remember))
+                .map(|(t, s)| (t.clone(), s))
+                .unzip();
+            let remember = sessions.first().is_some_and(|s| s.remember);
+            redirect_with_cookie("/signin", set_cookie(portal, &tokens, remember))
         }
-        Err(e) => access_page(&portal, &conn, &headers, Some(page_error(&e))).await,
+        Err(e) => access_page(&page, Some(page_error(&e))).await,
     }
 }
 
