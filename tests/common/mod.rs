@@ -11,12 +11,22 @@ use std::time::{Duration, Instant};
 
 pub const MASTER_PASSWORD: &str = "master-secret-for-tests";
 
-/// A free loopback port (bound and released; peers bind it right after).
+/// A free loopback port (bound and released; peers bind it right after). The kernel may hand
+/// a released port out again at once, so ports this test process has already given out are
+/// skipped: two listeners of one test never get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Fails the test with an install hint when a peer is missing.
