@@ -241,11 +241,7 @@ fn report(outcome: Outcome, what: &str) {
 /// the same rules as the portal; running gateways learn of the change from the store's feed.
 async fn accounts(config: &Config) -> Result<AccountService, CliError> {
     let store = crate::store::open(&config.store.url).await?;
-    Ok(AccountService::new(
-        store,
-        PasswordHasher::new(1),
-        config.default_domain.clone(),
-    ))
+    AccountService::configured(store, PasswordHasher::new(1), config).map_err(CliError)
 }
 
 async fn account(config: &Config, command: AccountCommand) -> Result<(), CliError> {
@@ -268,12 +264,29 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
         }
         AccountCommand::TwoFactor { login, state } => {
             let login = service.login(&login)?;
-            let what = if state.on() {
-                "two-factor authentication on"
+            if state.on() {
+                // The operator enrols for the owner: the seed goes to the owner's app, the
+                // recovery codes to the owner. Shown once, on stdout only.
+                let (enrolment, on) = service.enable_two_factor_for(&login).await?;
+                println!(
+                    "secret: {}",
+                    String::from_utf8_lossy(enrolment.secret.expose())
+                );
+                println!("uri:    {}", String::from_utf8_lossy(enrolment.uri.expose()));
+                for code in &on.recovery_codes {
+                    println!("recovery code: {}", String::from_utf8_lossy(code.expose()));
+                }
+                let account = service.account(&login).await?;
+                report(
+                    Outcome::Changed(Some(account.generation)),
+                    "two-factor authentication on",
+                );
             } else {
-                "two-factor authentication off"
-            };
-            report(service.set_two_factor(&login, state.on()).await?, what);
+                report(
+                    service.reset_two_factor(&login).await?,
+                    "two-factor authentication off",
+                );
+            }
         }
         AccountCommand::Restore { login } => {
             let login = service.login(&login)?;
@@ -421,25 +434,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// Unix milliseconds as `YYYY-MM-DD hh:mm:ss` UTC.
 pub fn timestamp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::clock::timestamp(ms)
 }
 
 /// Rows as aligned columns, two spaces apart; the first column (ids) right-aligned, the last

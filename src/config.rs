@@ -53,6 +53,13 @@ pub struct PortalConfig {
     pub reconfirm_after_secs: u64,
     /// Accounts signed in at once in one browser (default 5).
     pub max_accounts: usize,
+    /// The name authenticator apps show for accounts of this deployment (default: `hostname`,
+    /// else "portcullis").
+    pub issuer: Option<String>,
+    /// Where codes to a backup email go out (confirming the address, restoring access).
+    pub mail: Option<PortalMailConfig>,
+    /// Where codes to a phone go out.
+    pub sms: Option<PortalSmsConfig>,
 }
 
 impl Default for PortalConfig {
@@ -62,8 +69,72 @@ impl Default for PortalConfig {
             remember_days: 30,
             reconfirm_after_secs: 300,
             max_accounts: 5,
+            issuer: None,
+            mail: None,
+            sms: None,
         }
     }
+}
+
+/// `[portal.mail]`: the SMTP relay codes are mailed through (the operator's MTA: it accepts
+/// mail from the gateway without authentication, as from a trusted host).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalMailConfig {
+    /// `host:port` of the relay.
+    pub relay: String,
+    /// `none`, `starttls` or `implicit` (default `none`; plain only to loopback makes sense).
+    #[serde(default)]
+    pub tls: BackendTls,
+    /// PEM CA for the relay's certificate (default: the system's web roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The sender address of the codes.
+    pub from: String,
+    /// Seconds to deliver one message (default 10).
+    #[serde(default = "default_backend_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl PortalMailConfig {
+    /// The relay as a backend connection (address, TLS, timeout); it is never logged in to.
+    pub fn relay_backend(&self) -> BackendConfig {
+        BackendConfig {
+            address: Some(self.relay.clone()),
+            url: None,
+            tls: self.tls,
+            ca_file: self.ca_file.clone(),
+            server_name: None,
+            login: BackendLogin::MasterUser,
+            master_user: None,
+            master_password_file: None,
+            master_separator: default_separator(),
+            timeout_secs: self.timeout_secs,
+            strip_domain: false,
+            domain: None,
+            header: default_user_header(),
+            max_connections: 1,
+            shared_between_services: false,
+            allow_cleartext_to_backend: false,
+        }
+    }
+}
+
+/// `[portal.sms]`: how codes reach a phone. The operator's SMS gateway is reached by a program
+/// (`command`) or an HTTP endpoint (`webhook`); either gets `{"to": "+E164", "text": "..."}` as
+/// JSON, on stdin or as the POST body, never in argv or a URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSmsConfig {
+    /// Program and arguments, run without a shell.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `https://` URL (or `http://` to loopback) that takes a JSON POST.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Seconds to hand over one message (default 10).
+    #[serde(default = "default_backend_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// `[auth_server]`: portcullis answering Dovecot's authentication protocol, so Postfix, Exim
@@ -156,6 +227,12 @@ pub struct StoreConfig {
     /// longest a change made by another process waits before it takes effect here.
     #[serde(default = "default_feed_interval_ms")]
     pub feed_interval_ms: u64,
+    /// File holding the deployment's secret key (first line, 32 characters or more; every node
+    /// reads the same file). It seals TOTP seeds stored in the database and signs the portal's
+    /// form tokens; two-factor authentication and restore access need it, so a portal listener
+    /// does too. Kept out of the database so a copy of the database alone gives neither.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 fn default_feed_interval_ms() -> u64 {
@@ -575,6 +652,34 @@ impl Config {
         if self.listeners.is_empty() && self.auth_server.is_none() {
             return Err("no [[listener]] and no [auth_server] is configured".into());
         }
+        if let Some(sms) = &self.portal.sms {
+            match (&sms.command, &sms.webhook) {
+                (Some(command), None) if !command.is_empty() => {}
+                (None, Some(url)) => {
+                    let uri: http::Uri = url
+                        .parse()
+                        .map_err(|_| format!("[portal.sms] webhook {url:?} is not a URL"))?;
+                    let loopback = uri
+                        .host()
+                        .is_some_and(|h| h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+                    match uri.scheme_str() {
+                        Some("https") => {}
+                        Some("http") if loopback => {}
+                        _ => {
+                            return Err(format!(
+                                "[portal.sms] webhook {url:?}: https://, or http:// to loopback only (the body holds codes)"
+                            ));
+                        }
+                    }
+                }
+                _ => return Err("[portal.sms] needs exactly one of command = [...] and webhook = \"URL\"".into()),
+            }
+        }
+        if let Some(mail) = &self.portal.mail
+            && !mail.from.contains('@')
+        {
+            return Err(format!("[portal.mail] from = {:?} is not an address", mail.from));
+        }
         let mut addresses = std::collections::HashSet::new();
         for listener in &self.listeners {
             if !addresses.insert(listener.address) {
@@ -601,6 +706,12 @@ impl Config {
                     if listener.tls != ListenerTls::Implicit {
                         return Err(format!(
                             "listener {}: portal listeners use tls = \"implicit\" (HTTPS)",
+                            listener.address
+                        ));
+                    }
+                    if self.store.secret_key_file.is_none() {
+                        return Err(format!(
+                            "listener {}: the portal needs [store] secret_key_file (two-factor authentication and restore access use it); make one with `head -c 32 /dev/urandom | base64 > FILE && chmod 600 FILE`",
                             listener.address
                         ));
                     }

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod io;

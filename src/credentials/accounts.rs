@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::hashing::{PasswordHasher, app_password_digest, generate_app_password};
 use super::index::CredentialIndex;
+use super::keys::Keys;
 use super::model::{
     AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login, LoginError,
     Service,
@@ -95,6 +96,18 @@ pub enum AccountError {
     /// A sign-in that failed: the same whatever failed (no such account, wrong password).
     #[error("wrong login or password")]
     BadCredentials,
+    /// A second-factor code (or recovery code) that is wrong, used, or out of its window.
+    #[error("the code is wrong or was already used")]
+    WrongCode,
+    /// Turning on two-factor authentication took too long (the enrolment expired).
+    #[error("the set-up expired: start again")]
+    EnrolmentExpired,
+    #[error("two-factor authentication is already on")]
+    TwoFactorAlreadyOn,
+    #[error("{0}")]
+    BadInput(String),
+    #[error("no secret key is configured ([store] secret_key_file): two-factor authentication and restore access need one")]
+    NoKey,
     #[error("{0}")]
     Store(StoreError),
     #[error("{0}")]
@@ -177,6 +190,10 @@ pub fn two_factor_change(account: &AccountState, on: bool) -> Option<AccountChan
         } else {
             GenerationBump::TwoFactorOff
         }),
+        // Off removes the seed and the recovery codes with it; on brings its own (see
+        // `enable_two_factor`).
+        totp: (!on).then_some(None),
+        recovery_codes: (!on).then(Vec::new),
         kind: "two-factor",
         ..AccountChange::default()
     })
@@ -260,6 +277,14 @@ pub struct AccountService {
     /// This process's credential index, told of every change at once.
     index: Option<Arc<CredentialIndex>>,
     sessions: SessionRules,
+    /// The deployment's secret key (TOTP seeds, form tokens, code digests); without it 2FA and
+    /// restore access are unavailable.
+    keys: Option<Arc<Keys>>,
+    /// The name authenticator apps show for this deployment's accounts.
+    issuer: String,
+    /// A hash of nothing, verified when a login names no account, so a refusal takes as long
+    /// either way.
+    decoy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl AccountService {
@@ -270,6 +295,67 @@ impl AccountService {
             default_domain,
             index: None,
             sessions: SessionRules::default(),
+            keys: None,
+            issuer: "portcullis".to_owned(),
+            decoy_hash: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The service as a configuration describes it: default domain, secret key, issuer, web
+    /// session rules. The CLI and the server both start from here.
+    pub fn configured(
+        store: Store,
+        hasher: PasswordHasher,
+        config: &crate::config::Config,
+    ) -> Result<Self, String> {
+        let mut service = Self::new(store, hasher, config.default_domain.clone())
+            .with_session_rules(SessionRules {
+                idle: std::time::Duration::from_secs(config.portal.idle_timeout_secs),
+                lifetime: std::time::Duration::from_secs(config.portal.remember_days * 24 * 3600),
+            })
+            .with_issuer(
+                config
+                    .portal
+                    .issuer
+                    .as_deref()
+                    .or(config.hostname.as_deref())
+                    .unwrap_or("portcullis"),
+            );
+        if let Some(path) = &config.store.secret_key_file {
+            let keys = Keys::load(path).map_err(|e| format!("[store] secret_key_file: {e}"))?;
+            service = service.with_keys(Arc::new(keys));
+        }
+        Ok(service)
+    }
+
+    /// Seals TOTP seeds and signs form tokens with `keys`.
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Authenticator apps list this deployment's accounts under `issuer`.
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.issuer = issuer.replace(':', " ");
+        self
+    }
+
+    fn keys(&self) -> Result<&Keys, AccountError> {
+        self.keys.as_deref().ok_or(AccountError::NoKey)
+    }
+
+    /// Spends the time a real password check takes, for a login that names no account.
+    async fn decoy_verify(&self, password: &Secret) {
+        let hash = self
+            .decoy_hash
+            .get_or_try_init(|| async {
+                self.hasher
+                    .hash(&Secret::from("decoy password of no account"))
+                    .await
+            })
+            .await;
+        if let Ok(hash) = hash {
+            let _ = self.hasher.verify(password, hash).await;
         }
     }
 
@@ -294,6 +380,7 @@ impl AccountService {
             return Err(AccountError::BadCredentials);
         }
         let Some((account, hash)) = self.store.account_by_login(&login).await? else {
+            self.decoy_verify(password).await;
             return Err(AccountError::BadCredentials);
         };
         match self.hasher.verify(password, &hash).await {
@@ -440,12 +527,6 @@ impl AccountService {
         .await
     }
 
-    /// Turns 2FA on or off (see [`two_factor_change`]).
-    pub async fn set_two_factor(&self, login: &Login, on: bool) -> Result<Outcome, AccountError> {
-        self.decide(login, |account| Ok(two_factor_change(account, on)))
-            .await
-    }
-
     /// Sets the "app passwords" option (see [`option_change`]).
     pub async fn set_app_passwords_only(
         &self,
@@ -563,6 +644,12 @@ impl AccountService {
         }
     }
 }
+
+mod restore;
+mod two_factor;
+
+pub use restore::{Channel, CodeToSend, QUESTIONS};
+pub use two_factor::{Enrolment, RECOVERY_CODES, TwoFactorOn, code_at};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod hashing;
 pub mod index;
+pub mod keys;
 pub mod model;
 pub mod secret;
 pub mod tickets;

@@ -11,6 +11,7 @@
 //! `Referrer-Policy` and `Cache-Control: no-store`; every state-changing request must come from
 //! this origin (`Sec-Fetch-Site`, else `Origin`), which is the CSRF protection.
 
+mod delivery;
 mod pages;
 
 use std::net::SocketAddr;

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::config::{AuthConfig, Config, Limits, ListenerConfig, ListenerProtocol};
 use crate::credentials::CredentialIndex;
-use crate::credentials::accounts::{AccountService, SessionRules};
+use crate::credentials::accounts::AccountService;
 use crate::credentials::index::{IndexSettings, spawn_use_writer};
 use crate::protocol::http::Router;
 use crate::upstream::Backend;
@@ -107,12 +107,10 @@ impl Gateway {
         let index =
             Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
         // Account changes made in this process reach its index at once.
-        let accounts = AccountService::new(store, index.hasher(), config.default_domain.clone())
-            .with_index(index.clone())
-            .with_session_rules(SessionRules {
-                idle: Duration::from_secs(config.portal.idle_timeout_secs),
-                lifetime: Duration::from_secs(config.portal.remember_days * 24 * 3600),
-            });
+        let accounts =
+            AccountService::configured(store, index.hasher(), &config)
+                .map_err(StartError::Backend)?
+                .with_index(index.clone());
         let tls = crate::tls::server_config(
             &config.tls.certificate,
             &config.tls.private_key,

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_use_reporter.sql")),
     (3, include_str!("migrations/0003_web_sessions.sql")),
+    (4, include_str!("migrations/0004_two_factor_profiles.sql")),
 ];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
@@ -76,6 +77,11 @@ pub struct AccountChange {
     pub app_passwords_only: Option<bool>,
     /// Bump the credential generation, for this event.
     pub bump: Option<GenerationBump>,
+    /// A new sealed TOTP seed (`Some(None)` removes it), with the time step its confirming code
+    /// used, so that code is not accepted again.
+    pub totp: Option<Option<(String, i64)>>,
+    /// The account's recovery codes (digests) replaced by these; empty removes them all.
+    pub recovery_codes: Option<Vec<String>>,
     /// What happened, recorded in the change feed.
     pub kind: &'static str,
 }
@@ -104,6 +110,53 @@ pub struct NewWebSession<'a> {
     pub remember: bool,
     pub ip: &'a str,
     pub user_agent: &'a str,
+}
+
+/// The account's second factor as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondFactor {
+    /// The sealed TOTP seed.
+    pub sealed_seed: String,
+    /// The newest time step a code was accepted for.
+    pub last_step: i64,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: i64,
+}
+
+/// What an account's owner says about themselves and how they get back in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Profile {
+    pub first_name: String,
+    pub last_name: String,
+    /// Confirmed phone number (E.164).
+    pub phone: Option<String>,
+    /// Confirmed backup email.
+    pub email: Option<String>,
+    pub question: Option<String>,
+    /// argon2 PHC string of the normalised answer.
+    #[serde(skip)]
+    pub answer_hash: Option<String>,
+}
+
+/// A one-time code to store: only its keyed digest.
+#[derive(Debug, Clone)]
+pub struct NewCode<'a> {
+    pub account_id: AccountId,
+    pub purpose: &'a str,
+    /// Where it was sent (a phone number, an email address).
+    pub target: &'a str,
+    pub digest: &'a str,
+    pub expires_at: i64,
+    pub tries: i64,
+}
+
+/// How a one-time code check went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// Right: the code is used up; where it had been sent.
+    Accepted { target: String },
+    /// Wrong (a try is used up), or no live code.
+    Refused,
 }
 
 /// How a revocation went.
@@ -202,6 +255,40 @@ pub trait AccountStore: Send + Sync {
 
     /// The account's web sessions, most recently active first.
     async fn web_sessions(&self, account: AccountId) -> Result<Vec<WebSession>, StoreError>;
+
+    // ----- second factor -----
+
+    /// The account's sealed TOTP seed and its replay state, if 2FA is set up.
+    async fn second_factor(&self, account: AccountId) -> Result<Option<SecondFactor>, StoreError>;
+
+    /// Accepts a code of time step `step` if no code of that step or a later one was accepted
+    /// before (atomically: two requests with one code cannot both pass).
+    async fn accept_totp_step(&self, account: AccountId, step: i64) -> Result<bool, StoreError>;
+
+    /// Uses up the unused recovery code with this digest; false if there is none.
+    async fn use_recovery_code(&self, account: AccountId, digest: &str)
+    -> Result<bool, StoreError>;
+
+    // ----- profile and one-time codes -----
+
+    /// The account's profile (empty if never written).
+    async fn profile(&self, account: AccountId) -> Result<Profile, StoreError>;
+
+    /// Writes the whole profile.
+    async fn set_profile(&self, account: AccountId, profile: &Profile) -> Result<(), StoreError>;
+
+    /// Stores a one-time code; older live codes of the same purpose for the account end.
+    async fn create_code(&self, code: &NewCode<'_>) -> Result<(), StoreError>;
+
+    /// Checks `digest` against the account's live code for `purpose` at `now`: a match uses it
+    /// up, a miss uses up a try.
+    async fn check_code(
+        &self,
+        account: AccountId,
+        purpose: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError>;
 
     // ----- change feed -----
 
@@ -494,6 +581,34 @@ impl AccountStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(totp) = &change.totp {
+            let (seed, step) = match totp {
+                Some((seed, step)) => (Some(seed.as_str()), *step),
+                None => (None, 0),
+            };
+            sqlx::query(
+                "UPDATE accounts SET totp_seed = $1, totp_last_step = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(seed)
+            .bind(step)
+            .bind(now)
+            .bind(current.id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(codes) = &change.recovery_codes {
+            sqlx::query("DELETE FROM recovery_codes WHERE account_id = $1")
+                .bind(current.id.0)
+                .execute(&mut *tx)
+                .await?;
+            for digest in codes {
+                sqlx::query("INSERT INTO recovery_codes (account_id, digest) VALUES ($1, $2)")
+                    .bind(current.id.0)
+                    .bind(digest)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         let generation = match change.bump {
             Some(event) => bump(&mut tx, &current, event).await?,
             None => {
@@ -665,6 +780,160 @@ impl AccountStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(web_session_from_row).collect()
+    }
+
+    async fn second_factor(&self, account: AccountId) -> Result<Option<SecondFactor>, StoreError> {
+        let row = sqlx::query(
+            "SELECT totp_seed, totp_last_step, (SELECT COUNT(*) FROM recovery_codes r WHERE r.account_id = a.id AND r.used_at IS NULL) AS left_codes FROM accounts a WHERE id = $1",
+        )
+        .bind(account.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let Some(sealed_seed) = row.try_get::<Option<String>, _>("totp_seed")? else {
+            return Ok(None);
+        };
+        Ok(Some(SecondFactor {
+            sealed_seed,
+            last_step: row.try_get("totp_last_step")?,
+            recovery_codes_left: row.try_get("left_codes")?,
+        }))
+    }
+
+    async fn accept_totp_step(&self, account: AccountId, step: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET totp_last_step = $1 WHERE id = $2 AND totp_seed IS NOT NULL AND totp_last_step < $1",
+        )
+        .bind(step)
+        .bind(account.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn use_recovery_code(
+        &self,
+        account: AccountId,
+        digest: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $1 WHERE account_id = $2 AND digest = $3 AND used_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(account.0)
+        .bind(digest)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn profile(&self, account: AccountId) -> Result<Profile, StoreError> {
+        let row = sqlx::query(
+            "SELECT first_name, last_name, phone, email, question, answer_hash FROM profiles WHERE account_id = $1",
+        )
+        .bind(account.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Profile::default());
+        };
+        Ok(Profile {
+            first_name: row.try_get("first_name")?,
+            last_name: row.try_get("last_name")?,
+            phone: row.try_get("phone")?,
+            email: row.try_get("email")?,
+            question: row.try_get("question")?,
+            answer_hash: row.try_get("answer_hash")?,
+        })
+    }
+
+    async fn set_profile(&self, account: AccountId, profile: &Profile) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO profiles (account_id, first_name, last_name, phone, email, question, answer_hash, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (account_id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, phone = excluded.phone, email = excluded.email, question = excluded.question, answer_hash = excluded.answer_hash, updated_at = excluded.updated_at",
+        )
+        .bind(account.0)
+        .bind(&profile.first_name)
+        .bind(&profile.last_name)
+        .bind(profile.phone.as_deref())
+        .bind(profile.email.as_deref())
+        .bind(profile.question.as_deref())
+        .bind(profile.answer_hash.as_deref())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_code(&self, code: &NewCode<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        // One live code per purpose: a new one ends the others (and old rows go).
+        sqlx::query(
+            "DELETE FROM one_time_codes WHERE (account_id = $1 AND purpose = $2) OR expires_at < $3",
+        )
+        .bind(code.account_id.0)
+        .bind(code.purpose)
+        .bind(now - CHANGE_RETENTION_MS)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO one_time_codes (account_id, purpose, target, digest, created_at, expires_at, tries_left) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(code.account_id.0)
+        .bind(code.purpose)
+        .bind(code.target)
+        .bind(code.digest)
+        .bind(now)
+        .bind(code.expires_at)
+        .bind(code.tries)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn check_code(
+        &self,
+        account: AccountId,
+        purpose: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT id, target, digest FROM one_time_codes WHERE account_id = $1 AND purpose = $2 AND used_at IS NULL AND tries_left > 0 AND expires_at >= $3 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(account.0)
+        .bind(purpose)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(CodeCheck::Refused);
+        };
+        let id: i64 = row.try_get("id")?;
+        let stored: String = row.try_get("digest")?;
+        let right: bool =
+            subtle::ConstantTimeEq::ct_eq(stored.as_bytes(), digest.as_bytes()).into();
+        let result = if right {
+            sqlx::query("UPDATE one_time_codes SET used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            CodeCheck::Accepted {
+                target: row.try_get("target")?,
+            }
+        } else {
+            sqlx::query("UPDATE one_time_codes SET tries_left = tries_left - 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            CodeCheck::Refused
+        };
+        tx.commit().await?;
+        Ok(result)
     }
 
     async fn latest_change(&self) -> Result<i64, StoreError> {

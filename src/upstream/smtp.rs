@@ -48,6 +48,32 @@ pub async fn probe_extensions(backend: &Backend, helo: &str) -> Result<Vec<Strin
     backend.within_timeout(work).await
 }
 
+/// Hands one message to a relay (the portal's codes): greeting, EHLO (STARTTLS when
+/// configured), MAIL, RCPT, DATA, QUIT. `message` is the whole message, CRLF line ends, no
+/// line starting with a dot.
+pub async fn send(
+    relay: &Backend,
+    helo: &str,
+    from: &str,
+    to: &str,
+    message: &str,
+) -> Result<(), BackendError> {
+    let work = async {
+        let (mut conn, _) = Conn::open(relay).await?.hello(helo).await?;
+        conn.command(format!("MAIL FROM:<{from}>\r\n").as_bytes(), 250)
+            .await?;
+        conn.command(format!("RCPT TO:<{to}>\r\n").as_bytes(), 250)
+            .await?;
+        conn.command(b"DATA\r\n", 354).await?;
+        let mut data = message.to_owned();
+        data.push_str(".\r\n");
+        conn.command(data.as_bytes(), 250).await?;
+        let _ = conn.stream.write_all(b"QUIT\r\n").await;
+        Ok(())
+    };
+    relay.within_timeout(work).await
+}
+
 async fn login_inner(
     backend: &Backend,
     login: &Login,
