@@ -14,6 +14,7 @@ fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
             r#"default_domain = "example.org"
 [store]
 url = "sqlite://{root}/p.db"
+secret_key_file = "{root}/k.secret"
 [tls]
 certificate = "{root}/c.crt"
 private_key = "{root}/c.key"
@@ -34,6 +35,9 @@ master_password_file = "{root}/m.secret"
         ),
     )
     .unwrap();
+    let key = dir.join("k.secret");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    set_mode(&key, 0o600);
     path
 }
 

@@ -648,7 +648,7 @@ impl AccountService {
 mod restore;
 mod two_factor;
 
-pub use restore::{Channel, CodeToSend, QUESTIONS};
+pub use restore::{Channel, CodeToSend, Proof, QUESTIONS};
 pub use two_factor::{Enrolment, RECOVERY_CODES, TwoFactorOn, code_at};
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 mod delivery;
 mod pages;
+mod security;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,10 @@ const SIGNIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 /// Failed sign-ins for one login, from anywhere, before each further failure is answered
 /// later and later (never refused: the real user must still get in).
 const FREE_FAILURES: u32 = 5;
+
+/// Wrong second-factor codes for one account in [`FAILURE_WINDOW`] before codes are refused
+/// until the window ends.
+const MAX_CODE_FAILURES: u32 = 20;
 
 /// The longest a refused sign-in is held back.
 const MAX_REFUSAL_DELAY: Duration = Duration::from_secs(8);
@@ -86,6 +91,8 @@ pub struct Portal {
     failures: Counter<String>,
     /// The listeners whose servers and ports the settings of a new app password name.
     listeners: Vec<(ListenerProtocol, ListenerTls, u16)>,
+    /// Where codes to an email or a phone go out.
+    delivery: delivery::Delivery,
 }
 
 impl Portal {
@@ -98,6 +105,10 @@ impl Portal {
             ("sessions.html", include_str!("templates/sessions.html")),
             ("accounts.html", include_str!("templates/accounts.html")),
             ("password.html", include_str!("templates/password.html")),
+            ("signin_code.html", include_str!("templates/signin_code.html")),
+            ("two_factor.html", include_str!("templates/two_factor.html")),
+            ("profile.html", include_str!("templates/profile.html")),
+            ("restore.html", include_str!("templates/restore.html")),
         ] {
             templates
                 .add_template(name, text)
@@ -111,6 +122,7 @@ impl Portal {
             shown: DashMap::new(),
             attempts: Counter::new(Duration::from_secs(60)),
             failures: Counter::new(FAILURE_WINDOW),
+            delivery: delivery::Delivery::new(config)?,
             listeners: config
                 .listeners
                 .iter()
@@ -141,11 +153,35 @@ impl Portal {
     /// a cap. Guessing one account from many addresses slows down; its owner is never locked
     /// out. Unknown logins count the same way, so the delay says nothing about existence.
     pub(crate) fn refusal_delay(&self, login: &str) -> Duration {
+        self.refusal_delay_for(self.failure_key(login))
+    }
+
+    fn refusal_delay_for(&self, key: String) -> Duration {
         let base = Duration::from_millis(self.shared.auth.failure_delay_ms);
-        let failures = self.failures.count(self.failure_key(login)).unwrap_or(0);
+        let failures = self.failures.count(key).unwrap_or(0);
         let extra = failures.saturating_sub(FREE_FAILURES).min(16);
         base.saturating_mul(1 << extra)
             .min(MAX_REFUSAL_DELAY.max(base))
+    }
+
+    /// Counts a wrong second-factor code for the account a sign-in token names and says how
+    /// long after its arrival to answer: as for passwords, but past [`MAX_CODE_FAILURES`] in
+    /// the window codes are refused outright (only someone who has the password gets here, so
+    /// this never locks out the owner against a stranger).
+    pub(crate) fn code_refusal_delay(&self, token: &str) -> Duration {
+        let key = match self.shared.accounts.second_step_account(token) {
+            Some(id) => format!("code:{id}"),
+            None => return Duration::from_millis(self.shared.auth.failure_delay_ms),
+        };
+        self.refusal_delay_for(key)
+    }
+
+    /// Whether codes for the account this token names are refused for now.
+    pub(crate) fn codes_blocked(&self, token: &str) -> bool {
+        self.shared
+            .accounts
+            .second_step_account(token)
+            .is_some_and(|id| self.failures.peek(&format!("code:{id}")) > MAX_CODE_FAILURES)
     }
 
     /// A sign-in of `login` succeeded: its failures are forgotten.
@@ -199,6 +235,17 @@ impl<K: std::hash::Hash + Eq> Counter<K> {
         Some(entry.1)
     }
 
+    /// Events in `key`'s current window, without counting one.
+    fn peek(&self, key: &K) -> u32 {
+        let Ok(counts) = self.counts.lock() else {
+            return 0;
+        };
+        counts
+            .get(key)
+            .filter(|(start, _)| start.elapsed() < self.window)
+            .map_or(0, |(_, n)| *n)
+    }
+
     /// Forgets `key`'s events.
     fn forget(&self, key: &K) {
         if let Ok(mut counts) = self.counts.lock() {
@@ -219,6 +266,19 @@ pub fn router(portal: Arc<Portal>) -> Router {
     Router::new()
         .route("/", get(pages::home))
         .route("/signin", get(pages::signin_page).post(pages::signin))
+        .route("/signin/code", post(pages::signin_code))
+        .route("/restore", get(security::restore_page).post(security::restore_begin))
+        .route("/restore/finish", post(security::restore_finish))
+        .route("/two-factor", get(security::two_factor))
+        .route("/two-factor/begin", post(security::two_factor_begin))
+        .route("/two-factor/enable", post(security::two_factor_enable))
+        .route("/two-factor/disable", post(security::two_factor_disable))
+        .route("/profile", get(security::profile))
+        .route("/profile/names", post(security::set_names))
+        .route("/profile/contact", post(security::add_contact))
+        .route("/profile/confirm", post(security::confirm_contact))
+        .route("/profile/question", post(security::set_question))
+        .route("/profile/remove", post(security::remove_contact))
         .route("/access", get(pages::access))
         .route("/access/option", post(pages::set_option))
         .route("/access/create", post(pages::create))

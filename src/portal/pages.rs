@@ -19,7 +19,7 @@ use crate::credentials::{Secret, Service};
 use crate::store::WebSession;
 
 /// The browser's signed-in sessions, the current one first.
-struct Signed {
+pub(super) struct Signed {
     /// Tokens as in the cookie (live ones only), in order.
     tokens: Vec<Secret>,
     sessions: Vec<WebSession>,
@@ -32,7 +32,7 @@ impl Signed {
         self.sessions.first()
     }
 
-    fn logins(&self) -> Vec<String> {
+    pub(super) fn logins(&self) -> Vec<String> {
         self.sessions.iter().map(|s| s.login.to_string()).collect()
     }
 }
@@ -82,7 +82,7 @@ async fn signed(portal: &Portal, headers: &HeaderMap, conn: &Connection) -> Sign
 
 /// The `Set-Cookie` value for `tokens` (current first); empty tokens clear the cookie. A
 /// remembered sign-in persists for `remember_days`; otherwise the cookie ends with the browser.
-fn set_cookie(portal: &Portal, tokens: &[Secret], remember: bool) -> HeaderValue {
+pub(super) fn set_cookie(portal: &Portal, tokens: &[Secret], remember: bool) -> HeaderValue {
     let value: Vec<String> = tokens
         .iter()
         .map(|t| String::from_utf8_lossy(t.expose()).into_owned())
@@ -104,7 +104,7 @@ fn set_cookie(portal: &Portal, tokens: &[Secret], remember: bool) -> HeaderValue
 }
 
 /// A redirect that also rewrites the session cookie.
-fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
+pub(super) fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
     let mut response = Redirect::to(to).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     response
@@ -131,7 +131,12 @@ fn time(ms: i64) -> String {
 
 /// A request and the browser behind it: the portal, the connection (address, admission slot),
 /// the request's headers and the browser's signed-in sessions, resolved once per request.
-pub struct Browser(Arc<Portal>, Connection, HeaderMap, Signed);
+pub struct Browser(
+    pub(super) Arc<Portal>,
+    pub(super) Connection,
+    pub(super) HeaderMap,
+    pub(super) Signed,
+);
 
 impl FromRequestParts<Arc<Portal>> for Browser {
     type Rejection = Response;
@@ -149,7 +154,7 @@ impl FromRequestParts<Arc<Portal>> for Browser {
 
 /// A page of the current account: the browser, the account and its web session. Without a
 /// signed-in account the request gets the sign-in page instead.
-pub struct Page(Browser, AccountState, WebSession);
+pub struct Page(pub(super) Browser, pub(super) AccountState, pub(super) WebSession);
 
 impl FromRequestParts<Arc<Portal>> for Page {
     type Rejection = Response;
@@ -173,13 +178,38 @@ impl FromRequestParts<Arc<Portal>> for Page {
 }
 
 /// Whether the session's sign-in is older than the portal asks for a sensitive action.
-fn needs_reconfirm(portal: &Portal, session: &WebSession) -> bool {
+pub(super) fn needs_reconfirm(portal: &Portal, session: &WebSession) -> bool {
     now_ms() - session.signed_in_at
         > i64::try_from(portal.config.reconfirm_after_secs * 1000).unwrap_or(i64::MAX)
 }
 
+/// Whether a sensitive action may go ahead: the sign-in is recent, or `typed` is the main
+/// password (which renews it). A wrong one is answered at the failure delay.
+pub(super) async fn reconfirmed(page: &Page, typed: Option<&str>) -> bool {
+    let Page(Browser(portal, ..), account, session) = page;
+    if !needs_reconfirm(portal, session) {
+        return true;
+    }
+    let arrived = Instant::now();
+    let accounts = &portal.shared.accounts;
+    let typed = Secret::from(typed.unwrap_or(""));
+    match accounts
+        .verify_main_password(account.login.as_str(), &typed)
+        .await
+    {
+        Ok(_) => {
+            let _ = accounts.reconfirm_web_session(session).await;
+            true
+        }
+        Err(_) => {
+            failure_delay(portal, arrived).await;
+            false
+        }
+    }
+}
+
 /// Waits out the failure delay counted from `arrived`, before answering a refusal.
-async fn failure_delay(portal: &Portal, arrived: Instant) {
+pub(super) async fn failure_delay(portal: &Portal, arrived: Instant) {
     let delay = Duration::from_millis(portal.shared.auth.failure_delay_ms);
     tokio::time::sleep_until(arrived + delay).await;
 }
@@ -263,45 +293,154 @@ pub async fn signin(
             return response;
         }
     };
+    let remember = form.forget.is_none();
+    if account.two_factor {
+        // The password was right; the code comes on the next page.
+        return match accounts.second_step_token(&account, remember) {
+            Ok(token) => portal.render(
+                "signin_code.html",
+                context! { accounts => signed.logins(), token => token },
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "portal sign-in failed");
+                let mut response =
+                    refuse("Signing in is not possible right now. Try again later.");
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        };
+    }
+    match open_session(&portal, &conn, &headers, &signed, &account, remember).await {
+        Ok(cookie) => {
+            portal.signed_in(&form.login);
+            redirect_with_cookie("/access", cookie)
+        }
+        Err((status, message)) => {
+            let mut response = refuse(&message);
+            *response.status_mut() = status;
+            response
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    token: String,
+    code: String,
+}
+
+/// The second step of a sign-in with 2FA: a code from the app, or a recovery code.
+pub async fn signin_code(
+    Browser(portal, conn, headers, signed): Browser,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let arrived = Instant::now();
+    let refuse = |status: StatusCode, error: &str, token: &str| {
+        let mut response = portal.render(
+            "signin_code.html",
+            context! { accounts => signed.logins(), token => token, error => error },
+        );
+        *response.status_mut() = status;
+        response
+    };
+    if !portal.may_attempt(conn.peer.ip()) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts from your address. Wait a minute and try again.",
+            &form.token,
+        );
+    }
+    if portal.codes_blocked(&form.token) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong codes for this account. Wait 15 minutes and try again.",
+            &form.token,
+        );
+    }
+    match portal
+        .shared
+        .accounts
+        .second_step(&form.token, &form.code)
+        .await
+    {
+        Ok((account, remember)) => {
+            match open_session(&portal, &conn, &headers, &signed, &account, remember).await {
+                Ok(cookie) => {
+                    portal.signed_in(account.login.as_str());
+                    redirect_with_cookie("/access", cookie)
+                }
+                Err((status, message)) => refuse(status, &message, &form.token),
+            }
+        }
+        Err(AccountError::WrongCode) => {
+            tracing::info!(peer = %conn.peer, "portal sign-in code refused");
+            tokio::time::sleep_until(arrived + portal.code_refusal_delay(&form.token)).await;
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "That code is wrong or was already used. Wait for the next one.",
+                &form.token,
+            )
+        }
+        Err(e) => {
+            tracing::info!(error = %e, peer = %conn.peer, "portal sign-in second step refused");
+            failure_delay(&portal, arrived).await;
+            let mut response = portal.render(
+                "signin.html",
+                context! { accounts => signed.logins(), login => "", error => "The sign-in took too long. Sign in again." },
+            );
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response
+        }
+    }
+}
+
+/// Opens a web session for `account` in this browser (it becomes the current account) and
+/// returns the new cookie; refused when the browser holds the most accounts already.
+pub(super) async fn open_session(
+    portal: &Portal,
+    conn: &Connection,
+    headers: &HeaderMap,
+    signed: &Signed,
+    account: &AccountState,
+    remember: bool,
+) -> Result<HeaderValue, (StatusCode, String)> {
+    let accounts = &portal.shared.accounts;
     // The browser's list: this account first, without its older session if it had one.
     let mut tokens: Vec<Secret> = Vec::new();
     for (token, session) in signed.tokens.iter().zip(&signed.sessions) {
         if session.account_id == account.id {
-            let _ = accounts.end_web_session(&account, session.id).await;
+            let _ = accounts.end_web_session(account, session.id).await;
         } else {
             tokens.push(token.clone());
         }
     }
     if tokens.len() >= portal.config.max_accounts {
-        let mut response = refuse(&format!(
-            "{} accounts are signed in in this browser already: log out of one first.",
-            portal.config.max_accounts
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{} accounts are signed in in this browser already: log out of one first.",
+                portal.config.max_accounts
+            ),
         ));
-        *response.status_mut() = StatusCode::CONFLICT;
-        return response;
     }
-    let remember = form.forget.is_none();
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("unknown browser");
-    let session = match accounts
-        .open_web_session(&account, remember, &conn.peer.ip().to_string(), user_agent)
+    let session = accounts
+        .open_web_session(account, remember, &conn.peer.ip().to_string(), user_agent)
         .await
-    {
-        Ok(session) => session,
-        Err(e) => {
+        .map_err(|e| {
             tracing::warn!(error = %e, "could not open a web session");
-            let mut response = refuse("Signing in is not possible right now. Try again later.");
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return response;
-        }
-    };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing in is not possible right now. Try again later.".to_owned(),
+            )
+        })?;
     tracing::info!(login = %account.login, peer = %conn.peer, "portal sign-in");
-    portal.signed_in(&form.login);
     conn.admitted.logged_in();
     tokens.insert(0, session.token);
-    redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
+    Ok(set_cookie(portal, &tokens, remember))
 }
 
 fn services() -> Vec<minijinja::Value> {
@@ -349,7 +488,7 @@ fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -> Vec<Setti
     out
 }
 
-fn page_error(e: &AccountError) -> String {
+pub(super) fn page_error(e: &AccountError) -> String {
     match e {
         AccountError::Store(_) | AccountError::Hash(_) => {
             "That did not work right now. Try again later.".to_owned()
@@ -466,21 +605,8 @@ pub struct CreateForm {
 pub async fn create(page: Page, Form(form): Form<CreateForm>) -> Response {
     let Page(Browser(portal, _, headers, _), account, session) = &page;
     let accounts = &portal.shared.accounts;
-    if needs_reconfirm(portal, session) {
-        let arrived = Instant::now();
-        let typed = Secret::from(form.password.as_deref().unwrap_or(""));
-        match accounts
-            .verify_main_password(account.login.as_str(), &typed)
-            .await
-        {
-            Ok(_) => {
-                let _ = accounts.reconfirm_web_session(session).await;
-            }
-            Err(_) => {
-                failure_delay(portal, arrived).await;
-                return access_page(&page, Some("Wrong password.".to_owned())).await;
-            }
-        }
+    if !reconfirmed(&page, form.password.as_deref()).await {
+        return access_page(&page, Some("Wrong password.".to_owned())).await;
     }
     let Ok(service) = form.service.parse::<Service>() else {
         return access_page(&page, Some("Choose a service.".into())).await;

@@ -44,6 +44,8 @@ async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
         app_passwords_only: Some(true),
         bump: Some(GenerationBump::TwoFactorOn),
         kind: "test",
+        totp: None,
+        recovery_codes: None,
     };
     assert_eq!(
         store.apply_change(&before, &change).await.unwrap(),

@@ -394,6 +394,9 @@ impl Gateway {
         };
         std::fs::write(root.join("master.secret"), format!("{MASTER_PASSWORD}\n")).expect("write");
         set_mode(&root.join("master.secret"), 0o600);
+        std::fs::write(root.join("portal.secret"), "a test key of more than thirty-two characters\n")
+            .expect("write");
+        set_mode(&root.join("portal.secret"), 0o600);
         let config = root.join("portcullis.toml");
         std::fs::write(
             &config,
@@ -404,6 +407,7 @@ hostname = "gateway.test"
 [store]
 url = "sqlite://{root}/data/portcullis.db"
 feed_interval_ms = 100
+secret_key_file = "{root}/portal.secret"
 
 [tls]
 certificate = "{root}/certs/localhost.crt"

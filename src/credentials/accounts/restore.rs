@@ -94,6 +94,40 @@ impl Channel {
     }
 }
 
+/// How someone restoring access proves who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proof {
+    Email,
+    Phone,
+    Question,
+}
+
+impl Proof {
+    pub fn channel(self) -> Option<Channel> {
+        match self {
+            Proof::Email => Some(Channel::Email),
+            Proof::Phone => Some(Channel::Phone),
+            Proof::Question => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Proof {
+    type Err = AccountError;
+    fn from_str(s: &str) -> Result<Self, AccountError> {
+        match s {
+            "email" => Ok(Proof::Email),
+            "phone" => Ok(Proof::Phone),
+            "question" => Ok(Proof::Question),
+            _ => Err(AccountError::BadInput("Choose how to restore access.".into())),
+        }
+    }
+}
+
+/// How long a restore may take from its first page to its last.
+const RESTORE_MS: i64 = 15 * 60 * 1000;
+
 /// A code to deliver: where, and the code (never stored, only its digest).
 #[derive(Debug)]
 pub struct CodeToSend {
@@ -352,6 +386,21 @@ impl AccountService {
             return Err(AccountError::WrongCode);
         }
         self.restore(&account, new_password).await
+    }
+
+    /// A token carrying a restore (the login as typed, the proof) to its last page.
+    pub fn restore_token(&self, typed_login: &str, proof: Proof) -> Result<String, AccountError> {
+        let login: String = typed_login.trim().chars().take(320).collect();
+        Ok(self
+            .keys()?
+            .sign("restore", &(login, proof), now_ms() + RESTORE_MS))
+    }
+
+    /// What a restore token carries; `WrongCode` when it expired or was not ours.
+    pub fn restore_claims(&self, token: &str) -> Result<(String, Proof), AccountError> {
+        self.keys()?
+            .verify("restore", token, now_ms())
+            .ok_or(AccountError::WrongCode)
     }
 
     /// Access restored: the new password, the generation bumped, every web session ended.

@@ -18,7 +18,8 @@ async fn service() -> (AccountService, Arc<CredentialIndex>, Login) {
         },
     ));
     let service = AccountService::new(store, PasswordHasher::new(1), Some("example.org".into()))
-        .with_index(index.clone());
+        .with_index(index.clone())
+        .with_keys(Arc::new(Keys::random()));
     let alice = service.login("Alice").unwrap();
     service
         .create_account(&alice, &Secret::from("a long main password"))

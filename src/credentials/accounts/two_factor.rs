@@ -296,6 +296,72 @@ impl AccountService {
     }
 }
 
+/// How long the second step of a sign-in may wait for its code.
+const SECOND_STEP_MS: i64 = 5 * 60 * 1000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SecondStep {
+    account: i64,
+    password_version: i64,
+    remember: bool,
+}
+
+impl AccountService {
+    /// The main password was right and the account has 2FA: a token that carries the sign-in
+    /// to its second step (bound to this password: a change in between voids it).
+    pub fn second_step_token(
+        &self,
+        account: &AccountState,
+        remember: bool,
+    ) -> Result<String, AccountError> {
+        let claims = SecondStep {
+            account: account.id.0,
+            password_version: account.password_version,
+            remember,
+        };
+        Ok(self
+            .keys()?
+            .sign("sign-in-second-step", &claims, now_ms() + SECOND_STEP_MS))
+    }
+
+    /// The account a second-step token names (valid or not yet checked for its code), to count
+    /// wrong codes per account.
+    pub fn second_step_account(&self, token: &str) -> Option<i64> {
+        let claims: SecondStep = self
+            .keys
+            .as_deref()?
+            .verify("sign-in-second-step", token, now_ms())?;
+        Some(claims.account)
+    }
+
+    /// The second step of a sign-in: the account and "remember me" when `code` is right.
+    /// A token that is expired, forged or outlived its password is `BadCredentials`.
+    pub async fn second_step(
+        &self,
+        token: &str,
+        code: &str,
+    ) -> Result<(AccountState, bool), AccountError> {
+        let claims: SecondStep = self
+            .keys()?
+            .verify("sign-in-second-step", token, now_ms())
+            .ok_or(AccountError::BadCredentials)?;
+        let Some((account, _)) = self
+            .store
+            .account_snapshot(crate::credentials::model::AccountId(claims.account))
+            .await?
+        else {
+            return Err(AccountError::BadCredentials);
+        };
+        if account.password_version != claims.password_version || !account.two_factor {
+            return Err(AccountError::BadCredentials);
+        }
+        if !self.verify_second_factor(&account, code).await? {
+            return Err(AccountError::WrongCode);
+        }
+        Ok((account, claims.remember))
+    }
+}
+
 /// The code an authenticator app shows for `seed` (base32) at `unix_secs`: for tests and the
 /// bench, which play the app.
 pub fn code_at(seed_base32: &str, unix_secs: u64) -> Option<String> {
@@ -306,4 +372,23 @@ pub fn code_at(seed_base32: &str, unix_secs: u64) -> Option<String> {
         .build()
         .ok()?;
     Some(totp.generate(unix_secs).to_string())
+}
+
+#[cfg(test)]
+impl AccountService {
+    /// Tests that only need 2FA on or off (its generation and option rules), not the app.
+    pub(crate) async fn set_two_factor(
+        &self,
+        login: &Login,
+        on: bool,
+    ) -> Result<Outcome, AccountError> {
+        if !on {
+            return self.reset_two_factor(login).await;
+        }
+        match self.enable_two_factor_for(login).await {
+            Ok(_) => Ok(Outcome::Changed(Some(self.account(login).await?.generation))),
+            Err(AccountError::TwoFactorAlreadyOn) => Ok(Outcome::Unchanged),
+            Err(e) => Err(e),
+        }
+    }
 }

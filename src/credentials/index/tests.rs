@@ -27,7 +27,8 @@ fn settings() -> IndexSettings {
 
 async fn fixture() -> Fixture {
     let store = crate::store::open("sqlite::memory:").await.unwrap();
-    let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None);
+    let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None)
+        .with_keys(Arc::new(crate::credentials::keys::Keys::random()));
     accounts
         .create_account(&login(), &Secret::from("main password"))
         .await
