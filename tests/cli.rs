@@ -231,7 +231,7 @@ fn errors_are_clear_and_exit_non_zero() {
     let (code, _, err) = cli(&bad, &["check-config"], "");
     assert_eq!(code, 1);
     assert!(
-        err.contains("frobnicate") && err.contains("line 18"),
+        err.contains("frobnicate") && err.contains("line 19"),
         "{err}"
     );
     let (code, _, err) = cli(&dir.path().join("missing.toml"), &["check-config"], "");

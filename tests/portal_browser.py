@@ -5,10 +5,17 @@ folder for screenshots and profiles, and the scenario to play. Every check is an
 failure exits non-zero with the reason.
 """
 
+import base64
+import email
+import hashlib
+import hmac
 import imaplib
+import json
 import os
+import re
 import socket
 import ssl
+import struct
 import sys
 import time
 
@@ -17,7 +24,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-portal, imaps_port, ca, workdir, scenario = sys.argv[1:6]
+portal, imaps_port, ca, workdir, scenario, maildir, sms_log = sys.argv[1:8]
 PASSWORDS = {
     login: f"{login} long main password"
     for login in ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -61,9 +68,9 @@ def shot(driver, name):
 
 
 def no_console_errors(driver):
-    # Refusals the flow provoked on purpose are answered with their status (401, 409, 429),
+    # Refusals the flow provoked on purpose are answered with their status (401, 409, 422, 429),
     # which the browser logs; anything else is an error of the pages.
-    expected = ("status of 401", "status of 409", "status of 429")
+    expected = ("status of 401", "status of 409", "status of 422", "status of 429")
     errors = [
         e
         for e in driver.get_log("browser")
@@ -109,6 +116,49 @@ def wait_current(driver, expected):
             pass
         time.sleep(0.05)
     raise AssertionError(f"current account {seen!r}, expected {expected!r}")
+
+
+def totp(secret_b32, at=None):
+    """What an authenticator app shows (RFC 6238: HMAC-SHA-1, 30 s, 6 digits)."""
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    counter = int((time.time() if at is None else at) // 30)
+    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 15
+    return "%06d" % ((struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1000000)
+
+
+def mailed_code(to, after):
+    """The code in the newest message the SMTP sink received for `to` since `after`."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        found = []
+        folder = os.path.join(maildir, "new")
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            path = os.path.join(folder, name)
+            if os.path.getmtime(path) < after:
+                continue
+            with open(path, "rb") as f:
+                message = email.message_from_bytes(f.read())
+            if to in message["To"]:
+                found.append((os.path.getmtime(path), message.get_payload()))
+        if found:
+            body = max(found)[1]
+            return re.search(r"\b(\d{6}) is your", body).group(1)
+        time.sleep(0.1)
+    raise AssertionError(f"no mail to {to}")
+
+
+def texted_code(to):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if os.path.exists(sms_log):
+            with open(sms_log) as f:
+                lines = [json.loads(l) for l in f if l.strip()]
+            mine = [l for l in lines if l["to"] == to]
+            if mine:
+                return re.search(r"\b(\d{6}) is your", mine[-1]["text"]).group(1)
+        time.sleep(0.1)
+    raise AssertionError(f"no SMS to {to}")
 
 
 def imap_session(secret):
@@ -310,4 +360,186 @@ def idle():
         driver.quit()
 
 
-{"main": main_flow, "everywhere": everywhere, "idle": idle, "password": password, "reconfirm": reconfirm}[scenario]()
+def enter_code(driver, code, button="verify"):
+    field = wait_for(driver, "code")
+    field.clear()
+    field.send_keys(code)
+    submit(driver, driver.find_element(By.ID, button))
+
+
+def two_factor():
+    a = browser("profile-2fa-a")
+    b = browser("profile-2fa-b")
+    try:
+        sign_in(a, "alice")
+        a.find_element(By.ID, "name").send_keys("Phone mail")
+        submit(a, a.find_element(By.ID, "create"))
+        before = wait_for(a, "secret").text.strip()
+        assert not imap_refused(before)
+
+        # Enrol: a QR code and the key as text; a wrong code changes nothing.
+        a.get(f"{portal}/two-factor")
+        submit(a, wait_for(a, "begin"))
+        seed = wait_for(a, "totp-secret").text.strip()
+        qr = a.find_element(By.ID, "qr")
+        assert qr.get_attribute("src").startswith("data:image/svg+xml;base64,")
+        assert a.execute_script("return arguments[0].naturalWidth", qr) > 0
+        assert "every app password stop working" in a.find_element(By.ID, "bump-warning").text
+        shot(a, "two-factor-enrol")
+        wrong = "%06d" % ((int(totp(seed)) + 1) % 1000000)
+        enter_code(a, wrong, "enable")
+        assert "wrong" in wait_for(a, "error").text
+        assert not imap_refused(before)
+        # The right code: 2FA on, ten recovery codes shown once, old app passwords dead.
+        enrol_code = totp(seed)
+        enter_code(a, enrol_code, "enable")
+        codes = [c.text for c in wait_for(a, "recovery-codes").find_elements(By.CLASS_NAME, "recovery-code")]
+        assert len(codes) == 10 and len(set(codes)) == 10, codes
+        shot(a, "two-factor-codes")
+        assert imap_refused(before)
+        a.get(f"{portal}/two-factor")
+        assert not a.find_elements(By.ID, "recovery-codes")
+        assert "on" in wait_for(a, "status").text
+        print("2FA-ON", flush=True)
+
+        # Signing in now asks for a code; the one used to enrol is not taken again.
+        sign_in(b, "alice")
+        enter_code(b, enrol_code)
+        assert "already used" in wait_for(b, "error").text
+        next_code = totp(seed, time.time() + 30)  # one step of drift is allowed
+        enter_code(b, next_code)
+        assert b.current_url.endswith("/access"), b.current_url
+        print("2FA-SIGNED-IN", flush=True)
+        # The same code in another sign-in: refused (replay).
+        submit(b, b.find_element(By.ID, "logout"))
+        sign_in(b, "alice")
+        enter_code(b, next_code)
+        assert "already used" in wait_for(b, "error").text
+        print("2FA-REPLAY-REFUSED", flush=True)
+        # A recovery code works once.
+        enter_code(b, codes[0].upper().replace("-", " "))
+        assert b.current_url.endswith("/access"), b.current_url
+        submit(b, b.find_element(By.ID, "logout"))
+        sign_in(b, "alice")
+        enter_code(b, codes[0])
+        assert "already used" in wait_for(b, "error").text
+        enter_code(b, codes[1])
+        assert b.current_url.endswith("/access"), b.current_url
+        b.get(f"{portal}/two-factor")
+        assert wait_for(b, "recovery-left").text == "8"
+        print("2FA-RECOVERY", flush=True)
+
+        # Turning it off asks for a code.
+        enter_code(b, "000000", "disable")
+        assert "wrong" in wait_for(b, "error").text
+        enter_code(b, codes[2], "disable")
+        assert "off" in wait_for(b, "status").text
+        no_console_errors(a)
+        no_console_errors(b)
+        print("2FA-OFF", flush=True)
+    finally:
+        a.quit()
+        b.quit()
+
+
+def restore():
+    a = browser("profile-restore-a")
+    b = browser("profile-restore-b")
+    try:
+        sign_in(a, "alice")
+        a.get(f"{portal}/profile")
+        wait_for(a, "first-name").send_keys("Alice")
+        a.find_element(By.ID, "last-name").send_keys("Liddell")
+        submit(a, a.find_element(By.ID, "save-names"))
+        assert wait_for(a, "first-name").get_attribute("value") == "Alice"
+        # A backup email, confirmed by the code mailed to it.
+        started = time.time() - 1
+        wait_for(a, "email-new").send_keys("alice.backup@example.net")
+        submit(a, a.find_element(By.ID, "send-email"))
+        assert "on its way" in wait_for(a, "profile-message").text
+        wait_for(a, "email-code").send_keys(mailed_code("alice.backup@example.net", started))
+        submit(a, a.find_element(By.ID, "confirm-email"))
+        assert wait_for(a, "email-value").text == "alice.backup@example.net"
+        # A phone, confirmed by the code handed to the SMS command.
+        wait_for(a, "phone-new").send_keys("+44 20 7946 0958")
+        submit(a, a.find_element(By.ID, "send-phone"))
+        wait_for(a, "phone-code").send_keys(texted_code("+442079460958"))
+        submit(a, a.find_element(By.ID, "confirm-phone"))
+        assert wait_for(a, "phone-value").text == "+442079460958"
+        # A security question.
+        question = "What was the name of your first pet?"
+        wait_for(a, "question").send_keys(question)
+        a.find_element(By.ID, "answer").send_keys("Dinah the Cat")
+        submit(a, a.find_element(By.ID, "save-question"))
+        assert wait_for(a, "question-value").text == question
+        shot(a, "profile")
+        a.get(f"{portal}/access")
+        a.find_element(By.ID, "name").send_keys("Before restore")
+        submit(a, a.find_element(By.ID, "create"))
+        before = wait_for(a, "secret").text.strip()
+        assert not imap_refused(before)
+        print("PROFILE", flush=True)
+
+        # A stranger learns nothing: an unknown account gets the same page and a question too.
+        def begin(login, proof, address=""):
+            b.get(f"{portal}/signin")
+            submit(b, b.find_element(By.ID, "cant-sign-in"))
+            wait_for(b, "login").send_keys(login)
+            b.find_element(By.ID, f"proof-{proof}").click()
+            b.find_element(By.ID, "address").send_keys(address)
+            submit(b, b.find_element(By.ID, "continue"))
+
+        begin("nobody", "email", "alice.backup@example.net")
+        unknown = wait_for(b, "sent").text
+        begin("alice", "email", "someone.else@example.net")
+        assert wait_for(b, "sent").text == unknown
+        begin("nobody", "question")
+        assert wait_for(b, "question").text.endswith("?")
+        print("NO-ENUMERATION", flush=True)
+
+        # Restore by the emailed code: new password, everything before ends.
+        started = time.time() - 1
+        begin("alice", "email", "Alice.Backup@EXAMPLE.net")
+        shot(b, "restore-code")
+        code = mailed_code("alice.backup@example.net", started)
+        wait_for(b, "proof").send_keys("000000" if code != "000000" else "111111")
+        b.find_element(By.ID, "new-password").send_keys("restored by email code")
+        submit(b, b.find_element(By.ID, "restore"))
+        assert "wrong" in wait_for(b, "error").text
+        wait_for(b, "proof").send_keys(code)
+        b.find_element(By.ID, "new-password").send_keys("restored by email code")
+        submit(b, b.find_element(By.ID, "restore"))
+        wait_for(b, "restored")
+        assert imap_refused(before)
+        a.get(f"{portal}/access")
+        assert a.current_url.endswith("/signin"), a.current_url
+        PASSWORDS["alice"] = "restored by email code"
+        sign_in(a, "alice")
+        assert a.current_url.endswith("/access"), a.current_url
+        print("RESTORED-BY-EMAIL", flush=True)
+
+        # Restore by the security question: case and spaces do not matter.
+        begin("alice", "question")
+        assert wait_for(b, "question").text == question
+        wait_for(b, "proof").send_keys("dinah the dog")
+        b.find_element(By.ID, "new-password").send_keys("restored by the question")
+        submit(b, b.find_element(By.ID, "restore"))
+        assert "does not open" in wait_for(b, "error").text
+        wait_for(b, "proof").send_keys("  DINAH THE   CAT ")
+        b.find_element(By.ID, "new-password").send_keys("restored by the question")
+        submit(b, b.find_element(By.ID, "restore"))
+        wait_for(b, "restored")
+        a.get(f"{portal}/access")
+        assert a.current_url.endswith("/signin"), a.current_url
+        PASSWORDS["alice"] = "restored by the question"
+        sign_in(b, "alice")
+        assert b.current_url.endswith("/access"), b.current_url
+        no_console_errors(a)
+        no_console_errors(b)
+        print("RESTORED-BY-QUESTION", flush=True)
+    finally:
+        a.quit()
+        b.quit()
+
+
+{"two_factor": two_factor, "restore": restore, "main": main_flow, "everywhere": everywhere, "idle": idle, "password": password, "reconfirm": reconfirm}[scenario]()

@@ -9,11 +9,13 @@ use std::process::Command;
 use common::*;
 
 struct World {
-    _sink: SmtpSink,
+    sink: SmtpSink,
     _dovecot: Dovecot,
     gateway: Gateway,
 }
 
+/// The portal mails codes through the same sink Dovecot relays to, and hands codes for phones
+/// to a command that appends them to `sms.jsonl` in the gateway's folder (`{dir}`).
 fn world(portal: &str) -> World {
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start(sink.port, &["alice@example.org"]);
@@ -22,7 +24,19 @@ fn world(portal: &str) -> World {
         dovecot.submission_port,
         Options {
             tail: format!(
-                "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{{http}}\"\ntls = \"implicit\"\n[portal]\n{portal}\n"
+                r#"[[listener]]
+protocol = "portal"
+address = "127.0.0.1:{{http}}"
+tls = "implicit"
+[portal]
+{portal}
+[portal.mail]
+relay = "127.0.0.1:{port}"
+from = "portal@example.org"
+[portal.sms]
+command = ["sh", "-c", "cat >> \"$0\"; echo >> \"$0\"", "{{dir}}/sms.jsonl"]
+"#,
+                port = sink.port
             ),
             ..Options::default()
         },
@@ -31,7 +45,7 @@ fn world(portal: &str) -> World {
         gateway.create_account(login, &format!("{login} long main password"));
     }
     World {
-        _sink: sink,
+        sink,
         _dovecot: dovecot,
         gateway,
     }
@@ -52,6 +66,8 @@ fn browser(w: &World, scenario: &str) -> String {
             &w.gateway.ca.to_string_lossy(),
             &work.to_string_lossy(),
             scenario,
+            &w.sink.maildir.to_string_lossy(),
+            &w.gateway.dir.path().join("sms.jsonl").to_string_lossy(),
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -92,6 +108,38 @@ fn sign_in_create_use_delete_switch_and_log_out_in_a_real_browser() {
     }
     // The secret shown once never reached the log.
     assert!(!w.gateway.log().contains("secret="), "{}", w.gateway.log());
+}
+
+#[test]
+fn two_factor_enrolment_sign_in_replay_recovery_codes_and_turning_it_off() {
+    let w = world("");
+    let out = browser(&w, "two_factor");
+    for step in [
+        "2FA-ON",
+        "2FA-SIGNED-IN",
+        "2FA-REPLAY-REFUSED",
+        "2FA-RECOVERY",
+        "2FA-OFF",
+    ] {
+        assert!(out.contains(step), "{step} missing: {out}");
+    }
+}
+
+#[test]
+fn restore_access_by_emailed_code_and_by_security_question() {
+    let w = world("");
+    let out = browser(&w, "restore");
+    for step in [
+        "PROFILE",
+        "NO-ENUMERATION",
+        "RESTORED-BY-EMAIL",
+        "RESTORED-BY-QUESTION",
+    ] {
+        assert!(out.contains(step), "{step} missing: {out}");
+    }
+    // No code reached the log.
+    let log = w.gateway.log();
+    assert!(!log.contains(" is your"), "{log}");
 }
 
 #[test]

@@ -87,6 +87,9 @@ pub struct Portal {
     shown: DashMap<i64, Shown>,
     /// Sign-in attempts per client address, by the minute.
     attempts: Counter<std::net::IpAddr>,
+    /// Restore-access attempts per client address, by the minute (counted apart from sign-ins:
+    /// someone locked out tries both).
+    restore_attempts: Counter<std::net::IpAddr>,
     /// Failed sign-ins per account login (canonical; unknown logins alike), by the window.
     failures: Counter<String>,
     /// The listeners whose servers and ports the settings of a new app password name.
@@ -121,6 +124,7 @@ impl Portal {
             templates,
             shown: DashMap::new(),
             attempts: Counter::new(Duration::from_secs(60)),
+            restore_attempts: Counter::new(Duration::from_secs(60)),
             failures: Counter::new(FAILURE_WINDOW),
             delivery: delivery::Delivery::new(config)?,
             listeners: config
@@ -195,6 +199,13 @@ impl Portal {
             Ok(login) => login.to_string(),
             Err(_) => login.trim().to_lowercase().chars().take(320).collect(),
         }
+    }
+
+    /// Whether `ip` may try a restore step now (a fixed window per minute).
+    fn may_restore(&self, ip: std::net::IpAddr) -> bool {
+        self.restore_attempts
+            .count(ip)
+            .is_some_and(|n| n <= SIGNIN_ATTEMPTS_PER_MINUTE)
     }
 
     /// Whether `ip` may try to sign in now (a fixed window per minute).

@@ -414,7 +414,7 @@ pub async fn restore_begin(
     Form(form): Form<RestoreForm>,
 ) -> Response {
     let arrived = Instant::now();
-    if !portal.may_attempt(conn.peer.ip()) {
+    if !portal.may_restore(conn.peer.ip()) {
         return with_status(
             restore_start(
                 &portal,
@@ -516,7 +516,7 @@ pub async fn restore_finish(
         Proof::Question => accounts.restore_question(&login).await.ok(),
         _ => None,
     };
-    if !portal.may_attempt(conn.peer.ip()) {
+    if !portal.may_restore(conn.peer.ip()) {
         return again(
             "Too many attempts from your address. Wait a minute and try again.",
             StatusCode::TOO_MANY_REQUESTS,

@@ -465,7 +465,10 @@ master_password_file = "{root}/master.secret"
 timeout_secs = {backend_timeout}
 {tail}
 "#,
-                tail = options.tail.replace("{http}", &ports.http.to_string()),
+                tail = options
+                    .tail
+                    .replace("{http}", &ports.http.to_string())
+                    .replace("{dir}", &root.display().to_string()),
                 limits = options.limits,
                 root = root.display(),
                 extra = options.extra.replace("{dir}", &root.display().to_string()),

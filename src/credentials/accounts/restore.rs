@@ -316,11 +316,11 @@ impl AccountService {
             Channel::Email => profile.email,
             Channel::Phone => profile.phone,
         };
-        let matches = registered.is_some_and(|r| r.eq_ignore_ascii_case(&target));
-        if !matches {
+        // The code goes to the address as registered, whatever the typed one's case.
+        let Some(registered) = registered.filter(|r| r.eq_ignore_ascii_case(&target)) else {
             return Ok(None);
-        }
-        Ok(Some(self.new_code(&account, channel, &target, true).await?))
+        };
+        Ok(Some(self.new_code(&account, channel, &registered, true).await?))
     }
 
     /// Restores access with a code sent by [`AccountService::start_restore`].
