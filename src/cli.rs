@@ -272,7 +272,10 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
                     "secret: {}",
                     String::from_utf8_lossy(enrolment.secret.expose())
                 );
-                println!("uri:    {}", String::from_utf8_lossy(enrolment.uri.expose()));
+                println!(
+                    "uri:    {}",
+                    String::from_utf8_lossy(enrolment.uri.expose())
+                );
                 for code in &on.recovery_codes {
                     println!("recovery code: {}", String::from_utf8_lossy(code.expose()));
                 }

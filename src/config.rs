@@ -659,9 +659,12 @@ impl Config {
                     let uri: http::Uri = url
                         .parse()
                         .map_err(|_| format!("[portal.sms] webhook {url:?} is not a URL"))?;
-                    let loopback = uri
-                        .host()
-                        .is_some_and(|h| h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+                    let loopback = uri.host().is_some_and(|h| {
+                        h == "localhost"
+                            || h.trim_matches(['[', ']'])
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    });
                     match uri.scheme_str() {
                         Some("https") => {}
                         Some("http") if loopback => {}
@@ -672,13 +675,21 @@ impl Config {
                         }
                     }
                 }
-                _ => return Err("[portal.sms] needs exactly one of command = [...] and webhook = \"URL\"".into()),
+                _ => {
+                    return Err(
+                        "[portal.sms] needs exactly one of command = [...] and webhook = \"URL\""
+                            .into(),
+                    );
+                }
             }
         }
         if let Some(mail) = &self.portal.mail
             && !mail.from.contains('@')
         {
-            return Err(format!("[portal.mail] from = {:?} is not an address", mail.from));
+            return Err(format!(
+                "[portal.mail] from = {:?} is not an address",
+                mail.from
+            ));
         }
         let mut addresses = std::collections::HashSet::new();
         for listener in &self.listeners {

@@ -106,7 +106,9 @@ pub enum AccountError {
     TwoFactorAlreadyOn,
     #[error("{0}")]
     BadInput(String),
-    #[error("no secret key is configured ([store] secret_key_file): two-factor authentication and restore access need one")]
+    #[error(
+        "no secret key is configured ([store] secret_key_file): two-factor authentication and restore access need one"
+    )]
     NoKey,
     #[error("{0}")]
     Store(StoreError),

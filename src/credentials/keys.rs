@@ -147,7 +147,12 @@ impl Keys {
     }
 
     /// The claims of a token made for `purpose` that has not expired at `now_ms`.
-    pub fn verify<T: DeserializeOwned>(&self, purpose: &str, token: &str, now_ms: i64) -> Option<T> {
+    pub fn verify<T: DeserializeOwned>(
+        &self,
+        purpose: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Option<T> {
         if token.len() > 8192 {
             return None;
         }
@@ -155,7 +160,10 @@ impl Keys {
         let body = B64.decode(body).ok()?;
         let mac = B64.decode(mac).ok()?;
         let expected = self.mac(purpose, &body);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), mac.as_slice())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            mac.as_slice(),
+        )) {
             return None;
         }
         let (expires, claims): (i64, T) = serde_json::from_slice(&body).ok()?;

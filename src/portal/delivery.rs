@@ -30,10 +30,16 @@ pub enum Why {
 impl Delivery {
     pub fn new(config: &Config) -> Result<Self, String> {
         let mail = match &config.portal.mail {
-            Some(mail) => Some((Backend::new("portal.mail", &mail.relay_backend())?, mail.clone())),
+            Some(mail) => Some((
+                Backend::new("portal.mail", &mail.relay_backend())?,
+                mail.clone(),
+            )),
             None => None,
         };
-        let hostname = config.hostname.clone().unwrap_or_else(|| "localhost".into());
+        let hostname = config
+            .hostname
+            .clone()
+            .unwrap_or_else(|| "localhost".into());
         Ok(Self {
             mail,
             sms: config.portal.sms.clone(),

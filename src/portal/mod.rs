@@ -108,7 +108,10 @@ impl Portal {
             ("sessions.html", include_str!("templates/sessions.html")),
             ("accounts.html", include_str!("templates/accounts.html")),
             ("password.html", include_str!("templates/password.html")),
-            ("signin_code.html", include_str!("templates/signin_code.html")),
+            (
+                "signin_code.html",
+                include_str!("templates/signin_code.html"),
+            ),
             ("two_factor.html", include_str!("templates/two_factor.html")),
             ("profile.html", include_str!("templates/profile.html")),
             ("restore.html", include_str!("templates/restore.html")),
@@ -278,7 +281,10 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/", get(pages::home))
         .route("/signin", get(pages::signin_page).post(pages::signin))
         .route("/signin/code", post(pages::signin_code))
-        .route("/restore", get(security::restore_page).post(security::restore_begin))
+        .route(
+            "/restore",
+            get(security::restore_page).post(security::restore_begin),
+        )
         .route("/restore/finish", post(security::restore_finish))
         .route("/two-factor", get(security::two_factor))
         .route("/two-factor/begin", post(security::two_factor_begin))

@@ -154,7 +154,11 @@ impl FromRequestParts<Arc<Portal>> for Browser {
 
 /// A page of the current account: the browser, the account and its web session. Without a
 /// signed-in account the request gets the sign-in page instead.
-pub struct Page(pub(super) Browser, pub(super) AccountState, pub(super) WebSession);
+pub struct Page(
+    pub(super) Browser,
+    pub(super) AccountState,
+    pub(super) WebSession,
+);
 
 impl FromRequestParts<Arc<Portal>> for Page {
     type Rejection = Response;
@@ -303,8 +307,7 @@ pub async fn signin(
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "portal sign-in failed");
-                let mut response =
-                    refuse("Signing in is not possible right now. Try again later.");
+                let mut response = refuse("Signing in is not possible right now. Try again later.");
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 response
             }

@@ -107,10 +107,9 @@ impl Gateway {
         let index =
             Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
         // Account changes made in this process reach its index at once.
-        let accounts =
-            AccountService::configured(store, index.hasher(), &config)
-                .map_err(StartError::Backend)?
-                .with_index(index.clone());
+        let accounts = AccountService::configured(store, index.hasher(), &config)
+            .map_err(StartError::Backend)?
+            .with_index(index.clone());
         let tls = crate::tls::server_config(
             &config.tls.certificate,
             &config.tls.private_key,

@@ -394,8 +394,11 @@ impl Gateway {
         };
         std::fs::write(root.join("master.secret"), format!("{MASTER_PASSWORD}\n")).expect("write");
         set_mode(&root.join("master.secret"), 0o600);
-        std::fs::write(root.join("portal.secret"), "a test key of more than thirty-two characters\n")
-            .expect("write");
+        std::fs::write(
+            root.join("portal.secret"),
+            "a test key of more than thirty-two characters\n",
+        )
+        .expect("write");
         set_mode(&root.join("portal.secret"), 0o600);
         let config = root.join("portcullis.toml");
         std::fs::write(

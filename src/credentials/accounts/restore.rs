@@ -60,9 +60,9 @@ impl Channel {
         let typed = typed.trim();
         match self {
             Channel::Email => {
-                let (local, domain) = typed
-                    .rsplit_once('@')
-                    .ok_or_else(|| AccountError::BadInput("That is not an email address.".into()))?;
+                let (local, domain) = typed.rsplit_once('@').ok_or_else(|| {
+                    AccountError::BadInput("That is not an email address.".into())
+                })?;
                 if local.is_empty()
                     || domain.is_empty()
                     || !domain.contains('.')
@@ -120,7 +120,9 @@ impl std::str::FromStr for Proof {
             "email" => Ok(Proof::Email),
             "phone" => Ok(Proof::Phone),
             "question" => Ok(Proof::Question),
-            _ => Err(AccountError::BadInput("Choose how to restore access.".into())),
+            _ => Err(AccountError::BadInput(
+                "Choose how to restore access.".into(),
+            )),
         }
     }
 }
@@ -182,7 +184,9 @@ impl AccountService {
         answer: &str,
     ) -> Result<(), AccountError> {
         let Some(question) = QUESTIONS.iter().find(|q| **q == question) else {
-            return Err(AccountError::BadInput("Choose one of the questions.".into()));
+            return Err(AccountError::BadInput(
+                "Choose one of the questions.".into(),
+            ));
         };
         let answer = normalize_answer(answer);
         if answer.chars().count() < 3 || answer.len() > MAX_PASSWORD_BYTES {
@@ -215,7 +219,12 @@ impl AccountService {
         Ok(self.store.set_profile(account.id, &profile).await?)
     }
 
-    fn code_digest(&self, account: &AccountState, purpose: &str, code: &str) -> Result<String, AccountError> {
+    fn code_digest(
+        &self,
+        account: &AccountState,
+        purpose: &str,
+        code: &str,
+    ) -> Result<String, AccountError> {
         let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         let input = format!("{}\0{purpose}\0{code}", account.id.0);
         Ok(hex(&self.keys()?.digest("one-time-code", input.as_bytes())))
@@ -305,10 +314,9 @@ impl AccountService {
         typed: &str,
     ) -> Result<Option<CodeToSend>, AccountError> {
         self.keys()?;
-        let (Some(account), Ok(target)) = (
-            self.restoring(typed_login).await?,
-            channel.normalize(typed),
-        ) else {
+        let (Some(account), Ok(target)) =
+            (self.restoring(typed_login).await?, channel.normalize(typed))
+        else {
             return Ok(None);
         };
         let profile = self.store.profile(account.id).await?;
@@ -320,7 +328,9 @@ impl AccountService {
         let Some(registered) = registered.filter(|r| r.eq_ignore_ascii_case(&target)) else {
             return Ok(None);
         };
-        Ok(Some(self.new_code(&account, channel, &registered, true).await?))
+        Ok(Some(
+            self.new_code(&account, channel, &registered, true).await?,
+        ))
     }
 
     /// Restores access with a code sent by [`AccountService::start_restore`].

@@ -224,3 +224,277 @@ async fn a_decision_is_made_again_when_the_account_changed_under_it() {
     // ...so the option cannot be turned off behind 2FA's back.
     assert!(service.account(&alice).await.unwrap().app_passwords_only);
 }
+
+fn now_secs() -> u64 {
+    u64::try_from(crate::credentials::model::now_ms() / 1000).unwrap()
+}
+
+#[tokio::test]
+async fn two_factor_codes_are_single_use_within_one_step_of_drift() {
+    let (service, _, alice) = service().await;
+    let account = service.account(&alice).await.unwrap();
+    let enrolment = service.begin_two_factor(&account).unwrap();
+    let seed = String::from_utf8(enrolment.secret.expose().to_vec()).unwrap();
+    assert!(String::from_utf8_lossy(enrolment.uri.expose()).starts_with("otpauth://totp/"));
+    assert!(enrolment.qr_svg.contains("<svg"));
+    // Nothing changes before a right code.
+    assert!(matches!(
+        service
+            .enable_two_factor(&alice, &enrolment.token, "12345")
+            .await,
+        Err(AccountError::WrongCode)
+    ));
+    assert!(!service.account(&alice).await.unwrap().two_factor);
+    // Another account's token does not enrol this one.
+    let bob = service.login("bob").unwrap();
+    service
+        .create_account(&bob, &Secret::from("bob's long password"))
+        .await
+        .unwrap();
+    let now = now_secs();
+    let code = code_at(&seed, now).unwrap();
+    assert!(matches!(
+        service
+            .enable_two_factor(&bob, &enrolment.token, &code)
+            .await,
+        Err(AccountError::EnrolmentExpired)
+    ));
+    let on = service
+        .enable_two_factor(&alice, &enrolment.token, &code)
+        .await
+        .unwrap();
+    assert_eq!(on.recovery_codes.len(), RECOVERY_CODES);
+    let account = service.account(&alice).await.unwrap();
+    assert!(account.two_factor && account.app_passwords_only);
+    assert_eq!(account.generation, Generation(2));
+    // The enrolling code, a code two steps away, and a wrong code are refused.
+    for refused in [
+        code.clone(),
+        code_at(&seed, now + 90).unwrap(),
+        code_at(&seed, now.saturating_sub(90)).unwrap(),
+        "000000".into(),
+    ] {
+        if refused == code_at(&seed, now + 30).unwrap() {
+            continue;
+        }
+        assert!(
+            !service
+                .verify_second_factor(&account, &refused)
+                .await
+                .unwrap(),
+            "{refused}"
+        );
+    }
+    // The next step's code (one step of drift) once, not twice.
+    let next = code_at(&seed, now + 30).unwrap();
+    assert!(service.verify_second_factor(&account, &next).await.unwrap());
+    assert!(!service.verify_second_factor(&account, &next).await.unwrap());
+    // A recovery code once, however typed.
+    let recovery = String::from_utf8(on.recovery_codes[0].expose().to_vec()).unwrap();
+    let typed = recovery.to_uppercase().replace('-', " ");
+    assert!(
+        service
+            .verify_second_factor(&account, &typed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !service
+            .verify_second_factor(&account, &recovery)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        service.recovery_codes_left(&account).await.unwrap(),
+        i64::try_from(RECOVERY_CODES).unwrap() - 1
+    );
+    // Turning 2FA off takes a code and removes the seed and the codes.
+    assert!(matches!(
+        service.disable_two_factor(&alice, "000000").await,
+        Err(AccountError::WrongCode)
+    ));
+    let second = String::from_utf8(on.recovery_codes[1].expose().to_vec()).unwrap();
+    assert_eq!(
+        service.disable_two_factor(&alice, &second).await.unwrap(),
+        Outcome::Changed(Some(Generation(3)))
+    );
+    let account = service.account(&alice).await.unwrap();
+    assert!(!account.two_factor);
+    assert_eq!(service.recovery_codes_left(&account).await.unwrap(), 0);
+    let third = String::from_utf8(on.recovery_codes[2].expose().to_vec()).unwrap();
+    assert!(
+        !service
+            .verify_second_factor(&account, &third)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_seed_is_sealed_for_its_account_and_the_sign_in_token_for_its_password() {
+    let (service, _, alice) = service().await;
+    let (enrolment, _) = service.enable_two_factor_for(&alice).await.unwrap();
+    let account = service.account(&alice).await.unwrap();
+    let stored = service
+        .store
+        .second_factor(account.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let seed = String::from_utf8(enrolment.secret.expose().to_vec()).unwrap();
+    assert!(!stored.sealed_seed.contains(&seed));
+    // Another deployment's key does not open it.
+    let other = service.clone().with_keys(Arc::new(Keys::random()));
+    let code = code_at(&seed, now_secs()).unwrap();
+    assert!(!other.verify_second_factor(&account, &code).await.unwrap());
+    // A second-step token dies with the password it was issued for.
+    let token = service.second_step_token(&account, true).unwrap();
+    service
+        .change_password(&alice, &Secret::from("another long password"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        service.second_step(&token, &code).await,
+        Err(AccountError::BadCredentials)
+    ));
+    let account = service.account(&alice).await.unwrap();
+    let token = service.second_step_token(&account, false).unwrap();
+    let (signed_in, remember) = service.second_step(&token, &code).await.unwrap();
+    assert_eq!(signed_in.id, account.id);
+    assert!(!remember);
+}
+
+#[tokio::test]
+async fn restoring_access_needs_the_registered_address_or_the_answer_and_ends_everything() {
+    let (service, _, alice) = service().await;
+    let account = service.account(&alice).await.unwrap();
+    // Confirming an email: stored only once its code comes back.
+    let sent = service
+        .start_confirm(&account, Channel::Email, " alice@Example.NET ")
+        .await
+        .unwrap();
+    assert_eq!(sent.target, "alice@example.net");
+    assert_eq!(service.profile(&account).await.unwrap().email, None);
+    assert!(matches!(
+        service
+            .finish_confirm(&account, Channel::Email, "000000")
+            .await,
+        Err(AccountError::WrongCode)
+    ));
+    let code = String::from_utf8(sent.code.expose().to_vec()).unwrap();
+    service
+        .finish_confirm(&account, Channel::Email, &code)
+        .await
+        .unwrap();
+    // Used up.
+    assert!(matches!(
+        service
+            .finish_confirm(&account, Channel::Email, &code)
+            .await,
+        Err(AccountError::WrongCode)
+    ));
+    assert_eq!(
+        service.profile(&account).await.unwrap().email.as_deref(),
+        Some("alice@example.net")
+    );
+    // No code for another address or another account.
+    for (login, address) in [
+        ("alice", "mallory@example.net"),
+        ("nobody", "alice@example.net"),
+    ] {
+        assert!(
+            service
+                .start_restore(login, Channel::Email, address)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let sent = service
+        .start_restore("Alice", Channel::Email, "ALICE@example.net")
+        .await
+        .unwrap()
+        .unwrap();
+    let code = String::from_utf8(sent.code.expose().to_vec()).unwrap();
+    let session = service
+        .open_web_session(&account, true, "127.0.0.1", "test")
+        .await
+        .unwrap();
+    // A weak new password is refused before the code is spent.
+    assert!(matches!(
+        service
+            .restore_with_code("alice", Channel::Email, &code, &Secret::from("short"))
+            .await,
+        Err(AccountError::WeakPassword)
+    ));
+    service
+        .restore_with_code(
+            "alice",
+            Channel::Email,
+            &code,
+            &Secret::from("a restored long password"),
+        )
+        .await
+        .unwrap();
+    let after = service.account(&alice).await.unwrap();
+    assert_eq!(after.generation.0, account.generation.0 + 1);
+    assert!(service.web_session(&session.token).await.unwrap().is_none());
+    service
+        .verify_main_password("alice", &Secret::from("a restored long password"))
+        .await
+        .unwrap();
+
+    // The question: a decoy, stable, for accounts without one; case and spaces ignored.
+    let decoy = service.restore_question("nobody").await.unwrap();
+    assert_eq!(decoy, service.restore_question("nobody").await.unwrap());
+    assert!(QUESTIONS.contains(&decoy.as_str()));
+    assert!(matches!(
+        service
+            .set_question(&after, "What is your favourite colour?", "blue")
+            .await,
+        Err(AccountError::BadInput(_))
+    ));
+    service
+        .set_question(&after, QUESTIONS[2], "Hill Top School")
+        .await
+        .unwrap();
+    assert_eq!(
+        service.restore_question("alice").await.unwrap(),
+        QUESTIONS[2]
+    );
+    let new = Secret::from("restored by the answer");
+    for wrong in [("alice", "Hill Top"), ("nobody", "Hill Top School")] {
+        assert!(matches!(
+            service.restore_with_answer(wrong.0, wrong.1, &new).await,
+            Err(AccountError::WrongCode)
+        ));
+    }
+    service
+        .restore_with_answer("alice", " hilltop  SCHOOL ", &new)
+        .await
+        .unwrap();
+    assert_eq!(
+        service.account(&alice).await.unwrap().generation.0,
+        after.generation.0 + 1
+    );
+}
+
+#[test]
+fn phones_and_emails_are_checked_and_made_canonical() {
+    assert_eq!(
+        Channel::Phone.normalize("+44 (20) 7946-0958").unwrap(),
+        "+442079460958"
+    );
+    for bad in ["07946 0958", "+12", "+44 20 7946 0958 1234 5678", "+44abc"] {
+        assert!(Channel::Phone.normalize(bad).is_err(), "{bad}");
+    }
+    for bad in [
+        "alice",
+        "alice@",
+        "@example.org",
+        "a b@example.org",
+        "alice@localhost",
+    ] {
+        assert!(Channel::Email.normalize(bad).is_err(), "{bad}");
+    }
+}

@@ -327,10 +327,10 @@ impl AccountService {
     /// The account a second-step token names (valid or not yet checked for its code), to count
     /// wrong codes per account.
     pub fn second_step_account(&self, token: &str) -> Option<i64> {
-        let claims: SecondStep = self
-            .keys
-            .as_deref()?
-            .verify("sign-in-second-step", token, now_ms())?;
+        let claims: SecondStep =
+            self.keys
+                .as_deref()?
+                .verify("sign-in-second-step", token, now_ms())?;
         Some(claims.account)
     }
 
@@ -386,7 +386,9 @@ impl AccountService {
             return self.reset_two_factor(login).await;
         }
         match self.enable_two_factor_for(login).await {
-            Ok(_) => Ok(Outcome::Changed(Some(self.account(login).await?.generation))),
+            Ok(_) => Ok(Outcome::Changed(Some(
+                self.account(login).await?.generation,
+            ))),
             Err(AccountError::TwoFactorAlreadyOn) => Ok(Outcome::Unchanged),
             Err(e) => Err(e),
         }
