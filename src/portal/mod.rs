@@ -11,6 +11,8 @@
 //! `Referrer-Policy` and `Cache-Control: no-store`; every state-changing request must come from
 //! this origin (`Sec-Fetch-Site`, else `Origin`), which is the CSRF protection.
 
+mod actions;
+pub mod api;
 mod delivery;
 mod pages;
 mod security;
@@ -312,6 +314,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/logout", post(pages::logout))
         .route("/logout-all", post(pages::logout_all))
         .route("/logout-everywhere", post(pages::logout_everywhere))
+        .nest("/api/v1", api::routes())
         .route("/static/portal.css", get(stylesheet))
         // No icon: said plainly, so browsers do not log a missing one.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

@@ -11,24 +11,25 @@ use minijinja::context;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::actions::{self, SignIn};
 use super::{COOKIE, Connection, Portal, Setting, Shown};
 use crate::config::{ListenerProtocol, ListenerTls};
 use crate::credentials::accounts::AccountError;
-use crate::credentials::model::{AccountState, AppPasswordId, GenerationBump, now_ms};
+use crate::credentials::model::{AccountState, AppPasswordId, now_ms};
 use crate::credentials::{Secret, Service};
 use crate::store::WebSession;
 
 /// The browser's signed-in sessions, the current one first.
 pub(super) struct Signed {
     /// Tokens as in the cookie (live ones only), in order.
-    tokens: Vec<Secret>,
-    sessions: Vec<WebSession>,
+    pub(super) tokens: Vec<Secret>,
+    pub(super) sessions: Vec<WebSession>,
     /// The cookie named sessions that have ended: it must be rewritten.
     stale: bool,
 }
 
 impl Signed {
-    fn current(&self) -> Option<&WebSession> {
+    pub(super) fn current(&self) -> Option<&WebSession> {
         self.sessions.first()
     }
 
@@ -259,70 +260,24 @@ pub struct SigninForm {
     forget: Option<String>,
 }
 
-/// Sign-in: the main password, answered at the failure delay with one message whatever
-/// failed, a few attempts a minute per client address.
-pub async fn signin(
-    Browser(portal, conn, headers, signed): Browser,
-    Form(form): Form<SigninForm>,
-) -> Response {
-    let arrived = Instant::now();
-    let refuse = |error: &str| {
-        portal.render(
-            "signin.html",
-            context! { accounts => signed.logins(), login => form.login.clone(), error => error },
-        )
-    };
-    if !portal.may_attempt(conn.peer.ip()) {
-        tracing::info!(peer = %conn.peer, "portal sign-in throttled");
-        let mut response =
-            refuse("Too many attempts from your address. Wait a minute and try again.");
-        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return response;
-    }
-    let password = Secret::from(form.password.as_str());
-    let accounts = &portal.shared.accounts;
-    let account = match accounts.verify_main_password(&form.login, &password).await {
-        Ok(account) => account,
-        Err(AccountError::BadCredentials) => {
-            tracing::info!(login = %crate::protocol::printable(&form.login), peer = %conn.peer, "portal sign-in refused");
-            tokio::time::sleep_until(arrived + portal.refusal_delay(&form.login)).await;
-            let mut response = refuse("Wrong login or password.");
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-            return response;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "portal sign-in failed");
-            let mut response = refuse("Signing in is not possible right now. Try again later.");
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return response;
-        }
-    };
-    let remember = form.forget.is_none();
-    if account.two_factor {
-        // The password was right; the code comes on the next page.
-        return match accounts.second_step_token(&account, remember) {
-            Ok(token) => portal.render(
-                "signin_code.html",
-                context! { accounts => signed.logins(), token => token },
+/// Sign-in: the main password (see [`actions::sign_in`]); with 2FA on, the code page next.
+pub async fn signin(browser: Browser, Form(form): Form<SigninForm>) -> Response {
+    let outcome =
+        actions::sign_in(&browser, &form.login, &form.password, form.forget.is_none()).await;
+    let Browser(portal, _, _, signed) = &browser;
+    match outcome {
+        Ok(SignIn::Done(cookie, _)) => redirect_with_cookie("/access", cookie),
+        Ok(SignIn::NeedsCode(token)) => portal.render(
+            "signin_code.html",
+            context! { accounts => signed.logins(), token => token },
+        ),
+        Err(refusal) => with_status(
+            portal.render(
+                "signin.html",
+                context! { accounts => signed.logins(), login => form.login, error => refusal.message },
             ),
-            Err(e) => {
-                tracing::warn!(error = %e, "portal sign-in failed");
-                let mut response = refuse("Signing in is not possible right now. Try again later.");
-                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                response
-            }
-        };
-    }
-    match open_session(&portal, &conn, &headers, &signed, &account, remember).await {
-        Ok(cookie) => {
-            portal.signed_in(&form.login);
-            redirect_with_cookie("/access", cookie)
-        }
-        Err((status, message)) => {
-            let mut response = refuse(&message);
-            *response.status_mut() = status;
-            response
-        }
+            refusal.status,
+        ),
     }
 }
 
@@ -332,118 +287,33 @@ pub struct CodeForm {
     code: String,
 }
 
-/// The second step of a sign-in with 2FA: a code from the app, or a recovery code.
-pub async fn signin_code(
-    Browser(portal, conn, headers, signed): Browser,
-    Form(form): Form<CodeForm>,
-) -> Response {
-    let arrived = Instant::now();
-    let refuse = |status: StatusCode, error: &str, token: &str| {
-        let mut response = portal.render(
-            "signin_code.html",
-            context! { accounts => signed.logins(), token => token, error => error },
-        );
-        *response.status_mut() = status;
-        response
-    };
-    if !portal.may_attempt(conn.peer.ip()) {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many attempts from your address. Wait a minute and try again.",
-            &form.token,
-        );
-    }
-    if portal.codes_blocked(&form.token) {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong codes for this account. Wait 15 minutes and try again.",
-            &form.token,
-        );
-    }
-    match portal
-        .shared
-        .accounts
-        .second_step(&form.token, &form.code)
-        .await
-    {
-        Ok((account, remember)) => {
-            match open_session(&portal, &conn, &headers, &signed, &account, remember).await {
-                Ok(cookie) => {
-                    portal.signed_in(account.login.as_str());
-                    redirect_with_cookie("/access", cookie)
-                }
-                Err((status, message)) => refuse(status, &message, &form.token),
-            }
-        }
-        Err(AccountError::WrongCode) => {
-            tracing::info!(peer = %conn.peer, "portal sign-in code refused");
-            tokio::time::sleep_until(arrived + portal.code_refusal_delay(&form.token)).await;
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "That code is wrong or was already used. Wait for the next one.",
-                &form.token,
-            )
-        }
-        Err(e) => {
-            tracing::info!(error = %e, peer = %conn.peer, "portal sign-in second step refused");
-            failure_delay(&portal, arrived).await;
-            let mut response = portal.render(
+/// The second step of a sign-in with 2FA (see [`actions::sign_in_code`]).
+pub async fn signin_code(browser: Browser, Form(form): Form<CodeForm>) -> Response {
+    let outcome = actions::sign_in_code(&browser, &form.token, &form.code).await;
+    let Browser(portal, _, _, signed) = &browser;
+    match outcome {
+        Ok(SignIn::Done(cookie, _)) => redirect_with_cookie("/access", cookie),
+        Ok(SignIn::NeedsCode(_)) => Redirect::to("/signin").into_response(),
+        Err(refusal) if refusal.status == StatusCode::GONE => with_status(
+            portal.render(
                 "signin.html",
-                context! { accounts => signed.logins(), login => "", error => "The sign-in took too long. Sign in again." },
-            );
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-            response
-        }
+                context! { accounts => signed.logins(), login => "", error => refusal.message },
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        Err(refusal) => with_status(
+            portal.render(
+                "signin_code.html",
+                context! { accounts => signed.logins(), token => form.token, error => refusal.message },
+            ),
+            refusal.status,
+        ),
     }
 }
 
-/// Opens a web session for `account` in this browser (it becomes the current account) and
-/// returns the new cookie; refused when the browser holds the most accounts already.
-pub(super) async fn open_session(
-    portal: &Portal,
-    conn: &Connection,
-    headers: &HeaderMap,
-    signed: &Signed,
-    account: &AccountState,
-    remember: bool,
-) -> Result<HeaderValue, (StatusCode, String)> {
-    let accounts = &portal.shared.accounts;
-    // The browser's list: this account first, without its older session if it had one.
-    let mut tokens: Vec<Secret> = Vec::new();
-    for (token, session) in signed.tokens.iter().zip(&signed.sessions) {
-        if session.account_id == account.id {
-            let _ = accounts.end_web_session(account, session.id).await;
-        } else {
-            tokens.push(token.clone());
-        }
-    }
-    if tokens.len() >= portal.config.max_accounts {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "{} accounts are signed in in this browser already: log out of one first.",
-                portal.config.max_accounts
-            ),
-        ));
-    }
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown browser");
-    let session = accounts
-        .open_web_session(account, remember, &conn.peer.ip().to_string(), user_agent)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "could not open a web session");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Signing in is not possible right now. Try again later.".to_owned(),
-            )
-        })?;
-    tracing::info!(login = %account.login, peer = %conn.peer, "portal sign-in");
-    conn.admitted.logged_in();
-    tokens.insert(0, session.token);
-    Ok(set_cookie(portal, &tokens, remember))
+pub(super) fn with_status(mut response: Response, status: StatusCode) -> Response {
+    *response.status_mut() = status;
+    response
 }
 
 fn services() -> Vec<minijinja::Value> {
@@ -460,7 +330,7 @@ fn services() -> Vec<minijinja::Value> {
 }
 
 /// The servers a program of `service` is told to use, from the configured listeners.
-fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -> Vec<Setting> {
+pub(super) fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -> Vec<Setting> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -606,35 +476,26 @@ pub struct CreateForm {
 /// Makes an app password; the next page view shows it once (POST, redirect, GET: reloading or
 /// going back never shows it again).
 pub async fn create(page: Page, Form(form): Form<CreateForm>) -> Response {
-    let Page(Browser(portal, _, headers, _), account, session) = &page;
-    let accounts = &portal.shared.accounts;
-    if !reconfirmed(&page, form.password.as_deref()).await {
-        return access_page(&page, Some("Wrong password.".to_owned())).await;
-    }
-    let Ok(service) = form.service.parse::<Service>() else {
-        return access_page(&page, Some("Choose a service.".into())).await;
-    };
-    match accounts
-        .create_app_password(&account.login, service, &form.name)
+    match actions::create_app_password(&page, &form.service, &form.name, form.password.as_deref())
         .await
     {
         Ok(made) => {
-            tracing::info!(login = %account.login, id = made.id.0, %service, "app password created in the portal");
+            let portal = &page.0.0;
             portal
                 .shown
                 .retain(|_, shown| shown.made.elapsed() < super::SHOWN_FOR);
             portal.shown.insert(
-                session.id,
+                page.2.id,
                 Shown {
-                    name: form.name.trim().to_owned(),
+                    name: made.name,
                     secret: made.secret,
-                    settings: settings(portal, service, headers),
+                    settings: made.settings,
                     made: Instant::now(),
                 },
             );
             Redirect::to("/access").into_response()
         }
-        Err(e) => access_page(&page, Some(page_error(&e))).await,
+        Err(refusal) => access_page(&page, Some(refusal.message)).await,
     }
 }
 
@@ -683,34 +544,11 @@ pub struct PasswordForm {
 /// A new main password, given the current one; by the account service's rule it kills every
 /// app password while 2FA is off. The other web sessions end if asked (this one stays).
 pub async fn change_password(page: Page, Form(form): Form<PasswordForm>) -> Response {
-    let arrived = Instant::now();
-    let Page(Browser(portal, ..), account, session) = &page;
-    let accounts = &portal.shared.accounts;
-    if accounts
-        .verify_main_password(account.login.as_str(), &Secret::from(form.current.as_str()))
-        .await
-        .is_err()
-    {
-        failure_delay(portal, arrived).await;
-        return password_view(&page, Some("Wrong current password.".into()));
-    }
-    match accounts
-        .change_password(&account.login, &Secret::from(form.new.as_str()))
+    match actions::change_password(&page, &form.current, &form.new, form.end_others.is_some())
         .await
     {
-        Ok(_) => {
-            tracing::info!(login = %account.login, "main password changed in the portal");
-            if form.end_others.is_some() {
-                for other in accounts.web_sessions(account).await.unwrap_or_default() {
-                    if other.id != session.id {
-                        let _ = accounts.end_web_session(account, other.id).await;
-                    }
-                }
-            }
-            let _ = accounts.reconfirm_web_session(session).await;
-            Redirect::to("/access").into_response()
-        }
-        Err(e) => password_view(&page, Some(page_error(&e))),
+        Ok(()) => Redirect::to("/access").into_response(),
+        Err(refusal) => password_view(&page, Some(refusal.message)),
     }
 }
 
@@ -758,32 +596,8 @@ pub async fn accounts(Browser(portal, _, _, signed): Browser) -> Response {
 
 /// Ends the sessions at `indexes` of the browser's list and rewrites the cookie.
 async fn remove(portal: &Portal, signed: Signed, indexes: &[usize]) -> Response {
-    let mut tokens = Vec::new();
-    let mut remember = false;
-    let mut first = true;
-    for (i, (token, session)) in signed.tokens.iter().zip(&signed.sessions).enumerate() {
-        if indexes.contains(&i) {
-            if let Ok(account) = portal.shared.accounts.account(&session.login).await {
-                let _ = portal
-                    .shared
-                    .accounts
-                    .end_web_session(&account, session.id)
-                    .await;
-            }
-        } else {
-            if first {
-                remember = session.remember;
-                first = false;
-            }
-            tokens.push(token.clone());
-        }
-    }
-    let to = if tokens.is_empty() {
-        "/signin"
-    } else {
-        "/access"
-    };
-    redirect_with_cookie(to, set_cookie(portal, &tokens, remember))
+    let (cookie, left) = actions::remove_from_browser(portal, &signed, indexes).await;
+    redirect_with_cookie(if left { "/access" } else { "/signin" }, cookie)
 }
 
 /// "Log out": the current account leaves the list; the next one is current.
@@ -820,40 +634,18 @@ pub async fn switch(
     Browser(portal, _, _, signed): Browser,
     Form(form): Form<SwitchForm>,
 ) -> Response {
-    if form.index >= signed.tokens.len() {
-        return Redirect::to("/access").into_response();
+    match actions::switch_to(&portal, &signed, form.index) {
+        Some(cookie) => redirect_with_cookie("/access", cookie),
+        None => Redirect::to("/access").into_response(),
     }
-    let mut tokens = signed.tokens.clone();
-    let chosen = tokens.remove(form.index);
-    tokens.insert(0, chosen);
-    let remember = signed.sessions.get(form.index).is_some_and(|s| s.remember);
-    redirect_with_cookie("/access", set_cookie(&portal, &tokens, remember))
 }
 
 /// "Log out on all devices": the generation moves on (every app password dies, every session
 /// relayed with one is cut) and every web session of the account ends, this one included.
 pub async fn logout_everywhere(page: Page) -> Response {
-    let Page(Browser(portal, _, _, signed), account, _) = &page;
-    match portal
-        .shared
-        .accounts
-        .end_everything(&account.login, GenerationBump::LogoutEverywhere)
-        .await
-    {
-        Ok(generation) => {
-            tracing::info!(login = %account.login, generation = generation.0, "logged out on all devices from the portal");
-            // The other accounts of this browser stay signed in.
-            let (tokens, sessions): (Vec<Secret>, Vec<&WebSession>) = signed
-                .tokens
-                .iter()
-                .zip(&signed.sessions)
-                .filter(|(_, s)| s.account_id != account.id)
-                .map(|(t, s)| (t.clone(), s))
-                .unzip();
-            let remember = sessions.first().is_some_and(|s| s.remember);
-            redirect_with_cookie("/signin", set_cookie(portal, &tokens, remember))
-        }
-        Err(e) => access_page(&page, Some(page_error(&e))).await,
+    match actions::log_out_everywhere(&page).await {
+        Ok(cookie) => redirect_with_cookie("/signin", cookie),
+        Err(refusal) => access_page(&page, Some(refusal.message)).await,
     }
 }
 

@@ -8,21 +8,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use minijinja::context;
 use serde::Deserialize;
-use tokio::time::Instant;
 
-use super::delivery::Why;
-use super::pages::{Browser, Page, failure_delay, page_error, reconfirmed};
+use super::actions;
+use super::pages::{Browser, Page, page_error, with_status};
 use crate::credentials::Secret;
-use crate::credentials::accounts::{AccountError, Channel, Enrolment, Proof, QUESTIONS};
+use crate::credentials::accounts::{Channel, Enrolment, Proof, QUESTIONS};
 
 fn text(secret: &Secret) -> String {
     String::from_utf8_lossy(secret.expose()).into_owned()
 }
 
-fn with_status(mut response: Response, status: StatusCode) -> Response {
-    *response.status_mut() = status;
-    response
-}
 
 /// The QR code as an `<img>` source: CSP allows `data:` images, and no script is involved.
 fn qr_data_uri(svg: &str) -> String {
@@ -88,12 +83,9 @@ pub struct BeginForm {
 
 /// Starts enrolment: the QR code and the secret as text, nothing stored yet.
 pub async fn two_factor_begin(page: Page, Form(form): Form<BeginForm>) -> Response {
-    if !reconfirmed(&page, form.password.as_deref()).await {
-        return two_factor_view(&page, None, None, Some("Wrong password.".into())).await;
-    }
-    match page.0.0.shared.accounts.begin_two_factor(&page.1) {
+    match actions::two_factor_begin(&page, form.password.as_deref()).await {
         Ok(enrolment) => two_factor_view(&page, Some(&enrolment), None, None).await,
-        Err(e) => two_factor_view(&page, None, None, Some(page_error(&e))).await,
+        Err(refusal) => two_factor_view(&page, None, None, Some(refusal.message)).await,
     }
 }
 
@@ -106,35 +98,20 @@ pub struct EnableForm {
 /// Finishes enrolment with a code from the app; the recovery codes are shown once, on this
 /// response only.
 pub async fn two_factor_enable(page: Page, Form(form): Form<EnableForm>) -> Response {
-    let arrived = Instant::now();
-    let Page(Browser(portal, ..), account, _) = &page;
-    let accounts = &portal.shared.accounts;
-    match accounts
-        .enable_two_factor(&account.login, &form.token, &form.code)
-        .await
-    {
+    match actions::two_factor_enable(&page, &form.token, &form.code).await {
         Ok(on) => {
-            tracing::info!(login = %account.login, "two-factor authentication turned on in the portal");
             // The page shows the account as it is now.
-            let Ok(account) = accounts.account(&account.login).await else {
+            let Ok(account) = page.0.0.shared.accounts.account(&page.1.login).await else {
                 return Redirect::to("/two-factor").into_response();
             };
             let page = Page(page.0, account, page.2);
             let codes = on.recovery_codes.iter().map(text).collect();
             two_factor_view(&page, None, Some(codes), None).await
         }
-        Err(AccountError::WrongCode) => {
-            failure_delay(portal, arrived).await;
-            let enrolment = accounts.enrolment(account, &form.token).ok();
-            two_factor_view(
-                &page,
-                enrolment.as_ref(),
-                None,
-                Some("That code is wrong. Check the time on your phone and type the code the app shows now.".into()),
-            )
-            .await
+        Err(refusal) => {
+            let enrolment = page.0.0.shared.accounts.enrolment(&page.1, &form.token).ok();
+            two_factor_view(&page, enrolment.as_ref(), None, Some(refusal.message)).await
         }
-        Err(e) => two_factor_view(&page, None, None, Some(page_error(&e))).await,
     }
 }
 
@@ -145,28 +122,9 @@ pub struct DisableForm {
 
 /// Turns 2FA off, given a code.
 pub async fn two_factor_disable(page: Page, Form(form): Form<DisableForm>) -> Response {
-    let arrived = Instant::now();
-    let Page(Browser(portal, ..), account, _) = &page;
-    let accounts = &portal.shared.accounts;
-    match accounts
-        .disable_two_factor(&account.login, &form.code)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(login = %account.login, "two-factor authentication turned off in the portal");
-            Redirect::to("/two-factor").into_response()
-        }
-        Err(AccountError::WrongCode) => {
-            failure_delay(portal, arrived).await;
-            two_factor_view(
-                &page,
-                None,
-                None,
-                Some("That code is wrong or was already used.".into()),
-            )
-            .await
-        }
-        Err(e) => two_factor_view(&page, None, None, Some(page_error(&e))).await,
+    match actions::two_factor_disable(&page, &form.code).await {
+        Ok(()) => Redirect::to("/two-factor").into_response(),
+        Err(refusal) => two_factor_view(&page, None, None, Some(refusal.message)).await,
     }
 }
 
@@ -244,58 +202,24 @@ pub struct ContactForm {
     password: Option<String>,
 }
 
-fn channel(kind: &str) -> Option<Channel> {
-    match kind {
-        "email" => Some(Channel::Email),
-        "phone" => Some(Channel::Phone),
-        _ => None,
-    }
-}
-
 /// Adding a phone or an email: a code goes there; it is stored once the code comes back.
 pub async fn add_contact(page: Page, Form(form): Form<ContactForm>) -> Response {
-    let Some(channel) = channel(&form.kind) else {
-        return profile_view(&page, None, None, Some("Choose phone or email.".into())).await;
+    let channel = match actions::channel(&form.kind) {
+        Ok(channel) => channel,
+        Err(refusal) => return profile_view(&page, None, None, Some(refusal.message)).await,
     };
-    if !reconfirmed(&page, form.password.as_deref()).await {
-        return profile_view(&page, None, None, Some("Wrong password.".into())).await;
+    match actions::add_contact(&page, channel, &form.value, form.password.as_deref()).await {
+        Ok(target) => {
+            profile_view(
+                &page,
+                Some(channel),
+                Some(format!("A code is on its way to {target}.")),
+                None,
+            )
+            .await
+        }
+        Err(refusal) => profile_view(&page, None, None, Some(refusal.message)).await,
     }
-    let Page(Browser(portal, ..), account, _) = &page;
-    if !portal.delivery.can_send(channel) {
-        return profile_view(
-            &page,
-            None,
-            None,
-            Some("This server cannot send codes that way.".into()),
-        )
-        .await;
-    }
-    let code = match portal
-        .shared
-        .accounts
-        .start_confirm(account, channel, &form.value)
-        .await
-    {
-        Ok(code) => code,
-        Err(e) => return profile_view(&page, None, None, Some(page_error(&e))).await,
-    };
-    if let Err(e) = portal.delivery.send(&code, Why::Confirm).await {
-        tracing::warn!(error = %e, login = %account.login, "a confirmation code could not be sent");
-        return profile_view(
-            &page,
-            None,
-            None,
-            Some("The code could not be sent. Try again later.".into()),
-        )
-        .await;
-    }
-    profile_view(
-        &page,
-        Some(channel),
-        Some(format!("A code is on its way to {}.", code.target)),
-        None,
-    )
-    .await
 }
 
 #[derive(Deserialize)]
@@ -305,32 +229,13 @@ pub struct ConfirmForm {
 }
 
 pub async fn confirm_contact(page: Page, Form(form): Form<ConfirmForm>) -> Response {
-    let arrived = Instant::now();
-    let Some(channel) = channel(&form.kind) else {
-        return profile_view(&page, None, None, Some("Choose phone or email.".into())).await;
+    let channel = match actions::channel(&form.kind) {
+        Ok(channel) => channel,
+        Err(refusal) => return profile_view(&page, None, None, Some(refusal.message)).await,
     };
-    let Page(Browser(portal, ..), account, _) = &page;
-    match portal
-        .shared
-        .accounts
-        .finish_confirm(account, channel, &form.code)
-        .await
-    {
-        Ok(target) => {
-            tracing::info!(login = %account.login, kind = form.kind, "contact confirmed in the portal");
-            profile_view(&page, None, Some(format!("{target} is confirmed.")), None).await
-        }
-        Err(AccountError::WrongCode) => {
-            failure_delay(portal, arrived).await;
-            profile_view(
-                &page,
-                Some(channel),
-                None,
-                Some("That code is wrong or has expired.".into()),
-            )
-            .await
-        }
-        Err(e) => profile_view(&page, None, None, Some(page_error(&e))).await,
+    match actions::confirm_contact(&page, channel, &form.code).await {
+        Ok(target) => profile_view(&page, None, Some(format!("{target} is confirmed.")), None).await,
+        Err(refusal) => profile_view(&page, Some(channel), None, Some(refusal.message)).await,
     }
 }
 
@@ -342,18 +247,11 @@ pub struct QuestionForm {
 }
 
 pub async fn set_question(page: Page, Form(form): Form<QuestionForm>) -> Response {
-    if !reconfirmed(&page, form.password.as_deref()).await {
-        return profile_view(&page, None, None, Some("Wrong password.".into())).await;
-    }
-    let Page(Browser(portal, ..), account, _) = &page;
-    match portal
-        .shared
-        .accounts
-        .set_question(account, &form.question, &form.answer)
+    match actions::set_question(&page, &form.question, &form.answer, form.password.as_deref())
         .await
     {
         Ok(()) => profile_view(&page, None, Some("Security question saved.".into()), None).await,
-        Err(e) => profile_view(&page, None, None, Some(page_error(&e))).await,
+        Err(refusal) => profile_view(&page, None, None, Some(refusal.message)).await,
     }
 }
 
@@ -367,9 +265,9 @@ pub async fn remove_contact(page: Page, Form(form): Form<RemoveForm>) -> Respons
     let Page(Browser(portal, ..), account, _) = &page;
     let what = match form.what.as_str() {
         "question" => None,
-        kind => match channel(kind) {
-            Some(channel) => Some(channel),
-            None => return Redirect::to("/profile").into_response(),
+        kind => match actions::channel(kind) {
+            Ok(channel) => Some(channel),
+            Err(_) => return Redirect::to("/profile").into_response(),
         },
     };
     match portal.shared.accounts.remove_contact(account, what).await {
@@ -407,66 +305,33 @@ pub struct RestoreForm {
     address: Option<String>,
 }
 
-/// Sends a code when the address is the account's, or shows the question; the page says the
-/// same whatever exists.
-pub async fn restore_begin(
-    Browser(portal, conn, ..): Browser,
-    Form(form): Form<RestoreForm>,
-) -> Response {
-    let arrived = Instant::now();
-    if !portal.may_restore(conn.peer.ip()) {
-        return with_status(
-            restore_start(
-                &portal,
-                Some("Too many attempts from your address. Wait a minute and try again."),
-                &form.login,
-            ),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
-    }
-    let accounts = &portal.shared.accounts;
-    let proof: Proof = match form.proof.parse() {
-        Ok(proof) => proof,
-        Err(e) => return restore_start(&portal, Some(&page_error(&e)), &form.login),
-    };
-    let token = match accounts.restore_token(&form.login, proof) {
-        Ok(token) => token,
-        Err(e) => return restore_start(&portal, Some(&page_error(&e)), &form.login),
-    };
-    let question = match proof.channel() {
-        None => match accounts.restore_question(&form.login).await {
-            Ok(question) => Some(question),
-            Err(e) => return restore_start(&portal, Some(&page_error(&e)), &form.login),
-        },
-        Some(channel) => {
-            let address = form.address.as_deref().unwrap_or("");
-            if let Err(e) = channel.normalize(address) {
-                return restore_start(&portal, Some(&page_error(&e)), &form.login);
-            }
-            match accounts.start_restore(&form.login, channel, address).await {
-                Ok(Some(code)) => {
-                    if let Err(e) = portal.delivery.send(&code, Why::Restore).await {
-                        tracing::warn!(error = %e, "a restore code could not be sent");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "starting a restore failed"),
-            }
-            // The same answer, as late, whether a code went out or not.
-            failure_delay(&portal, arrived).await;
-            None
-        }
-    };
-    portal.render(
-        "restore.html",
-        context! {
-            step => "prove",
-            proof => form.proof,
-            question => question,
-            token => token,
-            min_chars => crate::credentials::accounts::MIN_PASSWORD_CHARS,
-        },
+/// Sends a code when the address is the account's, or shows the question (see
+/// [`actions::restore_begin`]).
+pub async fn restore_begin(browser: Browser, Form(form): Form<RestoreForm>) -> Response {
+    let outcome = actions::restore_begin(
+        &browser,
+        &form.login,
+        &form.proof,
+        form.address.as_deref().unwrap_or(""),
     )
+    .await;
+    let portal = &browser.0;
+    match outcome {
+        Ok((token, question)) => portal.render(
+            "restore.html",
+            context! {
+                step => "prove",
+                proof => form.proof,
+                question => question,
+                token => token,
+                min_chars => crate::credentials::accounts::MIN_PASSWORD_CHARS,
+            },
+        ),
+        Err(refusal) => with_status(
+            restore_start(portal, Some(&refusal.message), &form.login),
+            refusal.status,
+        ),
+    }
 }
 
 #[derive(Deserialize)]
@@ -478,85 +343,40 @@ pub struct RestoreFinishForm {
 }
 
 /// Checks the code or the answer; on success the new password is set and everything signed
-/// in before is ended.
-pub async fn restore_finish(
-    Browser(portal, conn, ..): Browser,
-    Form(form): Form<RestoreFinishForm>,
-) -> Response {
-    let arrived = Instant::now();
-    let accounts = &portal.shared.accounts;
-    let again = |error: &str, status: StatusCode, question: Option<String>, proof: &str| {
-        with_status(
-            portal.render(
-                "restore.html",
-                context! {
-                    step => "prove",
-                    proof => proof,
-                    question => question,
-                    token => form.token.clone(),
-                    min_chars => crate::credentials::accounts::MIN_PASSWORD_CHARS,
-                    error => error,
-                },
-            ),
-            status,
-        )
-    };
-    let Ok((login, proof)) = accounts.restore_claims(&form.token) else {
-        return with_status(
-            restore_start(&portal, Some("That took too long. Start again."), ""),
+/// in before is ended (see [`actions::restore_finish`]).
+pub async fn restore_finish(browser: Browser, Form(form): Form<RestoreFinishForm>) -> Response {
+    let outcome =
+        actions::restore_finish(&browser, &form.token, &form.proof, &form.new_password).await;
+    let portal = &browser.0;
+    match outcome {
+        Ok(()) => portal.render("restore.html", context! { step => "done" }),
+        Err(refusal) if refusal.status == StatusCode::GONE => with_status(
+            restore_start(portal, Some(&refusal.message), ""),
             StatusCode::UNAUTHORIZED,
-        );
-    };
-    let proof_name = match proof {
-        Proof::Email => "email",
-        Proof::Phone => "phone",
-        Proof::Question => "question",
-    };
-    let question = match proof {
-        Proof::Question => accounts.restore_question(&login).await.ok(),
-        _ => None,
-    };
-    if !portal.may_restore(conn.peer.ip()) {
-        return again(
-            "Too many attempts from your address. Wait a minute and try again.",
-            StatusCode::TOO_MANY_REQUESTS,
-            question,
-            proof_name,
-        );
-    }
-    let password = Secret::from(form.new_password.as_str());
-    let result = match proof.channel() {
-        Some(channel) => {
-            accounts
-                .restore_with_code(&login, channel, &form.proof, &password)
-                .await
-        }
-        None => {
-            accounts
-                .restore_with_answer(&login, &form.proof, &password)
-                .await
-        }
-    };
-    match result {
-        Ok(()) => {
-            tracing::info!(login = %crate::protocol::printable(&login), peer = %conn.peer, "access restored in the portal");
-            portal.signed_in(&login);
-            portal.render("restore.html", context! { step => "done" })
-        }
-        Err(AccountError::WrongCode) => {
-            tracing::info!(peer = %conn.peer, "restore refused");
-            tokio::time::sleep_until(arrived + portal.refusal_delay(&login)).await;
-            let message = match proof {
-                Proof::Question => "That answer does not open this account.",
-                _ => "That code is wrong or has expired.",
-            };
-            again(message, StatusCode::UNAUTHORIZED, question, proof_name)
-        }
-        Err(e) => again(
-            &page_error(&e),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            question,
-            proof_name,
         ),
+        Err(refusal) => {
+            let accounts = &portal.shared.accounts;
+            let (proof, question) = match accounts.restore_claims(&form.token) {
+                Ok((login, Proof::Question)) => {
+                    ("question", accounts.restore_question(&login).await.ok())
+                }
+                Ok((_, Proof::Phone)) => ("phone", None),
+                _ => ("email", None),
+            };
+            with_status(
+                portal.render(
+                    "restore.html",
+                    context! {
+                        step => "prove",
+                        proof => proof,
+                        question => question,
+                        token => form.token,
+                        min_chars => crate::credentials::accounts::MIN_PASSWORD_CHARS,
+                        error => refusal.message,
+                    },
+                ),
+                refusal.status,
+            )
+        }
     }
 }
