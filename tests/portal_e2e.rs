@@ -170,6 +170,39 @@ fn a_session_ends_after_the_idle_timeout() {
     assert!(out.contains("IDLE-EXPIRED"), "{out}");
 }
 
+#[test]
+fn the_json_api_does_what_the_pages_do_with_problem_details() {
+    let w = world("");
+    let script = std::fs::read_to_string(repo_path("tests/portal_api.py")).unwrap();
+    let out = python(
+        &script,
+        &[
+            &format!("https://localhost:{}", w.gateway.ports.http),
+            &w.gateway.ports.imaps.to_string(),
+            &w.gateway.ca.to_string_lossy(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        w.gateway.log()
+    );
+    for step in [
+        "DOCUMENTED-ROUTES",
+        "SIGNED-IN",
+        "APP-PASSWORD",
+        "PROFILE",
+        "TWO-FACTOR",
+        "SESSIONS",
+        "RESTORED",
+        "EVERYWHERE",
+    ] {
+        assert!(stdout.contains(step), "{step} missing: {stdout}");
+    }
+}
+
 /// curl against the portal: (status, headers, body).
 fn curl(w: &World, args: &[&str]) -> (String, String, String) {
     let ca = w.gateway.ca.to_string_lossy().into_owned();

@@ -10,9 +10,9 @@ use super::delivery::Why;
 use super::pages::{Browser, Page, Signed, failure_delay, page_error, reconfirmed};
 use super::{Connection, Portal, Setting};
 use crate::credentials::Secret;
+use crate::credentials::Service;
 use crate::credentials::accounts::{AccountError, Channel, Enrolment, Proof, TwoFactorOn};
 use crate::credentials::model::{AccountState, AppPasswordId, GenerationBump};
-use crate::credentials::Service;
 
 /// A refusal: the status and the one sentence the person is shown.
 #[derive(Debug, Clone)]

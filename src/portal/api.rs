@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::Portal;
 use super::actions::{self, Refusal, SignIn};
 use super::pages::{Browser, Page};
-use super::Portal;
 use crate::credentials::Secret;
 use crate::credentials::model::{AccountState, AppPasswordId};
 use std::sync::Arc;
@@ -166,10 +166,16 @@ pub struct SwitchBody {
 }
 
 /// `POST /browser/switch`.
-pub async fn switch(Browser(portal, _, _, signed): Browser, Body(body): Body<SwitchBody>) -> Response {
+pub async fn switch(
+    Browser(portal, _, _, signed): Browser,
+    Body(body): Body<SwitchBody>,
+) -> Response {
     match actions::switch_to(&portal, &signed, body.index) {
         Some(cookie) => with_cookie(StatusCode::NO_CONTENT.into_response(), cookie),
-        None => problem(StatusCode::NOT_FOUND, "No account at that place in the list."),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "No account at that place in the list.",
+        ),
     }
 }
 
@@ -209,7 +215,12 @@ pub async fn set_option(Signed(page): Signed, Body(body): Body<OptionBody>) -> R
 /// `GET /app-passwords`: the live ones.
 pub async fn app_passwords(Signed(page): Signed) -> Response {
     let Page(Browser(portal, ..), account, _) = &page;
-    match portal.shared.accounts.list_app_passwords(&account.login).await {
+    match portal
+        .shared
+        .accounts
+        .list_app_passwords(&account.login)
+        .await
+    {
         Ok((_, list)) => {
             let items: Vec<Value> = list
                 .iter()
@@ -328,8 +339,7 @@ pub struct PasswordBody {
 
 /// `POST /password`.
 pub async fn change_password(Signed(page): Signed, Body(body): Body<PasswordBody>) -> Response {
-    match actions::change_password(&page, &body.current, &body.new, body.end_other_sessions).await
-    {
+    match actions::change_password(&page, &body.current, &body.new, body.end_other_sessions).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(refusal) => refusal.into_response(),
     }
@@ -471,8 +481,13 @@ pub struct QuestionBody {
 
 /// `PUT /profile/question`.
 pub async fn set_question(Signed(page): Signed, Body(body): Body<QuestionBody>) -> Response {
-    match actions::set_question(&page, &body.question, &body.answer, body.password.as_deref())
-        .await
+    match actions::set_question(
+        &page,
+        &body.question,
+        &body.answer,
+        body.password.as_deref(),
+    )
+    .await
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(refusal) => refusal.into_response(),
@@ -563,10 +578,16 @@ pub fn routes() -> axum::Router<Arc<Portal>> {
         .route("/logout-everywhere", post(logout_everywhere))
         .route("/password", post(change_password))
         .route("/two-factor/enrolment", post(two_factor_begin))
-        .route("/two-factor", post(two_factor_enable).delete(two_factor_disable))
+        .route(
+            "/two-factor",
+            post(two_factor_enable).delete(two_factor_disable),
+        )
         .route("/profile", get(profile))
         .route("/profile/names", put(set_names))
-        .route("/profile/question", put(set_question).delete(remove_question))
+        .route(
+            "/profile/question",
+            put(set_question).delete(remove_question),
+        )
         .route(
             "/profile/contacts/{kind}",
             post(add_contact).delete(remove_contact),
@@ -586,12 +607,8 @@ mod tests {
     #[test]
     fn the_openapi_document_lists_exactly_the_routes() {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
-        let documented: BTreeSet<String> = doc["paths"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let documented: BTreeSet<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
         // The router, not this test.
         let source = include_str!("api.rs").split("#[cfg(test)]").next().unwrap();
         let routed: BTreeSet<String> = source

@@ -544,8 +544,7 @@ pub struct PasswordForm {
 /// A new main password, given the current one; by the account service's rule it kills every
 /// app password while 2FA is off. The other web sessions end if asked (this one stays).
 pub async fn change_password(page: Page, Form(form): Form<PasswordForm>) -> Response {
-    match actions::change_password(&page, &form.current, &form.new, form.end_others.is_some())
-        .await
+    match actions::change_password(&page, &form.current, &form.new, form.end_others.is_some()).await
     {
         Ok(()) => Redirect::to("/access").into_response(),
         Err(refusal) => password_view(&page, Some(refusal.message)),

@@ -18,7 +18,6 @@ fn text(secret: &Secret) -> String {
     String::from_utf8_lossy(secret.expose()).into_owned()
 }
 
-
 /// The QR code as an `<img>` source: CSP allows `data:` images, and no script is involved.
 fn qr_data_uri(svg: &str) -> String {
     format!(
@@ -109,7 +108,13 @@ pub async fn two_factor_enable(page: Page, Form(form): Form<EnableForm>) -> Resp
             two_factor_view(&page, None, Some(codes), None).await
         }
         Err(refusal) => {
-            let enrolment = page.0.0.shared.accounts.enrolment(&page.1, &form.token).ok();
+            let enrolment = page
+                .0
+                .0
+                .shared
+                .accounts
+                .enrolment(&page.1, &form.token)
+                .ok();
             two_factor_view(&page, enrolment.as_ref(), None, Some(refusal.message)).await
         }
     }
@@ -234,7 +239,9 @@ pub async fn confirm_contact(page: Page, Form(form): Form<ConfirmForm>) -> Respo
         Err(refusal) => return profile_view(&page, None, None, Some(refusal.message)).await,
     };
     match actions::confirm_contact(&page, channel, &form.code).await {
-        Ok(target) => profile_view(&page, None, Some(format!("{target} is confirmed.")), None).await,
+        Ok(target) => {
+            profile_view(&page, None, Some(format!("{target} is confirmed.")), None).await
+        }
         Err(refusal) => profile_view(&page, Some(channel), None, Some(refusal.message)).await,
     }
 }
@@ -247,8 +254,13 @@ pub struct QuestionForm {
 }
 
 pub async fn set_question(page: Page, Form(form): Form<QuestionForm>) -> Response {
-    match actions::set_question(&page, &form.question, &form.answer, form.password.as_deref())
-        .await
+    match actions::set_question(
+        &page,
+        &form.question,
+        &form.answer,
+        form.password.as_deref(),
+    )
+    .await
     {
         Ok(()) => profile_view(&page, None, Some("Security question saved.".into()), None).await,
         Err(refusal) => profile_view(&page, None, None, Some(refusal.message)).await,
