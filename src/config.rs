@@ -53,6 +53,10 @@ pub struct PortalConfig {
     pub reconfirm_after_secs: u64,
     /// Accounts signed in at once in one browser (default 5).
     pub max_accounts: usize,
+    /// Sign-in attempts (passwords and codes) one client address may make per minute, and
+    /// apart from them restore-access attempts (default 10). Raise it for many users behind
+    /// one NAT address; failures of one account slow down on their own anyway.
+    pub attempts_per_minute: u32,
     /// The name authenticator apps show for accounts of this deployment (default: `hostname`,
     /// else "portcullis").
     pub issuer: Option<String>,
@@ -69,6 +73,7 @@ impl Default for PortalConfig {
             remember_days: 30,
             reconfirm_after_secs: 300,
             max_accounts: 5,
+            attempts_per_minute: 10,
             issuer: None,
             mail: None,
             sms: None,

@@ -163,8 +163,31 @@ fn account_and_app_password_lifecycle() {
     let (code, _, err) = cli(&cfg, &["account", "logout-everywhere", "alice"], "");
     assert_eq!(code, 0);
     assert!(err.contains("generation is now 2"), "{err}");
-    let (code, _, err) = cli(&cfg, &["account", "two-factor", "alice", "on"], "");
+    // The operator enrols for the owner: the seed, its URI and ten recovery codes, once, on
+    // stdout; none of it in the database in clear.
+    let (code, out, err) = cli(&cfg, &["account", "two-factor", "alice", "on"], "");
     assert_eq!(code, 0, "{err}");
+    let seed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("secret line")
+        .trim()
+        .to_owned();
+    assert!(
+        seed.len() >= 32
+            && seed
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)),
+        "{seed}"
+    );
+    assert!(out.contains("uri:    otpauth://totp/"), "{out}");
+    assert_eq!(out.matches("recovery code: ").count(), 10, "{out}");
+    assert!(err.contains("two-factor authentication on"), "{err}");
+    let db = std::fs::read(dir.path().join("p.db")).unwrap();
+    assert!(!db.windows(seed.len()).any(|w| w == seed.as_bytes()));
+    let (code, _, err) = cli(&cfg, &["account", "two-factor", "alice", "on"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("already on"), "{err}");
     let (code, _, err) = cli(&cfg, &["account", "app-passwords", "alice", "off"], "");
     assert_eq!(code, 1);
     assert!(err.contains("two-factor"), "{err}");
@@ -408,4 +431,32 @@ fn the_database_and_its_log_are_private_to_the_gateway() {
     let (code, _, err) = cli(&cfg, &["account", "show", "alice"], "");
     assert_eq!(code, 0, "{err}");
     assert_eq!(mode("p.db"), Some(0o600));
+}
+
+#[test]
+fn a_portal_needs_the_secret_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal =
+        "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:9443\"\ntls = \"implicit\"\n";
+    let cfg = config(dir.path(), portal);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("secret_key_file", "# secret_key_file")).unwrap();
+    let (code, _, err) = cli(&cfg, &["check-config"], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the portal needs [store] secret_key_file"),
+        "{err}"
+    );
+    // A key file every user can read is refused too, and so is a short one.
+    std::fs::write(&cfg, &text).unwrap();
+    let key = dir.path().join("k.secret");
+    set_mode(&key, 0o644);
+    let (code, _, err) = cli(&cfg, &["account", "show", "alice"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("readable by every user"), "{err}");
+    std::fs::write(&key, "short\n").unwrap();
+    set_mode(&key, 0o600);
+    let (code, _, err) = cli(&cfg, &["account", "show", "alice"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("shorter than 32"), "{err}");
 }

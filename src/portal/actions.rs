@@ -268,9 +268,14 @@ pub async fn restore_begin(
         .map_err(|e| Refusal::from_error(&e))?;
     match accounts.start_restore(login, channel, address).await {
         Ok(Some(code)) => {
-            if let Err(e) = portal.delivery.send(&code, Why::Restore).await {
-                tracing::warn!(error = %e, "a restore code could not be sent");
-            }
+            // Delivered in the background: a slow relay must not make the answer for a real
+            // address later than the one for no address.
+            let portal = portal.clone();
+            tokio::spawn(async move {
+                if let Err(e) = portal.delivery.send(&code, Why::Restore).await {
+                    tracing::warn!(error = %e, "a restore code could not be sent");
+                }
+            });
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "starting a restore failed"),

@@ -42,9 +42,6 @@ use crate::server::admission::Admitted;
 /// The session cookie. `__Host-`: only ever set over HTTPS, for this host, on `/`.
 pub const COOKIE: &str = "__Host-portcullis";
 
-/// Sign-in attempts one client address may make per minute.
-const SIGNIN_ATTEMPTS_PER_MINUTE: u32 = 10;
-
 /// Failed sign-ins for one login, from anywhere, before each further failure is answered
 /// later and later (never refused: the real user must still get in).
 const FREE_FAILURES: u32 = 5;
@@ -210,14 +207,14 @@ impl Portal {
     fn may_restore(&self, ip: std::net::IpAddr) -> bool {
         self.restore_attempts
             .count(ip)
-            .is_some_and(|n| n <= SIGNIN_ATTEMPTS_PER_MINUTE)
+            .is_some_and(|n| n <= self.config.attempts_per_minute)
     }
 
     /// Whether `ip` may try to sign in now (a fixed window per minute).
     fn may_attempt(&self, ip: std::net::IpAddr) -> bool {
         self.attempts
             .count(ip)
-            .is_some_and(|n| n <= SIGNIN_ATTEMPTS_PER_MINUTE)
+            .is_some_and(|n| n <= self.config.attempts_per_minute)
     }
 }
 
