@@ -203,6 +203,67 @@ fn the_json_api_does_what_the_pages_do_with_problem_details() {
     }
 }
 
+#[test]
+fn codes_for_a_phone_go_to_the_sms_webhook_as_json() {
+    let hook = SmsWebhook::start();
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail: format!(
+                "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{{http}}\"\ntls = \"implicit\"\n[portal.sms]\nwebhook = \"http://127.0.0.1:{}/sms\"\n",
+                hook.port
+            ),
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "alice long main password");
+    let script = r#"
+import http.client, json, re, ssl, sys, time
+port, ca, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+cookie = None
+def call(method, path, body=None):
+    global cookie
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx)
+    headers = {"Origin": f"https://localhost:{port}", "Content-Type": "application/json"}
+    if cookie:
+        headers["Cookie"] = cookie
+    conn.request(method, "/api/v1" + path, json.dumps(body) if body is not None else None, headers)
+    r = conn.getresponse()
+    data = r.read()
+    if r.getheader("Set-Cookie"):
+        cookie = r.getheader("Set-Cookie").split(";")[0]
+    return r.status, json.loads(data) if data else None
+assert call("POST", "/session", {"login": "alice", "password": "alice long main password"})[0] == 200
+status, body = call("POST", "/profile/contacts/phone", {"value": "+1 (202) 555-0143"})
+assert status == 202 and body["sent_to"] == "+12025550143", (status, body)
+deadline = time.time() + 10
+while time.time() < deadline:
+    lines = [json.loads(l) for l in open(log) if l.strip()] if __import__("os").path.exists(log) else []
+    if lines:
+        break
+    time.sleep(0.1)
+assert lines and lines[-1]["to"] == "+12025550143", lines
+code = re.search(r"\b(\d{6}) is your", lines[-1]["text"]).group(1)
+assert call("POST", "/profile/contacts/phone/confirm", {"code": code})[0] == 200
+status, profile = call("GET", "/profile")
+assert profile["phone"] == "+12025550143", profile
+print("WEBHOOK-CONFIRMED")
+"#;
+    let out = python_ok(
+        script,
+        &[
+            &gateway.ports.http.to_string(),
+            &gateway.ca.to_string_lossy(),
+            &hook.log.to_string_lossy(),
+        ],
+    );
+    assert!(out.contains("WEBHOOK-CONFIRMED"), "{out}");
+    // The code went to the webhook, never to the log.
+    assert!(!gateway.log().contains(" is your"), "{}", gateway.log());
+}
+
 /// curl against the portal: (status, headers, body).
 fn curl(w: &World, args: &[&str]) -> (String, String, String) {
     let ca = w.gateway.ca.to_string_lossy().into_owned();

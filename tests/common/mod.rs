@@ -166,6 +166,58 @@ impl Drop for SmtpSink {
 }
 
 /// A real Dovecot with IMAP and submission, a master user for the gateway, and the given users.
+/// An SMS gateway's webhook: a Python HTTP server on loopback that appends every POSTed body
+/// as one line to `log` and answers 204.
+pub struct SmsWebhook {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmsWebhook {
+    pub fn start() -> Self {
+        require("python3", "apt-get install python3");
+        let dir = open_tempdir();
+        let port = free_port();
+        let log = dir.path().join("sms.jsonl");
+        let stderr = dir.path().join("webhook.log");
+        let script = r#"
+import http.server, sys
+port, log = int(sys.argv[1]), sys.argv[2]
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        assert self.headers["Content-Type"] == "application/json"
+        with open(log, "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(204)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", port), Hook).serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("log"))
+            .spawn()
+            .expect("start the webhook");
+        wait_for_port(port, "SMS webhook", &mut child, &stderr);
+        Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SmsWebhook {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
 pub struct Dovecot {
     child: Child,
     pub imap_port: u16,
