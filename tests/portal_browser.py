@@ -5,17 +5,12 @@ folder for screenshots and profiles, and the scenario to play. Every check is an
 failure exits non-zero with the reason.
 """
 
-import base64
 import email
-import hashlib
-import hmac
-import imaplib
 import json
 import os
 import re
 import socket
 import ssl
-import struct
 import sys
 import time
 
@@ -118,15 +113,6 @@ def wait_current(driver, expected):
     raise AssertionError(f"current account {seen!r}, expected {expected!r}")
 
 
-def totp(secret_b32, at=None):
-    """What an authenticator app shows (RFC 6238: HMAC-SHA-1, 30 s, 6 digits)."""
-    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
-    counter = int((time.time() if at is None else at) // 30)
-    mac = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
-    offset = mac[-1] & 15
-    return "%06d" % ((struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1000000)
-
-
 def mailed_code(to, after):
     """The code in the newest message the SMTP sink received for `to` since `after`."""
     deadline = time.time() + 10
@@ -159,23 +145,6 @@ def texted_code(to):
                 return re.search(r"\b(\d{6}) is your", mine[-1]["text"]).group(1)
         time.sleep(0.1)
     raise AssertionError(f"no SMS to {to}")
-
-
-def imap_session(secret):
-    ctx = ssl.create_default_context(cafile=ca)
-    imap = imaplib.IMAP4_SSL("localhost", int(imaps_port), ssl_context=ctx)
-    imap.login("alice", secret)
-    typ, _ = imap.select("INBOX")
-    assert typ == "OK", typ
-    return imap
-
-
-def imap_refused(secret):
-    try:
-        imap_session(secret).logout()
-    except imaplib.IMAP4.error:
-        return True
-    return False
 
 
 def main_flow():

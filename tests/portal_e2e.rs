@@ -51,11 +51,18 @@ command = ["sh", "-c", "cat >> \"$0\"; echo >> \"$0\"", "{{dir}}/sms.jsonl"]
     }
 }
 
+/// A portal test script with the helpers they share in front of it.
+fn portal_script(path: &str) -> String {
+    let common = std::fs::read_to_string(repo_path("tests/portal_common.py")).unwrap();
+    let script = std::fs::read_to_string(repo_path(path)).unwrap();
+    format!("{common}\n{script}")
+}
+
 fn browser(w: &World, scenario: &str) -> String {
     require("chromium", "apt-get install chromium chromium-driver");
     require("chromedriver", "apt-get install chromium-driver");
     require_python_module("selenium", "pip install selenium");
-    let script = std::fs::read_to_string(repo_path("tests/portal_browser.py")).unwrap();
+    let script = portal_script("tests/portal_browser.py");
     let work = w.gateway.dir.path().join(format!("browser-{scenario}"));
     std::fs::create_dir_all(&work).unwrap();
     let out = python(
@@ -173,7 +180,7 @@ fn a_session_ends_after_the_idle_timeout() {
 #[test]
 fn the_json_api_does_what_the_pages_do_with_problem_details() {
     let w = world("");
-    let script = std::fs::read_to_string(repo_path("tests/portal_api.py")).unwrap();
+    let script = portal_script("tests/portal_api.py");
     let out = python(
         &script,
         &[
