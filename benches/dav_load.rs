@@ -19,12 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use support::{LoadResult, closed_loop, knob};
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use support::{HttpsClient, LoadResult, closed_loop, https_client, knob};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -62,7 +57,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = https_client(&gateway.ca, clients);
+    let client = https_client((*tls_client_config(&gateway.ca)).clone(), clients);
     let auth = {
         use base64::Engine as _;
         format!(
@@ -192,18 +187,6 @@ fn curl_speed(args: &[&str]) -> f64 {
         .trim()
         .parse()
         .unwrap_or(0.0)
-}
-
-fn https_client(ca: &std::path::Path, clients: usize) -> HttpsClient {
-    let tls = (*tls_client_config(ca)).clone();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(clients * 4)
-        .build(connector)
 }
 
 /// `clients` workers send requests back to back until `duration` has passed (each request has

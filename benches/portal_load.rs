@@ -18,14 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portcullis::credentials::Secret;
 use portcullis::credentials::hashing::{PasswordHasher, verify_blocking};
-use support::{LoadResult, closed_loop, knob};
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use support::{HttpsClient, LoadResult, closed_loop, https_client, knob};
 
 const PASSWORD: &str = "alice long main password";
 
@@ -53,7 +48,7 @@ fn main() {
         .build()
         .expect("runtime");
     let (access, api, signins) = runtime.block_on(async {
-        let client = https_client(&gateway.ca, clients);
+        let client = https_client((*tls_client_config(&gateway.ca)).clone(), clients);
         let cookie = sign_in(&client, &base).await.expect("sign in");
         let get = |path: &str| {
             let (client, url, cookie) = (
@@ -180,16 +175,4 @@ async fn sign_in(client: &HttpsClient, base: &str) -> Result<String, String> {
         (200, Some(cookie)) => Ok(cookie),
         (status, _) => Err(format!("sign-in answered {status}")),
     }
-}
-
-fn https_client(ca: &std::path::Path, clients: usize) -> HttpsClient {
-    let tls = (*tls_client_config(ca)).clone();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(clients * 2)
-        .build(connector)
 }

@@ -4,6 +4,30 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A pooled HTTPS client (HTTP/1.1, keep-alive), as the HTTP harnesses drive the gateway.
+#[allow(dead_code)]
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTPS client trusting `tls`'s roots that keeps up to `clients` x 4 idle connections,
+/// so each simulated client reuses its connection and TLS session.
+#[allow(dead_code)]
+pub fn https_client(tls: rustls::ClientConfig, clients: usize) -> HttpsClient {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(clients * 4)
+        .build(connector)
+}
+
 /// A numeric knob from the environment (`LOAD_SECS=10 cargo bench ...`), or its default.
 pub fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -354,50 +354,40 @@ pub async fn two_factor_enable(
 ) -> Result<TwoFactorOn, Refusal> {
     let arrived = Instant::now();
     let Page(Browser(portal, ..), account, _) = page;
-    match portal
+    let result = portal
         .shared
         .accounts
         .enable_two_factor(&account.login, token, code)
-        .await
-    {
-        Ok(on) => {
-            tracing::info!(login = %account.login, "two-factor authentication turned on in the portal");
-            Ok(on)
-        }
-        Err(AccountError::WrongCode) => {
-            failure_delay(portal, arrived).await;
-            Err(Refusal::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "That code is wrong. Check the time on your phone and type the code the app shows now.",
-            ))
-        }
-        Err(e) => Err(Refusal::from_error(&e)),
-    }
+        .await;
+    let on = code_checked(
+        portal,
+        arrived,
+        result,
+        "That code is wrong. Check the time on your phone and type the code the app shows now.",
+    )
+    .await?;
+    tracing::info!(login = %account.login, "two-factor authentication turned on in the portal");
+    Ok(on)
 }
 
 /// Turns 2FA off, given a code or a recovery code.
 pub async fn two_factor_disable(page: &Page, code: &str) -> Result<(), Refusal> {
     let arrived = Instant::now();
     let Page(Browser(portal, ..), account, _) = page;
-    match portal
+    let result = portal
         .shared
         .accounts
         .disable_two_factor(&account.login, code)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(login = %account.login, "two-factor authentication turned off in the portal");
-            Ok(())
-        }
-        Err(AccountError::WrongCode) => {
-            failure_delay(portal, arrived).await;
-            Err(Refusal::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "That code is wrong or was already used.",
-            ))
-        }
-        Err(e) => Err(Refusal::from_error(&e)),
-    }
+        .await;
+    code_checked(
+        portal,
+        arrived,
+        result,
+        "That code is wrong or was already used.",
+    )
+    .await?;
+    tracing::info!(login = %account.login, "two-factor authentication turned off in the portal");
+    Ok(())
 }
 
 /// `email` or `phone`.
@@ -450,22 +440,35 @@ pub async fn add_contact(
 pub async fn confirm_contact(page: &Page, channel: Channel, code: &str) -> Result<String, Refusal> {
     let arrived = Instant::now();
     let Page(Browser(portal, ..), account, _) = page;
-    match portal
+    let result = portal
         .shared
         .accounts
         .finish_confirm(account, channel, code)
-        .await
-    {
-        Ok(target) => {
-            tracing::info!(login = %account.login, "contact confirmed in the portal");
-            Ok(target)
-        }
+        .await;
+    let target = code_checked(
+        portal,
+        arrived,
+        result,
+        "That code is wrong or has expired.",
+    )
+    .await?;
+    tracing::info!(login = %account.login, "contact confirmed in the portal");
+    Ok(target)
+}
+
+/// A code check as the person sees it: a wrong code is answered at the failure delay with
+/// `wrong`; other errors as usual.
+async fn code_checked<T>(
+    portal: &Portal,
+    arrived: Instant,
+    result: Result<T, AccountError>,
+    wrong: &str,
+) -> Result<T, Refusal> {
+    match result {
+        Ok(value) => Ok(value),
         Err(AccountError::WrongCode) => {
             failure_delay(portal, arrived).await;
-            Err(Refusal::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "That code is wrong or has expired.",
-            ))
+            Err(Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, wrong))
         }
         Err(e) => Err(Refusal::from_error(&e)),
     }
