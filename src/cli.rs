@@ -124,8 +124,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::CheckConfig => {
-            // Everything `serve` would read before listening: the certificate, the key and
-            // every backend's CA and master password file.
+            // Everything `serve` would read before listening: the certificate, the key, every
+            // backend's CA and master password file, and the secret key file.
             crate::tls::server_config(
                 &config.tls.certificate,
                 &config.tls.private_key,
@@ -133,6 +133,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             for (name, backend) in &config.backends {
                 crate::upstream::Backend::new(name, backend)?;
+            }
+            if let Some(path) = &config.store.secret_key_file {
+                crate::credentials::keys::Keys::load(path)
+                    .map_err(|e| CliError(format!("[store] secret_key_file: {e}")))?;
             }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");

@@ -271,6 +271,9 @@ fn the_example_config_checks_and_the_default_path_is_used() {
     std::fs::copy(&example, dir.path().join("config/portcullis.toml")).unwrap();
     std::fs::write(dir.path().join("config/backend-master.secret"), "master\n").unwrap();
     set_mode(&dir.path().join("config/backend-master.secret"), 0o600);
+    let key = dir.path().join("config/portal.secret");
+    std::fs::write(&key, "a development key of at least 32 bytes\n").unwrap();
+    set_mode(&key, 0o600);
     let run = |args: &[&str]| {
         Command::new(binary())
             .args(args)
