@@ -280,6 +280,11 @@ fn curl(w: &World, args: &[&str]) -> (String, String, String) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("").to_owned();
     (status, head.to_ascii_lowercase(), body.to_owned())

@@ -344,6 +344,10 @@ async fn same_origin_only(mut request: Request, next: Next) -> Response {
     }
     if !same_origin(request.headers()) {
         tracing::info!("portal request from another origin refused");
+        // Read (a bounded part of) the body first: answering a POST before its body is in
+        // makes HTTP/2 reset the stream, which some clients report as an error instead of
+        // the answer.
+        let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
         return (StatusCode::FORBIDDEN, "Forbidden: cross-site request\n").into_response();
     }
     next.run(request).await
