@@ -42,7 +42,7 @@ fi
 
 # Python peers and clients: aiosmtpd (SMTP sink), wsgidav + cheroot (WebDAV server),
 # radicale (CalDAV/CardDAV server), caldav and vdirsyncer (DAV clients), slixmpp (XMPP client),
-# selenium (drives Chromium).
+# selenium (drives Chromium), dnslib (an authoritative DNS server for the domain tests).
 missing_py=()
 python3 -c 'import aiosmtpd' 2>/dev/null || missing_py+=(aiosmtpd)
 python3 -c 'import wsgidav, cheroot' 2>/dev/null || missing_py+=(wsgidav cheroot)
@@ -51,6 +51,7 @@ python3 -c 'import caldav' 2>/dev/null || missing_py+=(caldav)
 command -v vdirsyncer >/dev/null 2>&1 || missing_py+=(vdirsyncer)
 python3 -c 'import slixmpp' 2>/dev/null || missing_py+=(slixmpp)
 python3 -c 'import selenium' 2>/dev/null || missing_py+=(selenium)
+python3 -c 'import dnslib' 2>/dev/null || missing_py+=(dnslib)
 if [ ${#missing_py[@]} -gt 0 ]; then
     echo "installing ${missing_py[*]}" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}" \

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+mod domains;
+
 use crate::config::Config;
 use crate::credentials::accounts::{AccountService, Outcome};
 use crate::credentials::hashing::PasswordHasher;
@@ -50,6 +52,22 @@ pub enum Command {
     /// Manage app passwords.
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCommand),
+    /// Hosted domains: connect, confirm, administrators, API tokens, transfer.
+    #[command(subcommand)]
+    Domain(domains::DomainCommand),
+    /// Mailboxes of hosted domains.
+    #[command(subcommand)]
+    Mailbox(domains::MailboxCommand),
+    /// The audit log: every domain, mailbox, administrator and token change and every
+    /// generation bump (of one account, one domain, or everyone's, newest first).
+    Audit {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -171,6 +189,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Account(command) => account(&config, command).await,
         Command::AppPassword(command) => app_password(&config, command).await,
+        Command::Domain(command) => domains::domain(&config, command).await,
+        Command::Mailbox(command) => domains::mailbox(&config, command).await,
+        Command::Audit {
+            account,
+            domain,
+            limit,
+        } => domains::audit(&config, account, domain, limit).await,
     }
 }
 
@@ -249,7 +274,7 @@ async fn accounts(config: &Config) -> Result<AccountService, CliError> {
 }
 
 async fn account(config: &Config, command: AccountCommand) -> Result<(), CliError> {
-    let service = accounts(config).await?;
+    let service = accounts(config).await?.acting("operator", None);
     match command {
         AccountCommand::Create { login } => {
             let login = service.login(&login)?;
@@ -359,7 +384,7 @@ async fn account(config: &Config, command: AccountCommand) -> Result<(), CliErro
 }
 
 async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<(), CliError> {
-    let service = accounts(config).await?;
+    let service = accounts(config).await?.acting("operator", None);
     match command {
         AppPasswordCommand::Create {
             login,

@@ -38,6 +38,67 @@ pub struct Config {
     /// The account portal (`protocol = "portal"` listeners).
     #[serde(default)]
     pub portal: PortalConfig,
+    /// The operator's own domains.
+    #[serde(default)]
+    pub platform: PlatformConfig,
+    /// Hosted domains.
+    #[serde(default)]
+    pub domains: DomainsConfig,
+    /// DNS lookups (confirming hosted domains).
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `[platform]`: the operator's own domains. Accounts there are platform accounts, which may
+/// connect and manage customers' domains; accounts of a connected domain are its mailboxes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Default: `[default_domain]`; with neither, every domain counts as the operator's and
+    /// hosting domains is off.
+    #[serde(default)]
+    pub domains: Option<Vec<String>>,
+}
+
+/// `[domains]`: hosting customers' domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// Run (no shell) with a deleted mailbox's login appended, to remove its data from the
+    /// backends.
+    pub on_mailbox_delete: Option<Vec<String>>,
+    /// Days a connected domain waits for its DNS confirmation before the claim lapses
+    /// (default 7).
+    pub claim_days: u64,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        Self {
+            on_mailbox_delete: None,
+            claim_days: 7,
+        }
+    }
+}
+
+/// `[dns]`: where the gateway's own DNS lookups go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `IP` or `IP:PORT` entries; default: the system's resolvers (/etc/resolv.conf).
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+}
+
+impl Config {
+    /// The operator's own domains, lower case (see [`PlatformConfig`]).
+    pub fn platform_domains(&self) -> Vec<String> {
+        match (&self.platform.domains, &self.default_domain) {
+            (Some(domains), _) => domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            (None, Some(domain)) => vec![domain.to_ascii_lowercase()],
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 /// `[portal]`: the account portal's web sessions.

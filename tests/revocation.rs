@@ -3,24 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const IMAP_HOLD: &str = r#"
-import imaplib, ssl, sys
-port, ca, user, password = sys.argv[1:5]
-imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ssl.create_default_context(cafile=ca))
-imap.login(user, password)
-imap.select("INBOX")
-print("READY", flush=True)
-line = imap.readline()
-print("GOT", line.decode().strip(), flush=True)
-print("EOF" if imap.readline() == b"" else "MORE", flush=True)
-"#;
 
 const SMTP_HOLD: &str = r#"
 import smtplib, ssl, sys
@@ -32,67 +17,6 @@ print("READY", flush=True)
 code, text = smtp.getreply()
 print("GOT", code, text.decode(), flush=True)
 "#;
-
-const IMAP_LOGIN: &str = r#"
-import imaplib, ssl, sys
-port, ca, user, password = sys.argv[1:5]
-imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ssl.create_default_context(cafile=ca))
-try:
-    imap.login(user, password)
-    print("LOGIN OK")
-    imap.logout()
-except imaplib.IMAP4.error as e:
-    print("LOGIN-FAILED", e)
-"#;
-
-/// A python client holding a session open; its output lines arrive on a channel.
-struct Held {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Held {
-    fn start(script: &str, port: u16, ca: &str, user: &str, password: &str) -> Self {
-        let mut child = Command::new("python3")
-            .args(["-c", script, &port.to_string(), ca, user, password])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let held = Self { child, lines };
-        let ready = held.next(Duration::from_secs(15));
-        assert_eq!(ready.as_deref(), Some("READY"), "the client did not log in");
-        held
-    }
-
-    fn next(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn login(gateway: &Gateway, user: &str, password: &str) -> String {
-    let ca = gateway.ca.to_string_lossy().into_owned();
-    python_ok(
-        IMAP_LOGIN,
-        &[&gateway.ports.imaps.to_string(), &ca, user, password],
-    )
-}
 
 #[test]
 fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_second() {
@@ -110,7 +34,7 @@ fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_
     let ca = gateway.ca.to_string_lossy().into_owned();
 
     // Warm the cache: the revocation must beat a cached entry.
-    assert!(login(&gateway, "alice", &doomed).contains("LOGIN OK"));
+    assert!(imap_login(&gateway, "alice", &doomed).contains("LOGIN OK"));
     let imap = Held::start(IMAP_HOLD, gateway.ports.imaps, &ca, "alice", &doomed);
     let smtp = Held::start(SMTP_HOLD, gateway.ports.submissions, &ca, "alice", &doomed);
     let bystander = Held::start(IMAP_HOLD, gateway.ports.imaps, &ca, "alice", &kept);
@@ -143,13 +67,13 @@ fn revoking_from_the_cli_refuses_the_next_login_and_cuts_open_sessions_within_a_
     );
 
     // The next login with it is refused; the other app password and its session live on.
-    assert!(login(&gateway, "alice", &doomed).contains("LOGIN-FAILED"));
+    assert!(imap_login(&gateway, "alice", &doomed).contains("LOGIN-FAILED"));
     assert_eq!(
         bystander.next(Duration::from_millis(300)),
         None,
         "the other session was cut"
     );
-    assert!(login(&gateway, "alice", &kept).contains("LOGIN OK"));
+    assert!(imap_login(&gateway, "alice", &kept).contains("LOGIN OK"));
     let listed = gateway.cli_ok(&["app-password", "list", "alice"], None);
     assert!(
         listed.contains("revoked") && listed.contains("Old phone"),
@@ -187,7 +111,7 @@ fn every_generation_bump_from_the_cli_kills_sessions_and_passwords() {
             "{args:?}: {bye:?}"
         );
         assert!(
-            login(&gateway, "alice", &secret).contains("LOGIN-FAILED"),
+            imap_login(&gateway, "alice", &secret).contains("LOGIN-FAILED"),
             "{args:?}"
         );
     }
@@ -196,7 +120,7 @@ fn every_generation_bump_from_the_cli_kills_sessions_and_passwords() {
     let held = Held::start(IMAP_HOLD, gateway.ports.imaps, &ca, "alice", &secret);
     gateway.cli_ok(&["account", "password", "alice"], Some("yet another\n"));
     assert_eq!(held.next(Duration::from_millis(800)), None);
-    assert!(login(&gateway, "alice", &secret).contains("LOGIN OK"));
+    assert!(imap_login(&gateway, "alice", &secret).contains("LOGIN OK"));
     let shown = gateway.cli_ok(&["account", "show", "alice", "--json"], None);
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["two_factor"], true);

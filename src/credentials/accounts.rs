@@ -106,6 +106,9 @@ pub enum AccountError {
     TwoFactorAlreadyOn,
     #[error("{0}")]
     BadInput(String),
+    /// A domain operation refused, with the reason for the person asking.
+    #[error("{0}")]
+    Domain(String),
     #[error(
         "no secret key is configured ([store] secret_key_file): two-factor authentication and restore access need one"
     )]
@@ -287,6 +290,16 @@ pub struct AccountService {
     /// A hash of nothing, verified when a login names no account, so a refusal takes as long
     /// either way.
     decoy_hash: Arc<tokio::sync::OnceCell<String>>,
+    /// The operator's own domains (`[platform] domains`); empty: every domain is.
+    platform: Vec<String>,
+    /// Run with a deleted mailbox's login as its last argument.
+    mailbox_hook: Vec<String>,
+    /// How long a domain claim waits for its confirmation.
+    claim_ttl: std::time::Duration,
+    /// Where TXT records are looked up.
+    dns: Option<Arc<dyn crate::dns::TxtLookup>>,
+    /// Who is acting, for the audit log: a login or "operator", and the client address.
+    actor: Arc<(String, Option<String>)>,
 }
 
 impl AccountService {
@@ -300,7 +313,45 @@ impl AccountService {
             keys: None,
             issuer: "portcullis".to_owned(),
             decoy_hash: Arc::new(tokio::sync::OnceCell::new()),
+            platform: Vec::new(),
+            mailbox_hook: Vec::new(),
+            claim_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            dns: None,
+            actor: Arc::new(("system".to_owned(), None)),
         }
+    }
+
+    /// The same service, writing `who` (from `ip`) into the audit log for what it changes.
+    pub fn acting(&self, who: &str, ip: Option<&str>) -> Self {
+        let mut service = self.clone();
+        service.actor = Arc::new((who.to_owned(), ip.map(str::to_owned)));
+        service
+    }
+
+    fn actor_for_audit(&self) -> (String, Option<String>) {
+        (*self.actor).clone()
+    }
+
+    /// Hosted domains: the operator's own domains, the deletion hook, the claim lifetime.
+    pub fn with_domains(
+        mut self,
+        platform: Vec<String>,
+        mailbox_hook: Vec<String>,
+        claim_ttl: std::time::Duration,
+    ) -> Self {
+        self.platform = platform
+            .into_iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        self.mailbox_hook = mailbox_hook;
+        self.claim_ttl = claim_ttl;
+        self
+    }
+
+    /// TXT lookups for confirming domains go through `dns`.
+    pub fn with_dns(mut self, dns: Arc<dyn crate::dns::TxtLookup>) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// The service as a configuration describes it: default domain, secret key, issuer, web
@@ -327,7 +378,13 @@ impl AccountService {
             let keys = Keys::load(path).map_err(|e| format!("[store] secret_key_file: {e}"))?;
             service = service.with_keys(Arc::new(keys));
         }
-        Ok(service)
+        service = service.with_domains(
+            config.platform_domains(),
+            config.domains.on_mailbox_delete.clone().unwrap_or_default(),
+            std::time::Duration::from_secs(config.domains.claim_days * 24 * 3600),
+        );
+        let dns = crate::dns::Resolver::new(&config.dns.resolvers)?;
+        Ok(service.with_dns(Arc::new(dns)))
     }
 
     /// Seals TOTP seeds and signs form tokens with `keys`.
@@ -386,6 +443,7 @@ impl AccountService {
             return Err(AccountError::BadCredentials);
         };
         match self.hasher.verify(password, &hash).await {
+            Ok(true) if account.blocked => Err(AccountError::BadCredentials),
             Ok(true) => Ok(account),
             Ok(false) | Err(super::hashing::HashError::Busy) => Err(AccountError::BadCredentials),
             Err(e) => Err(e.into()),
@@ -515,6 +573,13 @@ impl AccountService {
         if self.store.account_by_login(login).await?.is_some() {
             return Err(AccountError::Exists(login.to_string()));
         }
+        if !self.is_platform(login) {
+            return Err(AccountError::Domain(format!(
+                "{} is not one of this service's own domains ({}): a hosted domain's mailboxes are made by its managers (`mailbox create`)",
+                login.domain(),
+                self.platform.join(", ")
+            )));
+        }
         check_password(password)?;
         let hash = self.hasher.hash(password).await?;
         self.store.create_account(login, &hash).await?;
@@ -634,6 +699,15 @@ impl AccountService {
             match self.store.apply_change(&account, &change).await {
                 Ok(generation) => {
                     self.refresh(&account).await;
+                    if let Some(event) = change.bump {
+                        self.audit_write(
+                            Some(&account),
+                            None,
+                            "generation bumped",
+                            &format!("{event:?} (now {})", generation.0),
+                        )
+                        .await;
+                    }
                     return Ok(Outcome::Changed(change.bump.map(|_| generation)));
                 }
                 Err(StoreError::Conflict(_)) => continue,
@@ -641,6 +715,13 @@ impl AccountService {
             }
         }
         Err(StoreError::Conflict(login.to_string()).into())
+    }
+
+    /// An account deleted: this process's index refuses it from now on and cuts its sessions.
+    async fn forget(&self, account: &AccountState) {
+        if let Some(index) = &self.index {
+            index.forget_account(account.id);
+        }
     }
 
     /// Tells this process's index at once; other processes learn it from the change feed.
@@ -654,8 +735,11 @@ impl AccountService {
     }
 }
 
+mod domains;
 mod restore;
 mod two_factor;
+
+pub use domains::{Actor, CHALLENGE_LABEL, Challenge, DomainView, normalize_domain};
 
 pub use restore::{Channel, CodeToSend, Proof, QUESTIONS};
 pub use two_factor::{Enrolment, RECOVERY_CODES, TwoFactorOn, code_at};

@@ -83,7 +83,9 @@ impl Snapshot {
     pub fn allows(&self, credential: &Credential) -> bool {
         match *credential {
             Credential::AppPassword { id, generation } => {
-                generation == self.state.generation && self.live_app_passwords.contains(&id)
+                !self.state.blocked
+                    && generation == self.state.generation
+                    && self.live_app_passwords.contains(&id)
             }
             Credential::MainPassword {
                 generation,
@@ -343,6 +345,8 @@ impl CredentialIndex {
         id: AccountId,
     ) -> Result<Option<Arc<LiveAccount>>, StoreError> {
         let Some((state, live_ids)) = self.store.account_snapshot(id).await? else {
+            // Deleted: whatever this process still holds of it dies.
+            self.forget_account(id);
             return Ok(None);
         };
         let snapshot = Snapshot {
@@ -360,6 +364,17 @@ impl CredentialIndex {
             .clone();
         live.update(snapshot);
         Ok(Some(live))
+    }
+
+    /// An account that no longer exists: its cached grants fail their next check and every
+    /// session relayed with it is cut, then it is dropped.
+    pub fn forget_account(&self, id: AccountId) {
+        if let Some((_, live)) = self.accounts.remove(&id) {
+            let mut dead = live.snapshot.borrow().clone();
+            dead.state.blocked = true;
+            dead.state.revision += 1;
+            live.update(dead);
+        }
     }
 
     /// Whether this process holds the account in memory (the feed only reloads those).

@@ -141,6 +141,10 @@ impl Login {
     pub fn local_part(&self) -> &str {
         self.0.split_once('@').map_or(&self.0, |(local, _)| local)
     }
+
+    pub fn domain(&self) -> &str {
+        self.0.split_once('@').map_or("", |(_, domain)| domain)
+    }
 }
 
 impl fmt::Display for Login {
@@ -245,6 +249,8 @@ pub enum GenerationBump {
     TwoFactorOff,
     AccessRestored,
     LogoutEverywhere,
+    /// A domain's manager blocked the mailbox.
+    Blocked,
 }
 
 /// What the credential index needs to know about an account to decide a login.
@@ -261,13 +267,17 @@ pub struct AccountState {
     /// Bumped by every change to the account or its app passwords: of two snapshots, the one
     /// with the higher revision is the newer.
     pub revision: i64,
+    /// Blocked by its domain's manager (or deleted): no login anywhere.
+    pub blocked: bool,
+    /// The hosted domain this account is a mailbox of; `None` for platform accounts.
+    pub domain_id: Option<i64>,
 }
 
 impl AccountState {
     /// Whether protocols may accept the main password. With 2FA on, never (and the option is
     /// forced on); without 2FA, the account's "app passwords" option decides.
     pub fn main_password_allowed(&self) -> bool {
-        !self.two_factor && !self.app_passwords_only
+        !self.blocked && !self.two_factor && !self.app_passwords_only
     }
 }
 
@@ -442,6 +452,8 @@ mod tests {
             two_factor: false,
             app_passwords_only: false,
             revision: 1,
+            blocked: false,
+            domain_id: None,
         };
         assert!(state.main_password_allowed());
         state.app_passwords_only = true;

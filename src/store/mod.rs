@@ -12,7 +12,10 @@
 //! returns only once SQLite has made it durable, so an acknowledged change is never lost, and
 //! the change row is how running gateways in other processes learn of it (see [`feed`]).
 
+mod domains;
 pub mod feed;
+
+pub use domains::{AuditEntry, DomainRecord, DomainStore, DomainToken, Mailbox, NewAudit};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -36,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_use_reporter.sql")),
     (3, include_str!("migrations/0003_web_sessions.sql")),
     (4, include_str!("migrations/0004_two_factor_profiles.sql")),
+    (5, include_str!("migrations/0005_domains.sql")),
 ];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
@@ -82,6 +86,8 @@ pub struct AccountChange {
     pub totp: Option<Option<(String, i64)>>,
     /// The account's recovery codes (digests) replaced by these; empty removes them all.
     pub recovery_codes: Option<Vec<String>>,
+    /// Blocked (no login anywhere) or not.
+    pub blocked: Option<bool>,
     /// What happened, recorded in the change feed.
     pub kind: &'static str,
 }
@@ -170,7 +176,7 @@ pub enum Revocation {
 
 /// The store as the gateway, the account service and the change feed see it.
 #[async_trait::async_trait]
-pub trait AccountStore: Send + Sync {
+pub trait AccountStore: DomainStore + Send + Sync {
     // ----- reads on the login path -----
 
     /// The account and its main-password hash, by canonical login.
@@ -363,7 +369,7 @@ fn private_files(path: &str) -> std::io::Result<()> {
 /// The SQLite store; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -580,6 +586,14 @@ impl AccountStore for SqliteStore {
             .bind(current.id.0)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(blocked) = change.blocked {
+            sqlx::query("UPDATE accounts SET blocked = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(blocked))
+                .bind(now)
+                .bind(current.id.0)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(totp) = &change.totp {
             let (seed, step) = match totp {
@@ -960,8 +974,8 @@ impl AccountStore for SqliteStore {
     }
 }
 
-const ACCOUNT_COLUMNS_BY_LOGIN: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE login = $1";
-const ACCOUNT_COLUMNS_BY_ID: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision FROM accounts WHERE id = $1";
+const ACCOUNT_COLUMNS_BY_LOGIN: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision, blocked, domain_id FROM accounts WHERE login = $1";
+const ACCOUNT_COLUMNS_BY_ID: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision, blocked, domain_id FROM accounts WHERE id = $1";
 
 const WEB_SESSION_BY_DIGEST: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.digest = $1";
 const WEB_SESSIONS_OF_ACCOUNT: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.account_id = $1 ORDER BY s.last_seen_at DESC";
@@ -980,7 +994,7 @@ fn web_session_from_row(row: &SqliteRow) -> Result<WebSession, StoreError> {
     })
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
+pub(crate) fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
     Ok(AccountState {
         id: AccountId(row.try_get("id")?),
         login: Login::from_stored(row.try_get("login")?),
@@ -989,6 +1003,8 @@ fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
         two_factor: row.try_get::<i64, _>("two_factor")? != 0,
         app_passwords_only: row.try_get::<i64, _>("app_passwords_only")? != 0,
         revision: row.try_get("revision")?,
+        blocked: row.try_get::<i64, _>("blocked")? != 0,
+        domain_id: row.try_get("domain_id")?,
     })
 }
 
@@ -1028,12 +1044,13 @@ async fn bump(
         GenerationBump::TwoFactorOff => "generation:two-factor-off",
         GenerationBump::AccessRestored => "generation:restored",
         GenerationBump::LogoutEverywhere => "generation:logout-everywhere",
+        GenerationBump::Blocked => "generation:blocked",
     };
     append_change(tx, account.id, kind).await?;
     Ok(Generation(generation))
 }
 
-async fn append_change(
+pub(crate) async fn append_change(
     tx: &mut Transaction<'static, Sqlite>,
     account: AccountId,
     kind: &str,

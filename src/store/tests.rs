@@ -46,6 +46,7 @@ async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
         kind: "test",
         totp: None,
         recovery_codes: None,
+        blocked: None,
     };
     assert_eq!(
         store.apply_change(&before, &change).await.unwrap(),

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const MASTER_PASSWORD: &str = "master-secret-for-tests";
@@ -213,6 +214,86 @@ http.server.HTTPServer(("127.0.0.1", port), Hook).serve_forever()
 }
 
 impl Drop for SmsWebhook {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A real authoritative DNS server (dnslib's, UDP and TCP) on loopback, answering TXT queries
+/// from a JSON file the test rewrites between steps.
+pub struct DnsServer {
+    child: Child,
+    pub port: u16,
+    records: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DnsServer {
+    pub fn start() -> Self {
+        require("python3", "apt-get install python3");
+        require_python_module("dnslib", "pip install dnslib");
+        let dir = open_tempdir();
+        let port = free_port();
+        let records = dir.path().join("records.json");
+        std::fs::write(&records, "{}").expect("write");
+        let log = dir.path().join("dns.log");
+        let script = r#"
+import json, sys, time
+from dnslib import RR, QTYPE, RCODE, TXT
+from dnslib.server import BaseResolver, DNSServer
+port, path = int(sys.argv[1]), sys.argv[2]
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        with open(path) as f:
+            records = json.load(f)
+        if name not in records:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.TXT:
+            for value in records[name]:
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(value), ttl=0))
+        return reply
+for tcp in (False, True):
+    DNSServer(Zone(), port=port, address="127.0.0.1", tcp=tcp).start_thread()
+while True:
+    time.sleep(3600)
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .arg(&records)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the DNS server");
+        // TCP is served too: wait for it.
+        wait_for_port(port, "DNS server", &mut child, &log);
+        Self {
+            child,
+            port,
+            records,
+            _dir: dir,
+        }
+    }
+
+    /// Serves exactly these TXT records from now on (name -> values).
+    pub fn set_txt(&self, records: &[(&str, &[&str])]) {
+        let map: std::collections::BTreeMap<String, Vec<String>> = records
+            .iter()
+            .map(|(name, values)| {
+                (
+                    name.to_lowercase(),
+                    values.iter().map(|v| (*v).to_owned()).collect(),
+                )
+            })
+            .collect();
+        let tmp = self.records.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_string(&map).expect("json")).expect("write");
+        std::fs::rename(&tmp, &self.records).expect("rename");
+    }
+}
+
+impl Drop for DnsServer {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
@@ -1193,4 +1274,80 @@ VirtualHost "{domain}"
             _dir: dir,
         }
     }
+}
+
+/// An IMAP client (imaplib over implicit TLS) that logs in, selects INBOX, prints READY and
+/// waits for what the server says next.
+pub const IMAP_HOLD: &str = r#"
+import imaplib, ssl, sys
+port, ca, user, password = sys.argv[1:5]
+imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ssl.create_default_context(cafile=ca))
+imap.login(user, password)
+imap.select("INBOX")
+print("READY", flush=True)
+line = imap.readline()
+print("GOT", line.decode().strip(), flush=True)
+print("EOF" if imap.readline() == b"" else "MORE", flush=True)
+"#;
+
+/// One IMAP login: prints `LOGIN OK` or `LOGIN-FAILED ...`.
+pub const IMAP_LOGIN: &str = r#"
+import imaplib, ssl, sys
+port, ca, user, password = sys.argv[1:5]
+imap = imaplib.IMAP4_SSL("localhost", int(port), ssl_context=ssl.create_default_context(cafile=ca))
+try:
+    imap.login(user, password)
+    print("LOGIN OK")
+    imap.logout()
+except imaplib.IMAP4.error as e:
+    print("LOGIN-FAILED", e)
+"#;
+
+/// A python client holding a session open; its output lines arrive on a channel.
+pub struct Held {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Held {
+    pub fn start(script: &str, port: u16, ca: &str, user: &str, password: &str) -> Self {
+        let mut child = Command::new("python3")
+            .args(["-c", script, &port.to_string(), ca, user, password])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let held = Self { child, lines };
+        let ready = held.next(Duration::from_secs(15));
+        assert_eq!(ready.as_deref(), Some("READY"), "the client did not log in");
+        held
+    }
+
+    pub fn next(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// One IMAP login through the gateway's implicit-TLS port: `LOGIN OK` or `LOGIN-FAILED`.
+pub fn imap_login(gateway: &Gateway, user: &str, password: &str) -> String {
+    let ca = gateway.ca.to_string_lossy().into_owned();
+    python_ok(
+        IMAP_LOGIN,
+        &[&gateway.ports.imaps.to_string(), &ca, user, password],
+    )
 }

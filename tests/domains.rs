@@ -1,0 +1,244 @@
+//! Hosted domains from the operator's CLI, against a real authoritative DNS server (dnslib) and
+//! a real Dovecot: connect, publish the TXT record, confirm; a second account cannot take the
+//! domain; mailboxes log in through the gateway; blocking and deleting cut their sessions within
+//! a second; deletion runs the hook that removes the mailbox from Dovecot; disconnecting waits
+//! for the mailboxes to go; the domain then goes to another account; support transfers; audit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+struct World {
+    dns: DnsServer,
+    dovecot: Dovecot,
+    gateway: Gateway,
+    _sink: SmtpSink,
+}
+
+fn world() -> World {
+    let dns = DnsServer::start();
+    let sink = SmtpSink::start();
+    let dovecot = Dovecot::start(sink.port, &["anna@shop.example", "ben@shop.example"]);
+    let mail = dovecot.dir.path().join("mail");
+    let gateway = Gateway::start(
+        dovecot.imap_port,
+        dovecot.submission_port,
+        Options {
+            extra: format!(
+                "[platform]\ndomains = [\"example.org\"]\n[dns]\nresolvers = [\"127.0.0.1:{}\"]\n[domains]\non_mailbox_delete = [\"sh\", \"-c\", \"rm -rf -- \\\"$0/$1\\\"\", \"{}\"]\n",
+                dns.port,
+                mail.display()
+            ),
+            ..Options::default()
+        },
+    );
+    for login in ["owner", "other", "helper"] {
+        gateway.create_account(login, &format!("{login} long main password"));
+    }
+    World {
+        dns,
+        dovecot,
+        gateway,
+        _sink: sink,
+    }
+}
+
+fn fails(w: &World, args: &[&str], stdin: Option<&str>) -> String {
+    let out = w.gateway.cli(args, stdin);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `domain connect`: the TXT record's name and value.
+fn connect(w: &World, domain: &str, owner: &str) -> (String, String) {
+    let out = w
+        .gateway
+        .cli_ok(&["domain", "connect", domain, "--owner", owner], None);
+    let (name, rest) = out.trim().split_once(" TXT ").expect("a TXT line");
+    (name.to_owned(), rest.trim_matches('"').to_owned())
+}
+
+#[test]
+fn a_hosted_domain_from_connection_to_transfer() {
+    let w = world();
+    let cli = |args: &[&str]| w.gateway.cli_ok(args, None);
+
+    // Connect: a pending claim with a challenge of this account and domain.
+    let (name, value) = connect(&w, "Shop.Example", "owner");
+    assert_eq!(name, "_portcullis-challenge.shop.example");
+    assert!(
+        value.starts_with("portcullis-domain-verification="),
+        "{value}"
+    );
+    let (other_name, other_value) = connect(&w, "shop.example", "other");
+    assert_eq!(other_name, name);
+    assert_ne!(other_value, value, "tokens are per account");
+    // Nothing published: no confirmation.
+    let err = fails(
+        &w,
+        &["domain", "confirm", "shop.example", "--owner", "owner"],
+        None,
+    );
+    assert!(err.contains("no TXT record"), "{err}");
+    // Someone else's token does not confirm it for this account.
+    w.dns.set_txt(&[(&name, &[&other_value])]);
+    let err = fails(
+        &w,
+        &["domain", "confirm", "shop.example", "--owner", "owner"],
+        None,
+    );
+    assert!(err.contains("no TXT record"), "{err}");
+    w.dns.set_txt(&[(&name, &[&other_value, &value])]);
+    cli(&["domain", "confirm", "shop.example", "--owner", "owner"]);
+    // Confirmed for the owner: the other account can neither confirm nor connect it now.
+    let err = fails(
+        &w,
+        &["domain", "confirm", "shop.example", "--owner", "other"],
+        None,
+    );
+    assert!(err.contains("not connected to this account"), "{err}");
+    let err = fails(
+        &w,
+        &["domain", "connect", "shop.example", "--owner", "other"],
+        None,
+    );
+    assert!(
+        err.contains("already connected to another account"),
+        "{err}"
+    );
+    assert!(!err.contains("owner@"), "says who holds it: {err}");
+    // A platform domain is not a customer's; a mailbox is made only in a confirmed domain.
+    let err = fails(
+        &w,
+        &["domain", "connect", "example.org", "--owner", "owner"],
+        None,
+    );
+    assert!(err.contains("own domains"), "{err}");
+    let err = fails(
+        &w,
+        &["account", "create", "bob@shop.example"],
+        Some("bob long password\n"),
+    );
+    assert!(err.contains("mailbox create"), "{err}");
+    let err = fails(
+        &w,
+        &["mailbox", "create", "x@elsewhere.example"],
+        Some("long password here\n"),
+    );
+    assert!(err.contains("not a domain you manage"), "{err}");
+    println!("CONFIRMED");
+
+    // A mailbox: it logs in through the gateway to Dovecot with an app password.
+    w.gateway.cli_ok(
+        &[
+            "mailbox",
+            "create",
+            "anna@shop.example",
+            "--first-name",
+            "Anna",
+        ],
+        Some("anna long main password\n"),
+    );
+    let list = cli(&["mailbox", "list", "shop.example"]);
+    assert!(
+        list.contains("anna@shop.example") && list.contains("active"),
+        "{list}"
+    );
+    let secret = w.gateway.app_password("anna@shop.example", "mail", "phone");
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let port = w.gateway.ports.imaps;
+    let held = Held::start(IMAP_HOLD, port, &ca, "anna@shop.example", &secret);
+    assert!(w.dovecot.dir.path().join("mail/anna@shop.example").exists());
+
+    // Blocking cuts the session at once and refuses logins; unblocking does not revive the
+    // old app password.
+    cli(&["mailbox", "block", "anna@shop.example"]);
+    let line = held
+        .next(Duration::from_secs(1))
+        .expect("cut within a second");
+    assert!(line.starts_with("GOT * BYE"), "{line}");
+    assert!(imap_login(&w.gateway, "anna@shop.example", &secret).contains("LOGIN-FAILED"));
+    cli(&["mailbox", "unblock", "anna@shop.example"]);
+    assert!(imap_login(&w.gateway, "anna@shop.example", &secret).contains("LOGIN-FAILED"));
+    println!("BLOCKED");
+
+    // Disconnecting waits for the mailboxes.
+    let err = fails(&w, &["domain", "disconnect", "shop.example"], None);
+    assert!(err.contains("still has 1 mailbox"), "{err}");
+
+    // Deleting cuts the open session within a second, refuses the password, runs the hook.
+    let secret = w
+        .gateway
+        .app_password("anna@shop.example", "mail", "laptop");
+    let held = Held::start(IMAP_HOLD, port, &ca, "anna@shop.example", &secret);
+    cli(&["mailbox", "delete", "anna@shop.example"]);
+    let line = held
+        .next(Duration::from_secs(1))
+        .expect("cut within a second");
+    assert!(line.starts_with("GOT * BYE"), "{line}");
+    assert!(imap_login(&w.gateway, "anna@shop.example", &secret).contains("LOGIN-FAILED"));
+    assert!(
+        !w.dovecot.dir.path().join("mail/anna@shop.example").exists(),
+        "the hook did not remove the mailbox from Dovecot"
+    );
+    println!("DELETED");
+
+    // Without mailboxes it disconnects; then another account connects and confirms it.
+    cli(&["domain", "disconnect", "shop.example"]);
+    let (name, value) = connect(&w, "shop.example", "other");
+    w.dns.set_txt(&[(&name, &[&value])]);
+    cli(&["domain", "confirm", "shop.example", "--owner", "other"]);
+    assert!(
+        cli(&["domain", "show", "shop.example"]).contains("owner:           other@example.org")
+    );
+    println!("RECONNECTED");
+
+    // Support moves it back with its mailboxes; administrators; the audit log.
+    w.gateway.cli_ok(
+        &["mailbox", "create", "ben@shop.example"],
+        Some("ben long main password\n"),
+    );
+    cli(&["domain", "transfer", "shop.example", "--to", "owner"]);
+    cli(&["domain", "admin", "add", "shop.example", "helper"]);
+    let shown = cli(&["domain", "show", "shop.example"]);
+    assert!(
+        shown.contains("owner:           owner@example.org"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("administrators:  helper@example.org"),
+        "{shown}"
+    );
+    assert!(shown.contains("mailboxes:       1"), "{shown}");
+    let err = fails(
+        &w,
+        &["domain", "admin", "add", "shop.example", "ben@shop.example"],
+        None,
+    );
+    assert!(err.contains("platform account"), "{err}");
+    let audit = cli(&["audit", "--domain", "shop.example"]);
+    for action in [
+        "domain connected",
+        "domain confirmed",
+        "mailbox created",
+        "mailbox blocked",
+        "mailbox unblocked",
+        "mailbox deleted",
+        "domain disconnected",
+        "domain transferred",
+        "administrator added",
+    ] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+    assert!(audit.contains("operator"), "{audit}");
+    // Secrets never reach the log.
+    assert!(
+        !audit.contains(&secret) && !audit.contains("long main password"),
+        "{audit}"
+    );
+    let everyone = cli(&["audit"]);
+    assert!(everyone.contains("generation bumped"), "{everyone}");
+    println!("AUDITED");
+}
