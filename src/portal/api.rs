@@ -57,7 +57,7 @@ fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
 }
 
 /// A JSON body; a malformed one is a problem, not axum's plain-text rejection.
-pub struct Body<T>(T);
+pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Response;
@@ -71,7 +71,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 }
 
 /// A request of the signed-in current account; without one, 401.
-pub struct Signed(Page);
+pub struct Signed(pub Page);
 
 impl FromRequestParts<Arc<Portal>> for Signed {
     type Rejection = Response;
@@ -562,6 +562,7 @@ pub async fn not_found() -> Response {
 
 /// The API's routes, nested under `/api/v1`.
 pub fn routes() -> axum::Router<Arc<Portal>> {
+    use super::domains_api as d;
     use axum::routing::{delete as del, get, post, put};
     axum::Router::new()
         .route("/openapi.json", get(openapi))
@@ -595,6 +596,38 @@ pub fn routes() -> axum::Router<Arc<Portal>> {
         .route("/profile/contacts/{kind}/confirm", post(confirm_contact))
         .route("/restore", post(restore_begin))
         .route("/restore/finish", post(restore_finish))
+        .route("/account/audit", get(d::account_audit))
+        .route("/domains", get(d::list).post(d::connect))
+        .route("/domains/{domain}", del(d::disconnect))
+        .route("/domains/{domain}/confirm", post(d::confirm))
+        .route(
+            "/domains/{domain}/mailboxes",
+            get(d::mailboxes).post(d::create_mailbox),
+        )
+        .route(
+            "/domains/{domain}/mailboxes/{login}",
+            del(d::delete_mailbox),
+        )
+        .route("/domains/{domain}/mailboxes/{login}/block", post(d::block))
+        .route(
+            "/domains/{domain}/mailboxes/{login}/unblock",
+            post(d::unblock),
+        )
+        .route(
+            "/domains/{domain}/mailboxes/{login}/password",
+            post(d::reset_password),
+        )
+        .route(
+            "/domains/{domain}/admins",
+            get(d::admins).post(d::add_admin),
+        )
+        .route("/domains/{domain}/admins/{login}", del(d::remove_admin))
+        .route(
+            "/domains/{domain}/tokens",
+            get(d::tokens).post(d::create_token),
+        )
+        .route("/domains/{domain}/tokens/{id}", del(d::revoke_token))
+        .route("/domains/{domain}/audit", get(d::domain_audit))
         .fallback(not_found)
 }
 

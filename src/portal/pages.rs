@@ -55,13 +55,18 @@ fn cookie_tokens(headers: &HeaderMap) -> Vec<Secret> {
         .collect()
 }
 
-/// Resolves the cookie's tokens to live sessions (and marks the connection logged in).
+/// Resolves the cookie's tokens to live sessions (and marks the connection logged in). A
+/// request with an `Authorization` header is a script's, never a browser session's: its
+/// cookies are not read.
 async fn signed(portal: &Portal, headers: &HeaderMap, conn: &Connection) -> Signed {
     let mut signed = Signed {
         tokens: Vec::new(),
         sessions: Vec::new(),
         stale: false,
     };
+    if headers.contains_key(header::AUTHORIZATION) {
+        return signed;
+    }
     for token in cookie_tokens(headers) {
         match portal.shared.accounts.web_session(&token).await {
             Ok(Some(session)) => {

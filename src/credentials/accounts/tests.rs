@@ -498,3 +498,255 @@ fn phones_and_emails_are_checked_and_made_canonical() {
         assert!(Channel::Email.normalize(bad).is_err(), "{bad}");
     }
 }
+
+/// TXT records served from memory (the real resolver is tested against a real DNS server in
+/// tests/domains.rs).
+struct Txt(std::sync::Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl crate::dns::TxtLookup for Txt {
+    async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let records = self.0.lock().map_err(|e| e.to_string())?;
+        Ok(records
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+}
+
+/// A service hosting domains: platform accounts owner, helper and stranger in example.org, and
+/// shop.example confirmed for owner.
+async fn hosting() -> (AccountService, Arc<CredentialIndex>, AccountState) {
+    let (service, index, _) = service().await;
+    let txt = Arc::new(Txt(std::sync::Mutex::new(Vec::new())));
+    let service = service
+        .with_domains(
+            vec!["example.org".into()],
+            Vec::new(),
+            Duration::from_secs(3600),
+        )
+        .with_dns(txt.clone());
+    for login in ["owner", "helper", "stranger"] {
+        service
+            .create_account(
+                &service.login(login).unwrap(),
+                &Secret::from("a long main password"),
+            )
+            .await
+            .unwrap();
+    }
+    let owner = service
+        .account(&service.login("owner").unwrap())
+        .await
+        .unwrap();
+    let view = service
+        .connect_domain(&owner, "shop.example")
+        .await
+        .unwrap();
+    txt.0
+        .lock()
+        .unwrap()
+        .push((view.challenge.name.clone(), view.challenge.value.clone()));
+    service
+        .confirm_domain(&owner, "shop.example")
+        .await
+        .unwrap();
+    (service, index, owner)
+}
+
+#[tokio::test]
+async fn who_may_do_what_with_a_domain() {
+    let (service, _, owner) = hosting().await;
+    let account = |login: &'static str| {
+        let service = service.clone();
+        async move {
+            service
+                .account(&service.login(login).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let owner_actor = Actor::Account(owner.clone());
+    let password = Secret::from("anna long password");
+    let anna = service
+        .create_mailbox(&owner_actor, "shop.example", "anna", &password, "Anna", "")
+        .await
+        .unwrap();
+    assert_eq!(anna.login.as_str(), "anna@shop.example");
+    assert!(anna.domain_id.is_some());
+    // A mailbox signs in for itself, but manages no domain.
+    let refused = service.domains(&anna).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("a domain is managed from a platform account"),
+        "{refused}"
+    );
+    assert!(
+        service
+            .connect_domain(&anna, "other.example")
+            .await
+            .is_err()
+    );
+    // An account that is neither owner nor administrator sees nothing of it.
+    let stranger = Actor::Account(account("stranger").await);
+    assert!(service.mailboxes(&stranger, "shop.example").await.is_err());
+    // An additional administrator manages mailboxes, and nothing that is the owner's.
+    service
+        .set_domain_admin(&owner_actor, "shop.example", "helper", true)
+        .await
+        .unwrap();
+    let helper = Actor::Account(account("helper").await);
+    assert_eq!(
+        service
+            .mailboxes(&helper, "shop.example")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    service
+        .block_mailbox(&helper, "shop.example", "anna", true)
+        .await
+        .unwrap();
+    for refused in [
+        service
+            .disconnect_domain(&helper, "shop.example")
+            .await
+            .err(),
+        service
+            .set_domain_admin(&helper, "shop.example", "stranger", true)
+            .await
+            .err(),
+        service
+            .create_domain_token(&helper, "shop.example", "script")
+            .await
+            .err(),
+    ] {
+        assert!(refused.is_some());
+    }
+    // A token manages its own domain's mailboxes only, until it is revoked.
+    let (id, token) = service
+        .create_domain_token(&owner_actor, "shop.example", "script")
+        .await
+        .unwrap();
+    let actor = service
+        .token_actor(&token, "192.0.2.1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        service
+            .mailboxes(&actor, "shop.example")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        service
+            .disconnect_domain(&actor, "shop.example")
+            .await
+            .is_err()
+    );
+    assert!(service.mailboxes(&actor, "other.example").await.is_err());
+    let listed = service
+        .domain_tokens(&owner_actor, "shop.example")
+        .await
+        .unwrap();
+    assert_eq!(listed[0].last_used_ip.as_deref(), Some("192.0.2.1"));
+    service
+        .revoke_domain_token(&owner_actor, "shop.example", id)
+        .await
+        .unwrap();
+    assert!(
+        service
+            .token_actor(&token, "192.0.2.1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // An app password is no token, and a token is no password.
+    assert!(
+        service
+            .token_actor(&Secret::from("abcdabcdabcdabcd"), "192.0.2.1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        service
+            .verify_main_password("anna@shop.example", &token)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn blocked_and_deleted_mailboxes_log_in_nowhere_and_their_grants_die() {
+    let (service, index, owner) = hosting().await;
+    let owner = Actor::Account(owner);
+    let anna = service
+        .create_mailbox(
+            &owner,
+            "shop.example",
+            "anna",
+            &Secret::from("anna long password"),
+            "",
+            "",
+        )
+        .await
+        .unwrap();
+    let made = service
+        .create_app_password(&anna.login, Service::Mail, "phone")
+        .await
+        .unwrap();
+    let credentials = Credentials::new("anna@shop.example".into(), made.secret.clone());
+    let peer = IpAddr::V4(Ipv4Addr::LOCALHOST).into();
+    let grant = index
+        .authenticate(Service::Mail, Protocol::Imap, &credentials, &peer)
+        .await
+        .unwrap();
+    service
+        .block_mailbox(&owner, "shop.example", "anna", true)
+        .await
+        .unwrap();
+    assert!(!grant.is_alive());
+    assert!(
+        service
+            .verify_main_password("anna@shop.example", &Secret::from("anna long password"))
+            .await
+            .is_err()
+    );
+    service
+        .block_mailbox(&owner, "shop.example", "anna", false)
+        .await
+        .unwrap();
+    let made = service
+        .create_app_password(&anna.login, Service::Mail, "laptop")
+        .await
+        .unwrap();
+    let credentials = Credentials::new("anna@shop.example".into(), made.secret.clone());
+    let grant = index
+        .authenticate(Service::Mail, Protocol::Imap, &credentials, &peer)
+        .await
+        .unwrap();
+    assert_eq!(
+        service
+            .delete_mailbox(&owner, "shop.example", "anna")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!grant.is_alive());
+    assert!(matches!(
+        index
+            .authenticate(Service::Mail, Protocol::Imap, &credentials, &peer)
+            .await,
+        Err(AuthError::Rejected)
+    ));
+    // Now the domain may go.
+    service
+        .disconnect_domain(&owner, "shop.example")
+        .await
+        .unwrap();
+}
