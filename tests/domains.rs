@@ -18,6 +18,10 @@ struct World {
 }
 
 fn world() -> World {
+    world_with("")
+}
+
+fn world_with(tail: &str) -> World {
     let dns = DnsServer::start();
     let sink = SmtpSink::start();
     let dovecot = Dovecot::start(sink.port, &["anna@shop.example", "ben@shop.example"]);
@@ -31,6 +35,7 @@ fn world() -> World {
                 dns.port,
                 mail.display()
             ),
+            tail: tail.to_owned(),
             ..Options::default()
         },
     );
@@ -58,6 +63,45 @@ fn connect(w: &World, domain: &str, owner: &str) -> (String, String) {
         .cli_ok(&["domain", "connect", domain, "--owner", owner], None);
     let (name, rest) = out.trim().split_once(" TXT ").expect("a TXT line");
     (name.to_owned(), rest.trim_matches('"').to_owned())
+}
+
+#[test]
+fn a_hosted_domain_in_a_real_browser() {
+    require("chromium", "apt-get install chromium chromium-driver");
+    require_python_module("selenium", "pip install selenium");
+    let w = world_with(
+        "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{http}\"\ntls = \"implicit\"\n[portal]\nattempts_per_minute = 100\n",
+    );
+    let common = std::fs::read_to_string(repo_path("tests/portal_common.py")).unwrap();
+    let script = std::fs::read_to_string(repo_path("tests/domains_browser.py")).unwrap();
+    let work = w.gateway.dir.path().join("browser");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = python(
+        &format!("{common}\n{script}"),
+        &[
+            &format!("https://localhost:{}", w.gateway.ports.http),
+            &w.gateway.ports.imaps.to_string(),
+            &w.gateway.ca.to_string_lossy(),
+            &work.to_string_lossy(),
+            &w.dns.records().to_string_lossy(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        w.gateway.log()
+    );
+    for step in [
+        "CONFIRMED",
+        "MAILBOX",
+        "ADMINISTRATOR",
+        "NOT-TAKEN",
+        "RECONNECTED",
+    ] {
+        assert!(stdout.contains(step), "{step} missing: {stdout}");
+    }
 }
 
 #[test]

@@ -14,103 +14,12 @@ import ssl
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 
 portal, imaps_port, ca, workdir, scenario, maildir, sms_log = sys.argv[1:8]
 PASSWORDS = {
     login: f"{login} long main password"
     for login in ["alice", "bob", "carol", "dave", "erin", "frank"]
 }
-
-
-def browser(profile):
-    options = Options()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        # The test CA is not in Chromium's store; TLS itself is tested elsewhere.
-        "--ignore-certificate-errors",
-        f"--user-data-dir={workdir}/{profile}",
-    ):
-        options.add_argument(arg)
-    options.binary_location = "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def submit(driver, element):
-    """Clicks a form's button and waits until the page it leads to has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            # Raises once the old document is gone (stale, or "node does not belong to the
-            # document" while Chromium swaps documents).
-            page.is_enabled()
-        except Exception:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the page did not change: {driver.current_url}")
-
-
-def shot(driver, name):
-    driver.save_screenshot(f"{workdir}/{name}.png")
-
-
-def no_console_errors(driver):
-    # Refusals the flow provoked on purpose are answered with their status (401, 409, 422, 429),
-    # which the browser logs; anything else is an error of the pages.
-    expected = ("status of 401", "status of 409", "status of 422", "status of 429")
-    errors = [
-        e
-        for e in driver.get_log("browser")
-        if e["level"] == "SEVERE" and not any(x in e["message"] for x in expected)
-    ]
-    assert not errors, errors
-
-
-def sign_in(driver, login, remember=True, add=False):
-    driver.get(f"{portal}/signin" + ("?add=1" if add else ""))
-    driver.find_element(By.ID, "login").send_keys(login)
-    driver.find_element(By.ID, "password").send_keys(PASSWORDS[login])
-    if not remember:
-        driver.find_element(By.ID, "forget").click()
-    submit(driver, driver.find_element(By.ID, "signin"))
-
-
-def current(driver):
-    return driver.find_element(By.ID, "current-account").text
-
-
-def wait_for(driver, element_id):
-    """An element of the page a click leads to, once that page has loaded."""
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        found = driver.find_elements(By.ID, element_id)
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no #{element_id} on {driver.current_url}")
-
-
-def wait_current(driver, expected):
-    """The current account once the page after a click has loaded."""
-    deadline = time.time() + 5
-    seen = None
-    while time.time() < deadline:
-        try:
-            seen = current(driver)
-            if seen == expected:
-                return
-        except Exception:  # the old page went away under us, or the new one has no switcher
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"current account {seen!r}, expected {expected!r}")
 
 
 def mailed_code(to, after):

@@ -106,9 +106,12 @@ pub enum AccountError {
     TwoFactorAlreadyOn,
     #[error("{0}")]
     BadInput(String),
-    /// A domain operation refused, with the reason for the person asking.
+    /// A domain operation refused by the domain's state (pending, has mailboxes, taken).
     #[error("{0}")]
     Domain(String),
+    /// A domain operation the one asking may not do (not theirs, not the owner, a mailbox).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error(
         "no secret key is configured ([store] secret_key_file): two-factor authentication and restore access need one"
     )]

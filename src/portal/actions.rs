@@ -37,6 +37,8 @@ impl Refusal {
             }
             AccountError::BadCredentials | AccountError::WrongCode => StatusCode::UNAUTHORIZED,
             AccountError::UnknownAppPassword { .. } => StatusCode::NOT_FOUND,
+            AccountError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            AccountError::Domain(_) => StatusCode::CONFLICT,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Self::new(status, page_error(e))

@@ -78,11 +78,7 @@ pub fn acting_for(page: &Page) -> AccountService {
 }
 
 fn refused(e: &crate::credentials::accounts::AccountError) -> Response {
-    let mut refusal = Refusal::from_error(e);
-    if matches!(e, crate::credentials::accounts::AccountError::Domain(_)) {
-        refusal.status = StatusCode::FORBIDDEN;
-    }
-    refusal.into_response()
+    Refusal::from_error(e).into_response()
 }
 
 fn done<T>(result: Result<T, crate::credentials::accounts::AccountError>) -> Response {

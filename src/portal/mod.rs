@@ -14,6 +14,7 @@
 mod actions;
 pub mod api;
 mod delivery;
+mod domain_pages;
 mod domains_api;
 mod pages;
 mod security;
@@ -115,6 +116,9 @@ impl Portal {
             ("two_factor.html", include_str!("templates/two_factor.html")),
             ("profile.html", include_str!("templates/profile.html")),
             ("restore.html", include_str!("templates/restore.html")),
+            ("domains.html", include_str!("templates/domains.html")),
+            ("domain.html", include_str!("templates/domain.html")),
+            ("activity.html", include_str!("templates/activity.html")),
         ] {
             templates
                 .add_template(name, text)
@@ -296,6 +300,26 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/profile/confirm", post(security::confirm_contact))
         .route("/profile/question", post(security::set_question))
         .route("/profile/remove", post(security::remove_contact))
+        .route("/domains", get(domain_pages::domains))
+        .route("/domains/connect", post(domain_pages::connect))
+        .route("/domains/confirm", post(domain_pages::confirm))
+        .route("/domains/{name}", get(domain_pages::domain))
+        .route(
+            "/domains/{name}/mailboxes",
+            post(domain_pages::create_mailbox),
+        )
+        .route(
+            "/domains/{name}/mailboxes/action",
+            post(domain_pages::mailbox_action),
+        )
+        .route("/domains/{name}/admins", post(domain_pages::admin))
+        .route("/domains/{name}/tokens", post(domain_pages::create_token))
+        .route(
+            "/domains/{name}/tokens/revoke",
+            post(domain_pages::revoke_token),
+        )
+        .route("/domains/{name}/disconnect", post(domain_pages::disconnect))
+        .route("/activity", get(domain_pages::activity))
         .route("/access", get(pages::access))
         .route("/access/option", post(pages::set_option))
         .route("/access/create", post(pages::create))

@@ -276,6 +276,11 @@ while True:
         }
     }
 
+    /// The JSON file the server answers from (a test script may write it too).
+    pub fn records(&self) -> &Path {
+        &self.records
+    }
+
     /// Serves exactly these TXT records from now on (name -> values).
     pub fn set_txt(&self, records: &[(&str, &[&str])]) {
         let map: std::collections::BTreeMap<String, Vec<String>> = records

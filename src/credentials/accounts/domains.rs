@@ -98,6 +98,10 @@ fn domain_error(message: impl Into<String>) -> AccountError {
     AccountError::Domain(message.into())
 }
 
+fn not_allowed(message: impl Into<String>) -> AccountError {
+    AccountError::NotAllowed(message.into())
+}
+
 impl AccountService {
     /// Whether `login` is in one of the operator's own domains.
     pub fn is_platform(&self, login: &Login) -> bool {
@@ -107,7 +111,7 @@ impl AccountService {
     /// Refuses an account of a hosted domain: domains are managed from platform accounts.
     fn require_platform(&self, account: &AccountState) -> Result<(), AccountError> {
         if account.domain_id.is_some() || !self.is_platform(&account.login) {
-            return Err(domain_error(format!(
+            return Err(not_allowed(format!(
                 "{} is a mailbox of a hosted domain: a domain is managed from a platform account (one in {}), not from an account on that domain",
                 account.login,
                 self.platform.join(", ")
@@ -277,7 +281,7 @@ impl AccountService {
         name: &str,
     ) -> Result<(DomainRecord, bool), AccountError> {
         let name = normalize_domain(name)?;
-        let not_yours = || domain_error(format!("{name} is not a domain you manage"));
+        let not_yours = || not_allowed(format!("{name} is not a domain you manage"));
         let domain = self.store.confirmed_domain(&name).await?;
         match actor {
             Actor::Operator => domain.map(|d| (d, true)).ok_or_else(not_yours),
@@ -306,7 +310,7 @@ impl AccountService {
     async fn owned(&self, actor: &Actor, name: &str) -> Result<DomainRecord, AccountError> {
         let (domain, owner) = self.managed(actor, name).await?;
         if !owner {
-            return Err(domain_error(format!(
+            return Err(not_allowed(format!(
                 "only the owner of {} may do that",
                 domain.name
             )));
@@ -322,7 +326,7 @@ impl AccountService {
                 self.require_platform(owner)?;
                 match self.store.domain_claim(owner.id, &name).await? {
                     Some(claim) => claim,
-                    None => return Err(domain_error(format!("{name} is not a domain you own"))),
+                    None => return Err(not_allowed(format!("{name} is not a domain you own"))),
                 }
             }
             _ => self.owned(actor, &name).await?,
