@@ -286,3 +286,183 @@ fn a_hosted_domain_from_connection_to_transfer() {
     assert!(everyone.contains("generation bumped"), "{everyone}");
     println!("AUDITED");
 }
+
+/// curl: (status, body).
+fn curl(w: &World, args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&w.gateway.ca)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn a_domain_token_manages_its_domains_mailboxes_and_nothing_else() {
+    require("curl", "apt-get install curl");
+    let w = world_with(
+        "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{http}\"\ntls = \"implicit\"\n",
+    );
+    for (domain, owner) in [("shop.example", "owner"), ("other.example", "other")] {
+        let (name, value) = connect(&w, domain, owner);
+        w.dns.set_txt(&[(&name, &[&value])]);
+        w.gateway
+            .cli_ok(&["domain", "confirm", domain, "--owner", owner], None);
+    }
+    let token = w
+        .gateway
+        .cli_ok(
+            &[
+                "domain",
+                "token",
+                "create",
+                "shop.example",
+                "--name",
+                "provisioning",
+            ],
+            None,
+        )
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("pcd_"), "{token}");
+    let base = format!("https://localhost:{}/api/v1", w.gateway.ports.http);
+    let auth = format!("Authorization: Bearer {token}");
+    let json = "Content-Type: application/json";
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let url = format!("{base}{path}");
+        let mut args = vec!["-X", method, "-H", &auth, "-H", json];
+        if let Some(body) = body {
+            args.extend(["--data", body]);
+        }
+        args.push(&url);
+        curl(&w, &args)
+    };
+    // Create, list, block, reset, delete: no Origin needed, no cookie involved.
+    let (status, body) = api(
+        "POST",
+        "/domains/shop.example/mailboxes",
+        Some(r#"{"login":"anna","password":"anna long main password","first_name":"Anna"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("anna@shop.example"), "{body}");
+    let (status, body) = api("GET", "/domains/shop.example/mailboxes", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""login":"anna@shop.example""#) && body.contains(r#""blocked":false"#),
+        "{body}"
+    );
+    assert_eq!(
+        api("POST", "/domains/shop.example/mailboxes/anna/block", None).0,
+        204
+    );
+    assert!(
+        api("GET", "/domains/shop.example/mailboxes", None)
+            .1
+            .contains(r#""blocked":true"#)
+    );
+    assert_eq!(
+        api("POST", "/domains/shop.example/mailboxes/anna/unblock", None).0,
+        204
+    );
+    let (status, body) = api(
+        "POST",
+        "/domains/shop.example/mailboxes/anna/password",
+        Some(r#"{"password":"short"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("too weak"), "{body}");
+    assert_eq!(
+        api(
+            "POST",
+            "/domains/shop.example/mailboxes/anna/password",
+            Some(r#"{"password":"a new long password"}"#)
+        )
+        .0,
+        204
+    );
+    // Nothing but mailboxes: not the owner's things, not another domain, not an account.
+    for (method, path) in [
+        ("GET", "/domains/shop.example/tokens"),
+        ("GET", "/domains/shop.example/audit"),
+        ("DELETE", "/domains/shop.example"),
+        ("GET", "/domains/other.example/mailboxes"),
+        ("POST", "/domains/other.example/mailboxes/x/block"),
+    ] {
+        let (status, body) = api(method, path, None);
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(
+            body.contains("application/problem+json") || body.contains("\"status\":403"),
+            "{body}"
+        );
+    }
+    for (method, path) in [
+        ("GET", "/account"),
+        ("GET", "/domains"),
+        ("GET", "/app-passwords"),
+    ] {
+        assert_eq!(api(method, path, None).0, 401, "{method} {path}");
+    }
+    // The token is no password: not for IMAP, not for the portal.
+    assert!(imap_login(&w.gateway, "anna@shop.example", &token).contains("LOGIN-FAILED"));
+    assert!(imap_login(&w.gateway, "owner", &token).contains("LOGIN-FAILED"));
+    let origin = format!("Origin: https://localhost:{}", w.gateway.ports.http);
+    let signin = format!(r#"{{"login":"owner","password":"{token}"}}"#);
+    let url = format!("{base}/session");
+    let (status, _) = curl(
+        &w,
+        &[
+            "-X", "POST", "-H", &origin, "-H", json, "--data", &signin, &url,
+        ],
+    );
+    assert_eq!(status, 401);
+    // Deleting through the API.
+    assert_eq!(
+        api("DELETE", "/domains/shop.example/mailboxes/anna", None).0,
+        204
+    );
+    assert_eq!(
+        api("GET", "/domains/shop.example/mailboxes", None).1,
+        r#"{"mailboxes":[]}"#
+    );
+    // Its use is on record; revoked, it is refused from the next request.
+    let listed = w
+        .gateway
+        .cli_ok(&["domain", "token", "list", "shop.example"], None);
+    assert!(
+        listed.contains("live") && listed.contains("127.0.0.1"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token), "{listed}");
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    w.gateway
+        .cli_ok(&["domain", "token", "revoke", "shop.example", &id], None);
+    let (status, body) = api("GET", "/domains/shop.example/mailboxes", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not valid"), "{body}");
+    // The audit log names the token as who did it.
+    let audit = w
+        .gateway
+        .cli_ok(&["audit", "--domain", "shop.example"], None);
+    assert!(
+        audit.contains("API token")
+            && audit.contains("mailbox blocked")
+            && audit.contains("mailbox deleted"),
+        "{audit}"
+    );
+}
