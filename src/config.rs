@@ -472,6 +472,10 @@ pub struct ListenerConfig {
     /// gateway behind a local TLS terminator, never for a network-facing port.
     #[serde(default)]
     pub allow_plaintext_auth_on_loopback: bool,
+    /// IMAP, submission: mailboxes of these hosted domains go to another backend
+    /// (`{ "shop.example" = "shop-imap" }`); everyone else to `backend`.
+    #[serde(default)]
+    pub domain_backends: BTreeMap<String, String>,
 }
 
 /// `[[listener.route]]`: which service and backend a request is for.
@@ -928,6 +932,26 @@ impl Config {
 impl Config {
     fn validate_mail_listener(&self, listener: &ListenerConfig) -> Result<(), String> {
         let at = listener.address;
+        if !listener.domain_backends.is_empty() && listener.protocol == ListenerProtocol::Xmpp {
+            return Err(format!(
+                "listener {at}: domain_backends is for IMAP and submission listeners"
+            ));
+        }
+        for (domain, name) in &listener.domain_backends {
+            match self.backends.get(name) {
+                Some(b) if !b.is_http() && b.login != BackendLogin::Ticket => {}
+                Some(_) => {
+                    return Err(format!(
+                        "listener {at}: domain_backends {domain:?} names {name:?}, which is not a mail backend"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "listener {at}: domain_backends {domain:?} names backend {name:?}, but there is no [backend.{name}]"
+                    ));
+                }
+            }
+        }
         let Some(name) = &listener.backend else {
             return Err(format!("listener {at} needs a backend"));
         };

@@ -24,7 +24,10 @@ fn world() -> World {
 fn world_with(tail: &str) -> World {
     let dns = DnsServer::start();
     let sink = SmtpSink::start();
-    let dovecot = Dovecot::start(sink.port, &["anna@shop.example", "ben@shop.example"]);
+    let dovecot = Dovecot::start(
+        sink.port,
+        &["anna@shop.example", "ben@shop.example", "owner@example.org"],
+    );
     let mail = dovecot.dir.path().join("mail");
     let gateway = Gateway::start(
         dovecot.imap_port,
@@ -464,5 +467,74 @@ fn a_domain_token_manages_its_domains_mailboxes_and_nothing_else() {
             && audit.contains("mailbox blocked")
             && audit.contains("mailbox deleted"),
         "{audit}"
+    );
+}
+
+#[test]
+fn a_listener_sends_a_hosted_domains_mailboxes_to_their_own_backend() {
+    let shop_dovecot = Dovecot::start(free_port(), &["anna@shop.example"]);
+    let port = free_port();
+    let w = world_with(&format!(
+        r#"[[listener]]
+protocol = "imap"
+address = "127.0.0.1:{port}"
+tls = "implicit"
+backend = "imap"
+domain_backends = {{ "shop.example" = "shop-imap" }}
+
+[backend.shop-imap]
+address = "127.0.0.1:{}"
+tls = "none"
+login = "master-user"
+master_user = "portcullis"
+master_password_file = "{{dir}}/master.secret"
+"#,
+        shop_dovecot.imap_port
+    ));
+    let (name, value) = connect(&w, "shop.example", "owner");
+    w.dns.set_txt(&[(&name, &[&value])]);
+    w.gateway.cli_ok(
+        &["domain", "confirm", "shop.example", "--owner", "owner"],
+        None,
+    );
+    w.gateway.cli_ok(
+        &["mailbox", "create", "anna@shop.example"],
+        Some("anna long main password\n"),
+    );
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let anna = w.gateway.app_password("anna@shop.example", "mail", "phone");
+    w.gateway
+        .cli_ok(&["account", "app-passwords", "owner", "off"], None);
+    // Each logs in and opens INBOX (which makes Dovecot create the mailbox).
+    drop(Held::start(
+        IMAP_HOLD,
+        port,
+        &ca,
+        "anna@shop.example",
+        &anna,
+    ));
+    drop(Held::start(
+        IMAP_HOLD,
+        port,
+        &ca,
+        "owner",
+        "owner long main password",
+    ));
+    // Anna's mailbox is on the shop's Dovecot, the platform account's on the listener's.
+    assert!(
+        shop_dovecot
+            .dir
+            .path()
+            .join("mail/anna@shop.example")
+            .exists()
+    );
+    assert!(!w.dovecot.dir.path().join("mail/anna@shop.example").exists());
+    assert!(w.dovecot.dir.path().join("mail/owner@example.org").exists());
+    assert!(
+        !shop_dovecot
+            .dir
+            .path()
+            .join("mail/owner@example.org")
+            .exists()
     );
 }

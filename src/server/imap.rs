@@ -51,7 +51,7 @@ pub async fn serve(
             return;
         };
         greet = false;
-        match backend_imap::login(&context.backend, &grant.login, client).await {
+        match backend_imap::login(context.backend_for(&grant.login), &grant.login, client).await {
             Ok(backend) => break (client_stream, backend, tag, grant),
             Err(e) => {
                 if !session

@@ -71,10 +71,22 @@ pub struct Shared {
 pub struct ListenerContext {
     pub config: ListenerConfig,
     pub backend: Arc<Backend>,
+    /// Backends of hosted domains' mailboxes (`domain_backends`), by domain.
+    pub domain_backends: HashMap<String, Arc<Backend>>,
     pub shared: Arc<Shared>,
     /// The backend's EHLO keywords (submission listeners), learned at start and refreshed by
     /// every backend login, offered to clients before they log in.
     pub smtp_extensions: Arc<RwLock<Vec<String>>>,
+}
+
+impl ListenerContext {
+    /// The backend `login` logs in to: its domain's, if the listener routes that domain
+    /// elsewhere, else the listener's.
+    pub fn backend_for(&self, login: &crate::credentials::Login) -> &Arc<Backend> {
+        self.domain_backends
+            .get(login.domain())
+            .unwrap_or(&self.backend)
+    }
 }
 
 /// A started gateway.
@@ -136,7 +148,11 @@ impl Gateway {
         for listener in &config.listeners {
             let names: Vec<&String> = match listener.protocol {
                 ListenerProtocol::Http => listener.routes.iter().map(|r| &r.backend).collect(),
-                _ => listener.backend.iter().collect(),
+                _ => listener
+                    .backend
+                    .iter()
+                    .chain(listener.domain_backends.values())
+                    .collect(),
             };
             for name in names {
                 let backend = config
@@ -252,10 +268,21 @@ impl Gateway {
                         .cloned()
                         .ok_or_else(|| StartError::Backend(format!("no backend {name:?}")))?;
                     tracing::info!(address = %local, protocol = ?listener.protocol, tls = ?listener.tls, backend = %name, "listening");
+                    let domain_backends = listener
+                        .domain_backends
+                        .iter()
+                        .filter_map(|(domain, name)| {
+                            Some((
+                                domain.to_ascii_lowercase(),
+                                mail_backends.get(name)?.clone(),
+                            ))
+                        })
+                        .collect();
                     Served::Mail(Arc::new(ListenerContext {
                         smtp_extensions: smtp_extensions.get(&name).cloned().unwrap_or_default(),
                         config: listener.clone(),
                         backend,
+                        domain_backends,
                         shared: shared.clone(),
                     }))
                 }

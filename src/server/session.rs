@@ -226,7 +226,7 @@ impl Session<'_> {
         tag: &str,
         error: BackendError,
     ) -> bool {
-        tracing::warn!(error = %error, backend = %self.context.backend.name, "backend login failed");
+        tracing::warn!(error = %error, "backend login failed");
         match machine.login_unavailable(tag) {
             Action::Write(reply) => self.write(stream, &reply).await,
             _ => false,

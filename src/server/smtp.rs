@@ -57,7 +57,14 @@ pub async fn serve(
         };
         greet = false;
         let helo = machine.helo_name().unwrap_or(&shared.hostname).to_owned();
-        match backend_smtp::login(&context.backend, &grant.login, client, &helo).await {
+        match backend_smtp::login(
+            context.backend_for(&grant.login),
+            &grant.login,
+            client,
+            &helo,
+        )
+        .await
+        {
             Ok(backend) => break (client_stream, backend, grant),
             Err(e) => {
                 if !session
@@ -70,8 +77,11 @@ pub async fn serve(
             }
         }
     };
-    // The next client is offered what this backend offers now.
-    if let Ok(mut cached) = context.smtp_extensions.write() {
+    // The next client is offered what this backend offers now (the listener's own backend:
+    // before login nobody knows which domain's backend a client will reach).
+    if Arc::ptr_eq(context.backend_for(&grant.login), &context.backend)
+        && let Ok(mut cached) = context.smtp_extensions.write()
+    {
         cached.clone_from(&backend.extensions);
     }
     let (reply, pipelined) = machine.login_accepted();
