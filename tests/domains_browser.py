@@ -72,6 +72,9 @@ try:
 
     create_mailbox(owner, "anna", "Anna")
     shot(owner, "domain")
+    # The domain's activity says who did it, from where.
+    activity = wait_for(owner, "activity").text
+    assert "mailbox created" in activity and "owner@example.org" in activity and "127.0.0.1" in activity, activity
     # The mailbox signs in to the portal for its own access, and over IMAP.
     sign_in(mailbox, "anna@shop.example")
     mailbox.find_element(By.ID, "name").send_keys("Phone")
@@ -95,6 +98,14 @@ try:
     assert wait_for(owner, "mailbox-anna").find_element(By.CLASS_NAME, "state").text == "blocked"
     assert imap_refused(secret, "anna@shop.example")
     submit(owner, wait_for(owner, "mailbox-anna").find_element(By.CLASS_NAME, "unblock"))
+    # Blocking ended Anna's web session too; unblocked, she signs in again and her own
+    # activity shows what her domain's manager did.
+    mailbox.get(f"{portal}/access")
+    assert mailbox.current_url.endswith("/signin"), mailbox.current_url
+    sign_in(mailbox, "anna@shop.example")
+    mailbox.get(f"{portal}/activity")
+    mine = wait_for(mailbox, "activity").text
+    assert "mailbox blocked" in mine and "owner@example.org" in mine, mine
 
     # An additional administrator manages mailboxes, and nothing of the owner's.
     wait_for(owner, "admin-login").send_keys("helper")

@@ -62,6 +62,14 @@ const COMMON_PASSWORDS: &[&str] = &[
 /// Longest app-password name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 
+/// The audit actor of a service nobody named one for: the account acts on itself.
+const SELF_SERVICE: &str = "self";
+
+tokio::task_local! {
+    /// The client address of the portal request being served, for the audit log.
+    pub static CLIENT_IP: String;
+}
+
 /// How often a write is decided again when the account changed under it.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -320,7 +328,7 @@ impl AccountService {
             mailbox_hook: Vec::new(),
             claim_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             dns: None,
-            actor: Arc::new(("system".to_owned(), None)),
+            actor: Arc::new((SELF_SERVICE.to_owned(), None)),
         }
     }
 

@@ -355,7 +355,19 @@ async fn stylesheet() -> Response {
 
 /// CSRF: a request that changes state must come from a page of this origin. Browsers say so
 /// in `Sec-Fetch-Site`; those that do not send `Origin` on every POST.
-async fn same_origin_only(mut request: Request, next: Next) -> Response {
+async fn same_origin_only(request: Request, next: Next) -> Response {
+    // Changes this request makes are written to the audit log with its client's address.
+    let ip = request
+        .extensions()
+        .get::<Connection>()
+        .map(|c| c.peer.ip().to_string())
+        .unwrap_or_default();
+    crate::credentials::accounts::CLIENT_IP
+        .scope(ip, same_origin_checked(request, next))
+        .await
+}
+
+async fn same_origin_checked(mut request: Request, next: Next) -> Response {
     // HTTP/2 names the host in the URI (`:authority`), not in a Host header: give the pages one
     // place to read it.
     if !request.headers().contains_key(header::HOST)

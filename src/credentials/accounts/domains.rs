@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use super::{AccountError, AccountService, check_password};
+use super::{AccountError, AccountService, SELF_SERVICE, check_password};
 use crate::credentials::hashing::{app_password_digest, generate_app_password};
 use crate::credentials::model::{AccountState, GenerationBump, Login, now_ms};
 use crate::credentials::secret::Secret;
@@ -127,7 +127,17 @@ impl AccountService {
         action: &str,
         detail: &str,
     ) {
-        let (who, ip) = self.actor_for_audit();
+        let (mut who, mut ip) = self.actor_for_audit();
+        // Nobody named: the account holder acting on their own account (the portal's pages),
+        // from the address of the request being served.
+        if who == SELF_SERVICE
+            && let Some(account) = account
+        {
+            who = account.login.to_string();
+        }
+        if ip.is_none() {
+            ip = super::CLIENT_IP.try_with(Clone::clone).ok();
+        }
         let entry = NewAudit {
             actor: &who,
             ip: ip.as_deref(),
