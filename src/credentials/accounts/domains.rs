@@ -461,6 +461,21 @@ impl AccountService {
     ) -> Result<AccountState, AccountError> {
         let (domain, _) = self.managed(actor, name).await?;
         let login = self.mailbox_login(&domain, typed)?;
+        // Managers are the operator's customers: a new mailbox's name is one that is safe in
+        // a path or a command line of the operator's (the deletion hook, a maildir).
+        let local = login.local_part();
+        if local.len() > 64
+            || local.starts_with('.')
+            || local.contains("..")
+            || !local
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+        {
+            return Err(AccountError::BadInput(
+                "A mailbox name has up to 64 letters, digits, dots, dashes, underscores and pluses (not starting with a dot)."
+                    .into(),
+            ));
+        }
         check_password(password)?;
         let first = first_name.trim();
         let last = last_name.trim();

@@ -574,6 +574,21 @@ async fn who_may_do_what_with_a_domain() {
         .await
         .unwrap();
     assert_eq!(anna.login.as_str(), "anna@shop.example");
+    for bad in [
+        "../etc",
+        ".hidden",
+        "a/b",
+        "semi;colon",
+        "x".repeat(65).as_str(),
+    ] {
+        assert!(
+            service
+                .create_mailbox(&owner_actor, "shop.example", bad, &password, "", "")
+                .await
+                .is_err(),
+            "{bad}"
+        );
+    }
     assert!(anna.domain_id.is_some());
     // A mailbox signs in for itself, but manages no domain.
     let refused = service.domains(&anna).await.unwrap_err().to_string();
@@ -678,6 +693,29 @@ async fn who_may_do_what_with_a_domain() {
             .verify_main_password("anna@shop.example", &token)
             .await
             .is_err()
+    );
+}
+
+#[tokio::test]
+async fn an_unconfirmed_claim_lapses() {
+    let (service, _, _) = service().await;
+    let service = service.with_domains(vec!["example.org".into()], Vec::new(), Duration::ZERO);
+    let owner = service
+        .account(&service.login("alice").unwrap())
+        .await
+        .unwrap();
+    let first = service
+        .connect_domain(&owner, "late.example")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = service
+        .connect_domain(&owner, "late.example")
+        .await
+        .unwrap();
+    assert_ne!(
+        first.record.token, second.record.token,
+        "the old claim did not lapse"
     );
 }
 
