@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
-# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd,
-# wsgidav, radicale, caldav, vdirsyncer and slixmpp.
+# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, nginx with its
+# mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
+# vdirsyncer, slixmpp, selenium and dnslib.
 set -euo pipefail
 
 missing_debs=()
@@ -24,6 +25,8 @@ command -v go-sendxmpp >/dev/null 2>&1 || missing_debs+=(go-sendxmpp)
 # A real browser for the account portal's tests (Selenium drives it).
 command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_debs+=(chromium-driver)
+# A load balancer in front of the gateway (PROXY protocol tests).
+command -v haproxy >/dev/null 2>&1 || missing_debs+=(haproxy)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

@@ -472,6 +472,14 @@ pub struct ListenerConfig {
     /// gateway behind a local TLS terminator, never for a network-facing port.
     #[serde(default)]
     pub allow_plaintext_auth_on_loopback: bool,
+    /// Connections come from a load balancer and start with a PROXY protocol header (v1 or
+    /// v2); the client address in it is the one used. Only from `proxy_from`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The load balancers' addresses or CIDR blocks, believed to send PROXY headers; a
+    /// connection from anywhere else is closed.
+    #[serde(default)]
+    pub proxy_from: Vec<String>,
     /// IMAP, submission: mailboxes of these hosted domains go to another backend
     /// (`{ "shop.example" = "shop-imap" }`); everyone else to `backend`.
     #[serde(default)]
@@ -765,6 +773,21 @@ impl Config {
         for listener in &self.listeners {
             if !addresses.insert(listener.address) {
                 return Err(format!("two listeners use {}", listener.address));
+            }
+            if listener.proxy_protocol {
+                if listener.proxy_from.is_empty() {
+                    return Err(format!(
+                        "listener {}: proxy_protocol needs proxy_from, the load balancers' addresses",
+                        listener.address
+                    ));
+                }
+                crate::server::proxy::Trusted::parse(&listener.proxy_from)
+                    .map_err(|e| format!("listener {}: {e}", listener.address))?;
+            } else if !listener.proxy_from.is_empty() {
+                return Err(format!(
+                    "listener {}: proxy_from without proxy_protocol = true",
+                    listener.address
+                ));
             }
             if listener.allow_plaintext_auth_on_loopback && !listener.address.ip().is_loopback() {
                 return Err(format!(

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod gate;
 pub mod http;
 pub mod imap;
+pub mod proxy;
 pub mod session;
 pub mod smtp;
 pub mod xmpp;
@@ -287,9 +288,17 @@ impl Gateway {
                     }))
                 }
             };
+            let proxy = if listener.proxy_protocol {
+                Some(Arc::new(
+                    proxy::Trusted::parse(&listener.proxy_from).map_err(StartError::Backend)?,
+                ))
+            } else {
+                None
+            };
             tracker.spawn(accept_loop(
                 socket,
                 served,
+                proxy,
                 shared.clone(),
                 admission.clone(),
                 tracker.clone(),
@@ -401,6 +410,7 @@ enum Served {
 async fn accept_loop(
     socket: TcpListener,
     served: Served,
+    proxy: Option<Arc<proxy::Trusted>>,
     shared: Arc<Shared>,
     admission: Arc<admission::Admission>,
     tracker: TaskTracker,
@@ -418,38 +428,74 @@ async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match admission.admit(peer.ip()) {
-            Ok(admitted) => Arc::new(admitted),
-            Err(refusal) => {
-                refuse_busy(&tcp, &served, refusal, peer);
-                continue;
-            }
+        let Some(trusted) = &proxy else {
+            admit_and_serve(tcp, peer, &served, &shared, &admission, &tracker);
+            continue;
         };
-        let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
-        let served = served.clone();
-        let span = match &served {
-            Served::Mail(context) => {
-                tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol)
-            }
-            Served::Http(_) => tracing::info_span!("session", id, peer = %peer, proto = "http"),
-            Served::Portal(_) => {
-                tracing::info_span!("session", id, peer = %peer, proto = "portal")
-            }
-        };
-        tracker.spawn(
-            async move {
-                let _ = tcp.set_nodelay(true);
-                match served {
-                    Served::Mail(context) => handle_mail(tcp, peer, context, &admitted).await,
-                    Served::Http(listener) => http::serve(tcp, peer, listener, admitted).await,
-                    Served::Portal(portal) => {
-                        crate::portal::serve(tcp, peer, portal, admitted).await
-                    }
-                }
-            }
-            .instrument(span),
+        if !trusted.contains(peer.ip()) {
+            tracing::warn!(%peer, "connection to a PROXY-protocol listener from an address not in proxy_from; closed");
+            continue;
+        }
+        // The client's address is in the header: read it (bounded, under the handshake
+        // deadline) before admission, which counts clients, not the balancer.
+        let (served, shared, admission, inner) = (
+            served.clone(),
+            shared.clone(),
+            admission.clone(),
+            tracker.clone(),
         );
+        tracker.spawn(async move {
+            let mut tcp = tcp;
+            let deadline = shared.limits.handshake_timeout();
+            match proxy::read_header(&mut tcp, deadline).await {
+                Ok(client) => {
+                    let client = client.unwrap_or(peer);
+                    admit_and_serve(tcp, client, &served, &shared, &admission, &inner);
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "PROXY header refused; closed"),
+            }
+        });
     }
+}
+
+/// Admits a connection from `peer` (the client, as far as the gateway knows it) and serves it.
+fn admit_and_serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    served: &Served,
+    shared: &Arc<Shared>,
+    admission: &Arc<admission::Admission>,
+    tracker: &TaskTracker,
+) {
+    let admitted = match admission.admit(peer.ip()) {
+        Ok(admitted) => Arc::new(admitted),
+        Err(refusal) => {
+            refuse_busy(&tcp, served, refusal, peer);
+            return;
+        }
+    };
+    let id = shared.session_ids.fetch_add(1, Ordering::Relaxed);
+    let served = served.clone();
+    let span = match &served {
+        Served::Mail(context) => {
+            tracing::info_span!("session", id, peer = %peer, proto = ?context.config.protocol)
+        }
+        Served::Http(_) => tracing::info_span!("session", id, peer = %peer, proto = "http"),
+        Served::Portal(_) => {
+            tracing::info_span!("session", id, peer = %peer, proto = "portal")
+        }
+    };
+    tracker.spawn(
+        async move {
+            let _ = tcp.set_nodelay(true);
+            match served {
+                Served::Mail(context) => handle_mail(tcp, peer, context, &admitted).await,
+                Served::Http(listener) => http::serve(tcp, peer, listener, admitted).await,
+                Served::Portal(portal) => crate::portal::serve(tcp, peer, portal, admitted).await,
+            }
+        }
+        .instrument(span),
+    );
 }
 
 /// An accept that failed (out of file descriptors and the like): say so and back off, instead

@@ -58,9 +58,14 @@ pub fn require_python_module(module: &str, install: &str) {
 
 /// Waits until something accepts on `port`.
 pub fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+    wait_for_port_on("127.0.0.1", port, what, child, log);
+}
+
+/// Waits until `what` listens on `host:port` (failing with its log if it exits first).
+pub fn wait_for_port_on(host: &str, port: u16, what: &str, child: &mut Child, log: &Path) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if TcpStream::connect((host, port)).is_ok() {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -78,7 +83,7 @@ pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn kill(child: &mut Child) {
+pub fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
