@@ -16,11 +16,29 @@ struct World {
     _prosody: Prosody,
     /// The direct-TLS (XEP-0368) listener.
     direct_port: u16,
+    /// A second node on the same database, whose auth server Prosody asks.
+    other: Option<Gateway>,
 }
 
 fn world() -> World {
+    world_of(false)
+}
+
+/// With `two_nodes`, Prosody asks the auth server of another gateway node sharing this one's
+/// database: a ticket minted here is redeemed there.
+fn world_of(two_nodes: bool) -> World {
     require_python_module("slixmpp", "pip install slixmpp");
     let auth_port = free_port();
+    let other = two_nodes.then(|| {
+        Gateway::start(
+            free_port(),
+            free_port(),
+            Options {
+                extra: format!("[auth_server]\nlisten = [\"127.0.0.1:{auth_port}\"]\n"),
+                ..Options::default()
+            },
+        )
+    });
     let prosody_port = free_port();
     let direct_port = free_port();
     let tail = format!(
@@ -50,8 +68,15 @@ timeout_secs = 5
         free_port(),
         free_port(),
         Options {
-            extra: format!("[auth_server]\nlisten = [\"127.0.0.1:{auth_port}\"]\n"),
+            // With two nodes this one's own auth server goes unasked.
+            extra: format!(
+                "[auth_server]\nlisten = [\"127.0.0.1:{}\"]\n",
+                if two_nodes { free_port() } else { auth_port }
+            ),
             tail,
+            store: other
+                .as_ref()
+                .map(|node| format!("sqlite://{}/data/portcullis.db", node.dir.path().display())),
             ..Options::default()
         },
     );
@@ -62,6 +87,7 @@ timeout_secs = 5
         gateway,
         _prosody: prosody,
         direct_port,
+        other,
     }
 }
 
@@ -338,6 +364,7 @@ timeout_secs = 2
         gateway,
         _prosody: Prosody::start(free_port(), "elsewhere.org", free_port()),
         direct_port: 0,
+        other: None,
     };
     let client = Client::start(&w, "alice@example.org", &xmpp, "receive", "");
     let end = client.expect(&["STREAM-ERROR", "LOGGED-IN"], Duration::from_secs(15));
@@ -593,5 +620,27 @@ fn sendxmpp_authorization_identity_and_declaration_on_restart() {
             "bob@example.org",
         ],
         "hello from sendxmpp",
+    );
+}
+
+#[test]
+fn a_ticket_minted_on_one_node_is_redeemed_by_another_nodes_auth_server() {
+    let w = world_of(true);
+    let alice = w.gateway.app_password("alice", "xmpp", "Jabber laptop");
+    let client = Client::start(&w, "alice@example.org", &alice, "receive", "");
+    let logged_in = client.expect(&["LOGGED-IN", "FAILED-AUTH"], Duration::from_secs(20));
+    let other = w.other.as_ref().expect("two nodes");
+    assert_eq!(
+        logged_in.as_deref(),
+        Some("LOGGED-IN alice@example.org"),
+        "{}\n---\n{}",
+        w.gateway.log(),
+        other.log()
+    );
+    // The node Prosody asked is the other one: this node's own auth server saw no request.
+    assert!(
+        !w.gateway.log().contains("ticket refused"),
+        "{}",
+        w.gateway.log()
     );
 }

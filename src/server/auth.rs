@@ -126,11 +126,12 @@ fn set_owner_and_mode(path: &Path, config: &AuthServerConfig, mode: u32) -> Resu
 }
 
 /// A ticket minted by one of our gateways: good once, for its account and service.
-fn redeem(shared: &Shared, request: &Request) -> Result<Login, AuthError> {
+async fn redeem(shared: &Shared, request: &Request) -> Result<Login, AuthError> {
     let login = shared.index.claimed_account(&request.credentials)?;
     if shared
         .tickets
         .redeem(&login, request.service, &request.credentials.secret)
+        .await
     {
         Ok(login)
     } else {
@@ -277,7 +278,7 @@ async fn verify(
     };
     let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
     let outcome = if Tickets::is_ticket(&request.credentials.secret) {
-        let redeemed = redeem(shared, &request);
+        let redeemed = redeem(shared, &request).await;
         if redeemed.is_err() {
             gate.refuse(
                 &request.credentials.login,
@@ -341,8 +342,8 @@ mod tests {
         let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
         let tickets = gateway.tickets();
         let alice = Login::parse("alice@example.org", None).unwrap();
-        let ticket = tickets.mint(&alice, Service::Xmpp);
-        let smtp_ticket = tickets.mint(&alice, Service::Xmpp);
+        let ticket = tickets.mint(&alice, Service::Xmpp).await.unwrap();
+        let smtp_ticket = tickets.mint(&alice, Service::Xmpp).await.unwrap();
         let text = |t: &crate::credentials::Secret| String::from_utf8(t.expose().to_vec()).unwrap();
         let plain = |password: &str| {
             crate::protocol::sasl::encode_base64(format!("\0alice\0{password}").as_bytes())

@@ -120,7 +120,7 @@ impl Gateway {
         let index =
             Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
         // Account changes made in this process reach its index at once.
-        let accounts = AccountService::configured(store, index.hasher(), &config)
+        let accounts = AccountService::configured(store.clone(), index.hasher(), &config)
             .map_err(StartError::Backend)?
             .with_index(index.clone());
         let tls = crate::tls::server_config(
@@ -131,7 +131,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             index: index.clone(),
             accounts,
-            tickets: Arc::new(crate::credentials::tickets::Tickets::new()),
+            tickets: Arc::new(crate::credentials::tickets::Tickets::new(store.clone())),
             tls: TlsAcceptor::from(tls.clone()),
             auth: config.auth.clone(),
             limits: config.limits.clone(),

@@ -55,9 +55,18 @@ pub async fn serve(
     else {
         return;
     };
-    let ticket = shared.tickets.mint(&grant.login, Service::Xmpp);
     let user = context.backend.user_for(&grant.login);
-    let backend = match backend_xmpp::login(&context.backend, &user, &ticket).await {
+    let login = async {
+        let ticket = shared
+            .tickets
+            .mint(&grant.login, Service::Xmpp)
+            .await
+            .map_err(|e| e.to_string())?;
+        backend_xmpp::login(&context.backend, &user, &ticket)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let backend = match login.await {
         Ok(backend) => backend,
         Err(e) => {
             // RFC 6120 4.9.3.15: the server could not reach the one it serves for.

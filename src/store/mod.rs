@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_web_sessions.sql")),
     (4, include_str!("migrations/0004_two_factor_profiles.sql")),
     (5, include_str!("migrations/0005_domains.sql")),
+    (6, include_str!("migrations/0006_tickets.sql")),
 ];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
@@ -295,6 +296,26 @@ pub trait AccountStore: DomainStore + Send + Sync {
         digest: &str,
         now: i64,
     ) -> Result<CodeCheck, StoreError>;
+
+    // ----- one-time tickets -----
+
+    /// Stores a ticket (its digest) for `login` on `service` until `expires_at`; expired
+    /// tickets go.
+    async fn create_ticket(
+        &self,
+        digest: &str,
+        login: &Login,
+        service: Service,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the ticket with this digest out (whatever happens next, it is spent): its account
+    /// and service, if it had not expired at `now`.
+    async fn take_ticket(
+        &self,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<(Login, Service)>, StoreError>;
 
     // ----- change feed -----
 
@@ -948,6 +969,54 @@ impl AccountStore for SqliteStore {
         };
         tx.commit().await?;
         Ok(result)
+    }
+
+    async fn create_ticket(
+        &self,
+        digest: &str,
+        login: &Login,
+        service: Service,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM tickets WHERE expires_at < $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tickets (digest, login, service, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(digest)
+        .bind(login.as_str())
+        .bind(service.as_str())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_ticket(
+        &self,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<(Login, Service)>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM tickets WHERE digest = $1 RETURNING login, service, expires_at",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at < now {
+            return Ok(None);
+        }
+        let service: String = row.try_get("service")?;
+        Ok(Some((
+            Login::from_stored(row.try_get("login")?),
+            service
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("service {service:?}")))?,
+        )))
     }
 
     async fn latest_change(&self) -> Result<i64, StoreError> {

@@ -491,6 +491,8 @@ pub struct Options {
     pub tail: String,
     /// Run the gateway under this open-file limit (`SOFT:HARD`, as prlimit takes it).
     pub open_files: Option<&'static str>,
+    /// Another node's store URL, to share its database (default: a database of its own).
+    pub store: Option<String>,
 }
 
 impl Default for Options {
@@ -505,6 +507,7 @@ impl Default for Options {
             tail: String::new(),
             limits: String::new(),
             open_files: None,
+            store: None,
         }
     }
 }
@@ -551,7 +554,7 @@ impl Gateway {
 hostname = "gateway.test"
 {extra}
 [store]
-url = "sqlite://{root}/data/portcullis.db"
+url = "{store}"
 feed_interval_ms = 100
 secret_key_file = "{root}/portal.secret"
 
@@ -611,6 +614,10 @@ master_password_file = "{root}/master.secret"
 timeout_secs = {backend_timeout}
 {tail}
 "#,
+                store = options
+                    .store
+                    .clone()
+                    .unwrap_or_else(|| format!("sqlite://{}/data/portcullis.db", root.display())),
                 tail = options
                     .tail
                     .replace("{http}", &ports.http.to_string())
