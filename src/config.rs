@@ -299,6 +299,15 @@ pub struct StoreConfig {
     /// does too. Kept out of the database so a copy of the database alone gives neither.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
+    /// Seconds the change feed may go without catching up before cached logins stop being
+    /// trusted (each login is checked against the store again, and the log says so) until it
+    /// catches up (default 10).
+    #[serde(default = "default_feed_staleness")]
+    pub max_feed_staleness_secs: u64,
+}
+
+fn default_feed_staleness() -> u64 {
+    10
 }
 
 fn default_feed_interval_ms() -> u64 {

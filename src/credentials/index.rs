@@ -171,6 +171,13 @@ pub struct CredentialIndex {
     accounts: DashMap<AccountId, Arc<LiveAccount>>,
     /// Last-use records for app passwords, written to the store in batches.
     uses: Option<mpsc::Sender<Use>>,
+    /// When the change feed last read everything there was (Unix ms).
+    caught_up_at: std::sync::atomic::AtomicI64,
+    /// How far behind the feed may fall before cached logins are no longer trusted; `None`
+    /// when no feed runs (a CLI process, where every change is made here).
+    max_staleness: Option<Duration>,
+    /// Whether the "not trusting the cache" warning is out (said once per episode).
+    stale_said: std::sync::atomic::AtomicBool,
 }
 
 impl CredentialIndex {
@@ -186,7 +193,46 @@ impl CredentialIndex {
             cache_key: rand::random(),
             accounts: DashMap::new(),
             uses: None,
+            caught_up_at: std::sync::atomic::AtomicI64::new(crate::credentials::model::now_ms()),
+            max_staleness: None,
+            stale_said: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A change feed keeps this index current: once it has not caught up for `max`, cached
+    /// logins are checked against the store again (see [`Self::cache_trusted`]).
+    pub fn with_feed_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = Some(max);
+        self
+    }
+
+    /// The feed has read every change there was.
+    pub fn caught_up(&self) {
+        use std::sync::atomic::Ordering;
+        self.caught_up_at
+            .store(crate::credentials::model::now_ms(), Ordering::Relaxed);
+        if self.stale_said.swap(false, Ordering::Relaxed) {
+            tracing::info!("change feed caught up: the login cache is trusted again");
+        }
+    }
+
+    /// Whether a cached login may be taken as it is: not when the feed has been behind longer
+    /// than allowed, since a change made elsewhere (a revocation) may be in what it missed.
+    fn cache_trusted(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(max) = self.max_staleness else {
+            return true;
+        };
+        let behind =
+            crate::credentials::model::now_ms() - self.caught_up_at.load(Ordering::Relaxed);
+        let trusted = behind <= i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+        if !trusted && !self.stale_said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                behind_ms = behind,
+                "the change feed has not caught up for longer than max_feed_staleness_secs: logins are checked against the store, not the cache, until it does"
+            );
+        }
+        trusted
     }
 
     /// Records each app password's last use through `sink` (see [`spawn_use_writer`]).
@@ -242,7 +288,9 @@ impl CredentialIndex {
         }
         let key = self.cache_key_for(service, &login, secret);
 
-        if let Some((live, credential, login)) = self.cache.get(&key).await {
+        if self.cache_trusted()
+            && let Some((live, credential, login)) = self.cache.get(&key).await
+        {
             let grant = Grant {
                 login,
                 service,

@@ -117,8 +117,13 @@ impl Gateway {
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
             }),
         };
-        let index =
-            Arc::new(CredentialIndex::new(store.clone(), &settings).with_use_recorder(uses));
+        let index = Arc::new(
+            CredentialIndex::new(store.clone(), &settings)
+                .with_use_recorder(uses)
+                .with_feed_staleness(Duration::from_secs(
+                    config.store.max_feed_staleness_secs.max(1),
+                )),
+        );
         // Account changes made in this process reach its index at once.
         let accounts = AccountService::configured(store.clone(), index.hasher(), &config)
             .map_err(StartError::Backend)?

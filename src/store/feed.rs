@@ -24,7 +24,10 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
     // A store that cannot be read yet is retried, never given up on.
     let mut cursor = loop {
         match index.store().latest_change().await {
-            Ok(cursor) => break cursor,
+            Ok(cursor) => {
+                index.caught_up();
+                break cursor;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "change feed cannot start yet; retrying");
                 tokio::select! {
@@ -46,6 +49,7 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
                 Ok((next, count)) => {
                     cursor = next;
                     if count < BATCH {
+                        index.caught_up();
                         break;
                     }
                 }

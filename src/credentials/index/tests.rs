@@ -389,3 +389,28 @@ async fn a_wrong_app_password_guess_runs_no_slow_hash() {
         assert!(matches!(outcome, Err(AuthError::Rejected)));
     }
 }
+
+#[tokio::test]
+async fn a_feed_too_far_behind_stops_the_cache_from_being_trusted() {
+    let mut f = fixture().await;
+    f.index = CredentialIndex::new(f.store.clone(), &settings())
+        .with_feed_staleness(Duration::from_secs(10));
+    let (secret, id) = f.app_password(Service::Mail).await;
+    assert!(f.accepted(Service::Mail, &secret).await);
+    // Revoked by another process; this index has not heard of it (no feed runs here).
+    f.accounts.revoke_app_password(&login(), id).await.unwrap();
+    // A feed that is up to date would bring the news within its interval: the cache stands.
+    f.index.caught_up();
+    assert!(
+        f.accepted(Service::Mail, &secret).await,
+        "fresh feed, cached login"
+    );
+    // A feed that has not caught up for longer than allowed: the store is asked again.
+    f.index
+        .caught_up_at
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !f.accepted(Service::Mail, &secret).await,
+        "stale feed, cache trusted"
+    );
+}
