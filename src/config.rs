@@ -289,7 +289,7 @@ impl AuthServerConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH`; the file and its folder are created on first start.
     pub url: String,
-    /// How often a running gateway reads the change feed, in milliseconds (default 200): the
+    /// How often a running gateway reads the change feed, in milliseconds (default 50): the
     /// longest a change made by another process waits before it takes effect here.
     #[serde(default = "default_feed_interval_ms")]
     pub feed_interval_ms: u64,
@@ -311,7 +311,7 @@ fn default_feed_staleness() -> u64 {
 }
 
 fn default_feed_interval_ms() -> u64 {
-    200
+    50
 }
 
 /// `[tls]`: the certificate the gateway shows its clients.
@@ -1302,7 +1302,7 @@ mod tests {
         let config = Config::parse(MINIMAL).unwrap();
         assert_eq!(config.auth.max_failures, 3);
         assert_eq!(config.limits.max_connections, 10_000);
-        assert_eq!(config.store.feed_interval_ms, 200);
+        assert_eq!(config.store.feed_interval_ms, 50);
         assert_eq!(config.backends["b"].master_separator, "*");
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Every mutation appends a row to `changes` in its own transaction. The gateway remembers the
 //! last id it has seen and polls for newer rows (SQLite has no notifications across processes;
-//! an indexed range read every few hundred milliseconds costs next to nothing). For each changed
+//! an indexed range read every 50 ms by default costs next to nothing). For each changed
 //! account it holds in memory, it reloads the account, which refuses dead credentials from then
 //! on and wakes the sessions relaying on them.
 

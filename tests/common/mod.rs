@@ -555,7 +555,7 @@ hostname = "gateway.test"
 {extra}
 [store]
 url = "{store}"
-feed_interval_ms = 100
+feed_interval_ms = 50
 secret_key_file = "{root}/portal.secret"
 
 [tls]
