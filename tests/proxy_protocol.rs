@@ -2,7 +2,8 @@
 //! listener with `proxy_protocol = true`. The client's address from the header is what the
 //! gateway logs, records as the app password's last use, and tells Dovecot (its log shows it);
 //! a v1 header works too; a connection from an address not in `proxy_from` is closed unread;
-//! HAProxy's health checks are no failed logins.
+//! HAProxy's health checks are no failed logins. The portal behind HAProxy records the
+//! browser's address for its web sessions.
 
 mod common;
 
@@ -27,7 +28,7 @@ impl Haproxy {
         std::fs::write(
             &config,
             format!(
-                "global\n  log stderr format short local0\ndefaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend imaps\n  bind 127.0.0.2:{port}\n  default_backend gateways\nbackend gateways\n  server node1 127.0.0.1:{to} send-proxy-v2 check check-send-proxy inter 500ms\n"
+                "global\n  log stderr format short local0\ndefaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend front\n  bind 127.0.0.2:{port}\n  default_backend gateways\nbackend gateways\n  server node1 127.0.0.1:{to} send-proxy-v2 check check-send-proxy inter 500ms\n"
             ),
         )
         .unwrap();
@@ -160,4 +161,62 @@ fn the_client_address_from_haproxy_is_the_one_used_everywhere() {
     std::thread::sleep(Duration::from_millis(1500));
     let log = gateway.log();
     assert!(!log.contains("login refused"), "{log}");
+}
+
+#[test]
+fn the_portal_behind_haproxy_sees_the_browsers_address() {
+    require("curl", "apt-get install curl");
+    let port = free_port();
+    let gateway = Gateway::start(
+        free_port(),
+        free_port(),
+        Options {
+            tail: format!(
+                "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{port}\"\ntls = \"implicit\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n"
+            ),
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "alice long main password");
+    let haproxy = Haproxy::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("jar");
+    let base = format!("https://localhost:{}/api/v1", haproxy.port);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--interface", "127.0.0.3", "--cacert"])
+            .arg(&gateway.ca)
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.2", haproxy.port),
+            ])
+            .arg("-b")
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The browser's origin is the balancer's address as the browser sees it.
+    let origin = format!("Origin: https://localhost:{}", haproxy.port);
+    let signed_in = curl(&[
+        "-H",
+        &origin,
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"login":"alice","password":"alice long main password"}"#,
+        &format!("{base}/session"),
+    ]);
+    assert!(signed_in.contains("alice@example.org"), "{signed_in}");
+    let sessions = curl(&[&format!("{base}/sessions")]);
+    assert!(sessions.contains(r#""ip":"127.0.0.3""#), "{sessions}");
+    assert!(!sessions.contains(r#""ip":"127.0.0.1""#), "{sessions}");
 }
