@@ -74,7 +74,7 @@ pub async fn connect(page: Page, Form(form): Form<DomainForm>) -> Response {
         .await
     {
         Ok(_) => Redirect::to("/domains").into_response(),
-        Err(e) => domains_view(&page, Some((status_of(&e), page_error(&e)))).await,
+        Err(e) => domains_refused(&page, &e).await,
     }
 }
 
@@ -84,7 +84,7 @@ pub async fn confirm(page: Page, Form(form): Form<DomainForm>) -> Response {
         .await
     {
         Ok(view) => Redirect::to(&format!("/domains/{}", view.record.name)).into_response(),
-        Err(e) => domains_view(&page, Some((status_of(&e), page_error(&e)))).await,
+        Err(e) => domains_refused(&page, &e).await,
     }
 }
 
@@ -105,7 +105,7 @@ async fn domain_view(
     let actor = Actor::Account(account.clone());
     let mailboxes = match service.mailboxes(&actor, name).await {
         Ok(list) => list,
-        Err(e) => return domains_view(page, Some((status_of(&e), page_error(&e)))).await,
+        Err(e) => return domains_refused(page, &e).await,
     };
     let owned = match service.domain_record(name).await {
         Ok(Some(record)) => record.owner == account.id,
@@ -178,17 +178,18 @@ async fn after<T>(page: &Page, name: &str, result: Result<T, AccountError>) -> R
             normalize_domain(name).unwrap_or_default()
         ))
         .into_response(),
-        Err(e) => {
-            domain_view(
-                page,
-                name,
-                None,
-                Some((status_of(&e), page_error(&e))),
-                None,
-            )
-            .await
-        }
+        Err(e) => domain_refused(page, name, &e).await,
     }
+}
+
+/// The domain page with a refusal.
+async fn domain_refused(page: &Page, name: &str, e: &AccountError) -> Response {
+    domain_view(page, name, None, Some((status_of(e), page_error(e))), None).await
+}
+
+/// "My domains" with a refusal.
+async fn domains_refused(page: &Page, e: &AccountError) -> Response {
+    domains_view(page, Some((status_of(e), page_error(e)))).await
 }
 
 #[derive(Deserialize)]
@@ -309,16 +310,7 @@ pub async fn create_token(
             let token = String::from_utf8_lossy(secret.expose()).into_owned();
             domain_view(&page, &name, None, None, Some(token)).await
         }
-        Err(e) => {
-            domain_view(
-                &page,
-                &name,
-                None,
-                Some((status_of(&e), page_error(&e))),
-                None,
-            )
-            .await
-        }
+        Err(e) => domain_refused(&page, &name, &e).await,
     }
 }
 
@@ -356,16 +348,9 @@ pub async fn disconnect(page: Page, Path(name): Path<String>) -> Response {
                 .flatten()
                 .is_none()
             {
-                return domains_view(&page, Some((status_of(&e), page_error(&e)))).await;
+                return domains_refused(&page, &e).await;
             }
-            domain_view(
-                &page,
-                &name,
-                None,
-                Some((status_of(&e), page_error(&e))),
-                None,
-            )
-            .await
+            domain_refused(&page, &name, &e).await
         }
     }
 }

@@ -5,7 +5,7 @@
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, StoreError, account_from_row, append_change};
+use super::{SqliteStore, StoreError, account_from_row, append_change, insert_account};
 use crate::credentials::model::{AccountId, AccountState, Login, now_ms};
 
 /// A domain connected (claimed) by a platform account, confirmed or not.
@@ -412,35 +412,18 @@ impl DomainStore for SqliteStore {
         last_name: &str,
     ) -> Result<AccountId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE login = $1")
-            .bind(login.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::AccountExists(login.to_string()));
-        }
-        let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (login, password_hash, created_at, updated_at, domain_id) VALUES ($1, $2, $3, $3, $4) RETURNING id",
-        )
-        .bind(login.as_str())
-        .bind(password_hash)
-        .bind(now)
-        .bind(domain)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_account(&mut tx, login, password_hash, Some(domain)).await?;
         sqlx::query(
             "INSERT INTO profiles (account_id, first_name, last_name, updated_at) VALUES ($1, $2, $3, $4)",
         )
-        .bind(id)
+        .bind(id.0)
         .bind(first_name)
         .bind(last_name)
-        .bind(now)
+        .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        append_change(&mut tx, AccountId(id), "created").await?;
         tx.commit().await?;
-        Ok(AccountId(id))
+        Ok(id)
     }
 
     async fn delete_account(&self, account: AccountId) -> Result<(), StoreError> {

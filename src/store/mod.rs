@@ -551,25 +551,9 @@ impl AccountStore for SqliteStore {
         password_hash: &str,
     ) -> Result<AccountId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE login = $1")
-            .bind(login.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::AccountExists(login.to_string()));
-        }
-        let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (login, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $3) RETURNING id",
-        )
-        .bind(login.as_str())
-        .bind(password_hash)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        append_change(&mut tx, AccountId(id), "created").await?;
+        let id = insert_account(&mut tx, login, password_hash, None).await?;
         tx.commit().await?;
-        Ok(AccountId(id))
+        Ok(id)
     }
 
     async fn apply_change(
@@ -1117,6 +1101,34 @@ async fn bump(
     };
     append_change(tx, account.id, kind).await?;
     Ok(Generation(generation))
+}
+
+/// Inserts a new account (a mailbox of `domain`, or a platform account) and its "created"
+/// change, in the caller's transaction; `AccountExists` if the login is taken.
+pub(crate) async fn insert_account(
+    tx: &mut Transaction<'static, Sqlite>,
+    login: &Login,
+    password_hash: &str,
+    domain: Option<i64>,
+) -> Result<AccountId, StoreError> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE login = $1")
+        .bind(login.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_some() {
+        return Err(StoreError::AccountExists(login.to_string()));
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO accounts (login, password_hash, created_at, updated_at, domain_id) VALUES ($1, $2, $3, $3, $4) RETURNING id",
+    )
+    .bind(login.as_str())
+    .bind(password_hash)
+    .bind(now_ms())
+    .bind(domain)
+    .fetch_one(&mut **tx)
+    .await?;
+    append_change(tx, AccountId(id), "created").await?;
+    Ok(AccountId(id))
 }
 
 pub(crate) async fn append_change(
