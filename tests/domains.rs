@@ -503,8 +503,7 @@ master_password_file = "{{dir}}/master.secret"
     );
     let ca = w.gateway.ca.to_string_lossy().into_owned();
     let anna = w.gateway.app_password("anna@shop.example", "mail", "phone");
-    w.gateway
-        .cli_ok(&["account", "app-passwords", "owner", "off"], None);
+    let owner = w.gateway.app_password("owner", "mail", "laptop");
     // Each logs in and opens INBOX (which makes Dovecot create the mailbox).
     drop(Held::start(
         IMAP_HOLD,
@@ -513,13 +512,7 @@ master_password_file = "{{dir}}/master.secret"
         "anna@shop.example",
         &anna,
     ));
-    drop(Held::start(
-        IMAP_HOLD,
-        port,
-        &ca,
-        "owner",
-        "owner long main password",
-    ));
+    drop(Held::start(IMAP_HOLD, port, &ca, "owner", &owner));
     // Anna's mailbox is on the shop's Dovecot, the platform account's on the listener's.
     assert!(
         shop_dovecot
