@@ -58,6 +58,9 @@ pub enum Command {
     /// Mailboxes of hosted domains.
     #[command(subcommand)]
     Mailbox(domains::MailboxCommand),
+    /// The store: apply migrations, or copy an installation to another database.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The audit log: every domain, mailbox, administrator and token change and every
     /// generation bump (of one account, one domain, or everyone's, newest first).
     Audit {
@@ -67,6 +70,24 @@ pub enum Command {
         domain: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Bring the store (`[store] url`, or --url) to this build's schema; `serve` does this too.
+    Migrate {
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Copy every row of one store into another, empty one (both are migrated first), e.g.
+    /// `--from sqlite:///var/lib/portcullis/portcullis.db --to postgres://portcullis@db/portcullis`.
+    /// A PostgreSQL password comes from PGPASSWORD or ~/.pgpass, never the command line.
+    Copy {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -191,12 +212,53 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::AppPassword(command) => app_password(&config, command).await,
         Command::Domain(command) => domains::domain(&config, command).await,
         Command::Mailbox(command) => domains::mailbox(&config, command).await,
+        Command::Store(command) => store(&config, command).await,
         Command::Audit {
             account,
             domain,
             limit,
         } => domains::audit(&config, account, domain, limit).await,
     }
+}
+
+async fn store(config: &Config, command: StoreCommand) -> Result<(), CliError> {
+    use crate::store::{SqlStore, copy};
+    match command {
+        StoreCommand::Migrate { url } => {
+            if let Some(url) = &url {
+                no_password_in_argv(url)?;
+            }
+            let url = url.unwrap_or_else(|| config.store.url.clone());
+            let store = SqlStore::open(&url).await?;
+            eprintln!("schema at version {}", copy::version(&store).await?);
+        }
+        StoreCommand::Copy { from, to } => {
+            no_password_in_argv(&from)?;
+            no_password_in_argv(&to)?;
+            let source = SqlStore::open(&from).await?;
+            let target = SqlStore::open(&to).await?;
+            for (table, rows) in copy::copy(&source, &target).await? {
+                eprintln!("{table}: {rows} rows");
+            }
+            eprintln!("copied; point [store] url at the new store and restart the gateway");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a database URL with a password in it: the command line is readable by every user
+/// of the machine.
+fn no_password_in_argv(url: &str) -> Result<(), CliError> {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo);
+    if userinfo.is_some_and(|u| u.contains(':')) {
+        return Err(CliError(
+            "a password in a database URL on the command line is readable by every user: give it in PGPASSWORD or ~/.pgpass".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), CliError> {

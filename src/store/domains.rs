@@ -3,9 +3,10 @@
 //! rule: the account service decides ([`crate::credentials::accounts`]), the store applies.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use super::{SqliteStore, StoreError, account_from_row, append_change, insert_account};
+use super::dialect::is_unique_violation;
+use super::{SqlStore, StoreError, account_from_row, append_change, insert_account};
 use crate::credentials::model::{AccountId, AccountState, Login, now_ms};
 
 /// A domain connected (claimed) by a platform account, confirmed or not.
@@ -177,7 +178,7 @@ const AUDIT_ACCOUNT: &str = "SELECT id, at, actor, ip, account_id, domain, actio
 const AUDIT_DOMAIN: &str = "SELECT id, at, actor, ip, account_id, domain, action, detail FROM audit_log WHERE domain = $1 ORDER BY id DESC LIMIT $2";
 const AUDIT_ALL: &str = "SELECT id, at, actor, ip, account_id, domain, action, detail FROM audit_log ORDER BY id DESC LIMIT $1";
 
-fn domain_from_row(row: &SqliteRow) -> Result<DomainRecord, StoreError> {
+fn domain_from_row(row: &AnyRow) -> Result<DomainRecord, StoreError> {
     Ok(DomainRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -189,7 +190,7 @@ fn domain_from_row(row: &SqliteRow) -> Result<DomainRecord, StoreError> {
     })
 }
 
-fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry, StoreError> {
+fn audit_from_row(row: &AnyRow) -> Result<AuditEntry, StoreError> {
     Ok(AuditEntry {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
@@ -202,12 +203,8 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry, StoreError> {
     })
 }
 
-fn unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
 #[async_trait::async_trait]
-impl DomainStore for SqliteStore {
+impl DomainStore for SqlStore {
     async fn domain_claim(
         &self,
         owner: AccountId,
@@ -261,7 +258,7 @@ impl DomainStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {
-            if unique_violation(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Conflict(name.to_owned())
             } else {
                 e.into()
@@ -273,7 +270,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn confirm_claim(&self, id: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "UPDATE domains SET confirmed_at = $1 WHERE id = $2 AND confirmed_at IS NULL",
         )
@@ -283,7 +280,7 @@ impl DomainStore for SqliteStore {
         .await;
         match result {
             Ok(_) => {}
-            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict(id.to_string())),
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(id.to_string())),
             Err(e) => return Err(e.into()),
         }
         // Every other claim on the name goes: the domain has its owner.
@@ -298,7 +295,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn delete_domain(&self, id: i64) -> Result<Result<(), i64>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mailboxes: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain_id = $1")
                 .bind(id)
@@ -325,7 +322,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn transfer_domain(&self, id: i64, owner: AccountId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM domains WHERE name = (SELECT name FROM domains WHERE id = $1) AND id <> $1",
         )
@@ -411,7 +408,7 @@ impl DomainStore for SqliteStore {
         first_name: &str,
         last_name: &str,
     ) -> Result<AccountId, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let id = insert_account(&mut tx, login, password_hash, Some(domain)).await?;
         sqlx::query(
             "INSERT INTO profiles (account_id, first_name, last_name, updated_at) VALUES ($1, $2, $3, $4)",
@@ -427,7 +424,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn delete_account(&self, account: AccountId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         // The change row first: it outlives the account and tells the feed.
         append_change(&mut tx, account, "deleted").await?;
         for sql in [

@@ -1,25 +1,46 @@
-//! The change feed: how a running gateway learns what other processes wrote.
+//! The change feed: how a running gateway learns what other processes and nodes wrote.
 //!
-//! Every mutation appends a row to `changes` in its own transaction. The gateway remembers the
-//! last id it has seen and polls for newer rows (SQLite has no notifications across processes;
-//! an indexed range read every 50 ms by default costs next to nothing). For each changed
-//! account it holds in memory, it reloads the account, which refuses dead credentials from then
-//! on and wakes the sessions relaying on them.
+//! Every mutation appends a row to `changes` in its own transaction, with an id taken in commit
+//! order (migration 0007), so a cursor (the last id seen) never skips a change. The gateway
+//! reads the rows after its cursor; for each changed account it holds in memory, it reloads the
+//! account, which refuses dead credentials from then on and wakes the sessions relaying on them.
+//!
+//! When to read: on SQLite, every `feed_interval_ms` (no notifications cross processes; an
+//! indexed range read every 50 ms by default costs next to nothing). On PostgreSQL, as soon as
+//! a change commits: a listener task holds a `LISTEN` connection and wakes the reader on each
+//! notification, and after every reconnection (notifications sent while it was away are lost,
+//! the cursor is not). A read every [`SAFETY_NET`] catches anything else. Whichever way, the
+//! index only trusts its cache while reads succeed ([`CredentialIndex::caught_up`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::credentials::index::CredentialIndex;
+use crate::store::dialect::CHANGES_CHANNEL;
 
 /// Rows read per poll; a burst larger than this is drained over consecutive polls without
 /// waiting.
 const BATCH: i64 = 1000;
 
+/// With notifications, the feed still reads this often (and on SQLite, every interval).
+pub const SAFETY_NET: Duration = Duration::from_secs(1);
+
 /// Follows the feed from the newest change on until `shutdown`. Store errors are logged and
 /// retried at the next tick.
 pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: CancellationToken) {
+    let wake = Arc::new(Notify::new());
+    let listening = index.store().notifications_url().map(|url| {
+        tokio::spawn(listen(
+            url.to_owned(),
+            wake.clone(),
+            interval,
+            shutdown.clone(),
+        ))
+    });
     // Start after the newest change: everything older is already in what the index loads.
     // A store that cannot be read yet is retried, never given up on.
     let mut cursor = loop {
@@ -39,11 +60,19 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_read = Instant::now();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = ticker.tick() => {
+                // With a listener the ticks only keep the safety net.
+                if listening.is_some() && last_read.elapsed() < SAFETY_NET {
+                    continue;
+                }
+            }
         }
+        last_read = Instant::now();
         loop {
             match poll_once(&index, cursor).await {
                 Ok((next, count)) => {
@@ -58,6 +87,59 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
                     break;
                 }
             }
+        }
+    }
+    if let Some(task) = listening {
+        let _ = task.await;
+    }
+}
+
+/// Holds a `LISTEN` connection to a PostgreSQL store and wakes the feed reader for every
+/// committed change and after every (re)connection; a lost connection is retried every
+/// `retry` until `shutdown`.
+async fn listen(url: String, wake: Arc<Notify>, retry: Duration, shutdown: CancellationToken) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let Some(active) = listener.as_mut() else {
+            let connected = async {
+                let mut l = PgListener::connect(&url).await?;
+                l.listen(CHANGES_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = connected => match result {
+                    Ok(l) => {
+                        tracing::info!("change feed listening for notifications");
+                        listener = Some(l);
+                        // What committed before LISTEN took effect is read now.
+                        wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed cannot listen; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(retry) => {}
+                        }
+                    }
+                },
+            }
+            continue;
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = active.try_recv() => match received {
+                Ok(Some(_)) => {
+                    // One read serves every notification already buffered.
+                    while active.next_buffered().is_some() {}
+                    wake.notify_one();
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!("change feed lost its notification connection; reconnecting");
+                    listener = None;
+                    wake.notify_one();
+                }
+            },
         }
     }
 }

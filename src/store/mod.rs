@@ -6,42 +6,34 @@
 //! and the store applies that change atomically, only if the account is still as it was read
 //! (its revision), or says [`StoreError::Conflict`] and the service decides again.
 //!
-//! [`SqliteStore`] (embedded, WAL) is the implementation this build ships; its queries use the
-//! SQL it shares with PostgreSQL (`$1` placeholders, BIGINT/TEXT/INTEGER columns). Every write
-//! runs in one `BEGIN IMMEDIATE` transaction that also appends a row to `changes`; the commit
-//! returns only once SQLite has made it durable, so an acknowledged change is never lost, and
-//! the change row is how running gateways in other processes learn of it (see [`feed`]).
+//! [`SqlStore`] is the one implementation, on SQLite (embedded, WAL: the zero-set-up default)
+//! or PostgreSQL (several gateway nodes on one database); its queries are written once in the
+//! SQL the two share, and [`dialect`] holds what differs. Every write runs in one transaction
+//! that also appends a row to `changes`; the commit returns only once the database has made it
+//! durable, so an acknowledged change is never lost, and the change row is how running gateways
+//! in other processes and on other nodes learn of it (see [`feed`]).
 
+pub mod copy;
+pub mod dialect;
 mod domains;
 pub mod feed;
+#[doc(hidden)]
+pub mod testing;
 
 pub use domains::{AuditEntry, DomainRecord, DomainStore, DomainToken, Mailbox, NewAudit};
 
-use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+pub use dialect::Dialect;
+use dialect::{begin_write, locking};
 
 use crate::credentials::model::{
     AccountId, AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login,
     Service, now_ms,
 };
-
-/// Schema migrations, applied in order on open; the version is recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/0001_init.sql")),
-    (2, include_str!("migrations/0002_use_reporter.sql")),
-    (3, include_str!("migrations/0003_web_sessions.sql")),
-    (4, include_str!("migrations/0004_two_factor_profiles.sql")),
-    (5, include_str!("migrations/0005_domains.sql")),
-    (6, include_str!("migrations/0006_tickets.sql")),
-];
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
 /// down longer reloads everything it caches on start anyway.
@@ -55,7 +47,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The store URL is not one this build can open.
-    #[error("unsupported store url {0:?}: expected sqlite://PATH")]
+    #[error(
+        "unsupported store url {0:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+    )]
     UnsupportedUrl(String),
     /// No account has this login.
     #[error("unknown account {0}")]
@@ -328,14 +322,21 @@ pub trait AccountStore: DomainStore + Send + Sync {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AccountId)>, StoreError>;
+
+    /// Where the feed can listen for committed changes instead of only polling: the URL of a
+    /// PostgreSQL store (notified on [`dialect::CHANGES_CHANNEL`]); `None` for SQLite.
+    fn notifications_url(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The store every part of one process shares.
 pub type Store = Arc<dyn AccountStore>;
 
-/// Opens the store a `[store] url` names (`sqlite://PATH`, `sqlite::memory:`).
+/// Opens the store a `[store] url` names (`sqlite://PATH`, `sqlite::memory:`,
+/// `postgres://...`).
 pub async fn open(url: &str) -> Result<Store, StoreError> {
-    Ok(Arc::new(SqliteStore::open(url).await?))
+    Ok(Arc::new(SqlStore::open(url).await?))
 }
 
 /// An app password found by its digest.
@@ -360,106 +361,39 @@ pub struct Use {
     pub reporter: Option<String>,
 }
 
-/// Makes the database and its WAL and shared-memory files readable by their owner only: they
-/// hold password hashes and digests. A new database is created 0600 (SQLite gives its WAL the
-/// database file's mode); existing files with wider modes are narrowed.
-fn private_files(path: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if !Path::new(path).exists() {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-    }
-    for file in [
-        path.to_owned(),
-        format!("{path}-wal"),
-        format!("{path}-shm"),
-    ] {
-        if let Ok(meta) = std::fs::metadata(&file)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(file, "narrowing the mode of a database file to 0600");
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    Ok(())
-}
-
-/// The SQLite store; cheap to clone.
+/// The store on SQLite or PostgreSQL (see [`dialect`] for what differs); cheap to clone.
 #[derive(Clone)]
-pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
+pub struct SqlStore {
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
+    url: Arc<str>,
 }
 
-impl SqliteStore {
-    /// Opens (creating if missing) the database at `url` and applies pending migrations.
+impl SqlStore {
+    /// Opens (creating an SQLite file if missing) the database at `url` and applies pending
+    /// migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
-        if path.is_empty() {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        }
-        let options = if path == ":memory:" {
-            SqliteConnectOptions::from_str("sqlite::memory:")?
-        } else {
-            if let Some(parent) = Path::new(path).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
-            }
-            private_files(path).map_err(sqlx::Error::Io)?;
-            SqliteConnectOptions::new().filename(path)
-        };
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before it is acknowledged, WAL or not.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            // One connection for an in-memory database: each connection would get its own.
-            .max_connections(if path == ":memory:" { 1 } else { 8 })
-            .connect_with(options)
-            .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        let (pool, dialect) = dialect::connect(url).await?;
+        dialect::migrate(&pool, dialect).await?;
+        Ok(Self {
+            pool,
+            dialect,
+            url: url.into(),
+        })
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await?;
-        for &(version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if applied.is_none() {
-                sqlx::raw_sql(sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                    .bind(version)
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        }
-        Ok(())
+    /// Which database this store is on.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        begin_write(&self.pool, self.dialect).await
     }
 }
 
 #[async_trait::async_trait]
-impl AccountStore for SqliteStore {
+impl AccountStore for SqlStore {
     async fn account_by_login(
         &self,
         login: &Login,
@@ -528,7 +462,7 @@ impl AccountStore for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for u in uses {
             sqlx::query(
                 "UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_reporter = $4 WHERE id = $5",
@@ -550,7 +484,7 @@ impl AccountStore for SqliteStore {
         login: &Login,
         password_hash: &str,
     ) -> Result<AccountId, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let id = insert_account(&mut tx, login, password_hash, None).await?;
         tx.commit().await?;
         Ok(id)
@@ -561,7 +495,7 @@ impl AccountStore for SqliteStore {
         account: &AccountState,
         change: &AccountChange,
     ) -> Result<Generation, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let current = locked_account(&mut tx, account).await?;
         let now = now_ms();
         if let Some(hash) = &change.password_hash {
@@ -646,7 +580,7 @@ impl AccountStore for SqliteStore {
         name: &str,
         digest: &str,
     ) -> Result<AppPasswordId, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let current = locked_account(&mut tx, account).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO app_passwords (account_id, service, name, digest, generation, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -714,10 +648,10 @@ impl AccountStore for SqliteStore {
         account: AccountId,
         id: AppPasswordId,
     ) -> Result<Revocation, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let revoked_at: Option<Option<i64>> = sqlx::query_scalar(
-            "SELECT revoked_at FROM app_passwords WHERE id = $1 AND account_id = $2",
-        )
+        let mut tx = self.begin_write().await?;
+        let revoked_at: Option<Option<i64>> = sqlx::query_scalar(self.dialect.lock(locking!(
+            "SELECT revoked_at FROM app_passwords WHERE id = $1 AND account_id = $2"
+        )))
         .bind(id.0)
         .bind(account.0)
         .fetch_optional(&mut *tx)
@@ -885,7 +819,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn create_code(&self, code: &NewCode<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let now = now_ms();
         // One live code per purpose: a new one ends the others (and old rows go).
         sqlx::query(
@@ -919,10 +853,10 @@ impl AccountStore for SqliteStore {
         digest: &str,
         now: i64,
     ) -> Result<CodeCheck, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "SELECT id, target, digest FROM one_time_codes WHERE account_id = $1 AND purpose = $2 AND used_at IS NULL AND tries_left > 0 AND expires_at >= $3 ORDER BY id DESC LIMIT 1",
-        )
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(self.dialect.lock(locking!(
+            "SELECT id, target, digest FROM one_time_codes WHERE account_id = $1 AND purpose = $2 AND used_at IS NULL AND tries_left > 0 AND expires_at >= $3 ORDER BY id DESC LIMIT 1"
+        )))
         .bind(account.0)
         .bind(purpose)
         .bind(now)
@@ -1025,15 +959,28 @@ impl AccountStore for SqliteStore {
             .map(|row| Ok((row.try_get("id")?, AccountId(row.try_get("account_id")?))))
             .collect()
     }
+
+    fn notifications_url(&self) -> Option<&str> {
+        (self.dialect == Dialect::Postgres).then_some(&*self.url)
+    }
 }
 
-const ACCOUNT_COLUMNS_BY_LOGIN: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision, blocked, domain_id FROM accounts WHERE login = $1";
-const ACCOUNT_COLUMNS_BY_ID: &str = "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision, blocked, domain_id FROM accounts WHERE id = $1";
+macro_rules! account_columns {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, login, password_hash, password_version, two_factor, app_passwords_only, generation, revision, blocked, domain_id FROM accounts WHERE ",
+            $where
+        )
+    };
+}
+const ACCOUNT_COLUMNS_BY_LOGIN: &str = account_columns!("login = $1");
+const ACCOUNT_COLUMNS_BY_ID: &str = account_columns!("id = $1");
+const ACCOUNT_BY_ID_LOCKING: dialect::Locking = locking!(account_columns!("id = $1"));
 
 const WEB_SESSION_BY_DIGEST: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.digest = $1";
 const WEB_SESSIONS_OF_ACCOUNT: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.account_id = $1 ORDER BY s.last_seen_at DESC";
 
-fn web_session_from_row(row: &SqliteRow) -> Result<WebSession, StoreError> {
+fn web_session_from_row(row: &AnyRow) -> Result<WebSession, StoreError> {
     Ok(WebSession {
         id: row.try_get("id")?,
         account_id: AccountId(row.try_get("account_id")?),
@@ -1047,7 +994,7 @@ fn web_session_from_row(row: &SqliteRow) -> Result<WebSession, StoreError> {
     })
 }
 
-pub(crate) fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreError> {
+pub(crate) fn account_from_row(row: &AnyRow) -> Result<AccountState, StoreError> {
     Ok(AccountState {
         id: AccountId(row.try_get("id")?),
         login: Login::from_stored(row.try_get("login")?),
@@ -1061,13 +1008,13 @@ pub(crate) fn account_from_row(row: &SqliteRow) -> Result<AccountState, StoreErr
     })
 }
 
-/// Reads the account inside a write transaction (which `BEGIN IMMEDIATE` has already locked)
-/// and checks that it is still at the revision the caller's decision was based on.
+/// Reads the account inside a write transaction, locked (see [`Dialect::lock`]), and checks that it is still at the revision the caller's decision was based on.
 async fn locked_account(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     account: &AccountState,
 ) -> Result<AccountState, StoreError> {
-    let row = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
+    let dialect = Dialect::of(tx);
+    let row = sqlx::query(dialect.lock(ACCOUNT_BY_ID_LOCKING))
         .bind(account.id.0)
         .fetch_optional(&mut **tx)
         .await?
@@ -1080,7 +1027,7 @@ async fn locked_account(
 }
 
 async fn bump(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     account: &AccountState,
     event: GenerationBump,
 ) -> Result<Generation, StoreError> {
@@ -1106,7 +1053,7 @@ async fn bump(
 /// Inserts a new account (a mailbox of `domain`, or a platform account) and its "created"
 /// change, in the caller's transaction; `AccountExists` if the login is taken.
 pub(crate) async fn insert_account(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     login: &Login,
     password_hash: &str,
     domain: Option<i64>,
@@ -1132,7 +1079,7 @@ pub(crate) async fn insert_account(
 }
 
 pub(crate) async fn append_change(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     account: AccountId,
     kind: &str,
 ) -> Result<(), StoreError> {
@@ -1141,12 +1088,26 @@ pub(crate) async fn append_change(
         .bind(account.0)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("INSERT INTO changes (account_id, kind, at) VALUES ($1, $2, $3)")
+    // The next id in commit order: the counter row stays locked until this transaction ends
+    // (see migration 0007), and it is taken after the account row, always in that order.
+    let id: i64 = sqlx::query_scalar("UPDATE change_counter SET last = last + 1 RETURNING last")
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO changes (id, account_id, kind, at) VALUES ($1, $2, $3, $4)")
+        .bind(id)
         .bind(account.0)
         .bind(kind)
         .bind(now)
         .execute(&mut **tx)
         .await?;
+    if Dialect::of(tx) == Dialect::Postgres {
+        // Delivered to every listening node when (and only if) this transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(dialect::CHANGES_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
     sqlx::query("DELETE FROM changes WHERE at < $1")
         .bind(now - CHANGE_RETENTION_MS)
         .execute(&mut **tx)

@@ -3,20 +3,23 @@
 
 use super::*;
 use crate::credentials::hashing::{app_password_digest, generate_app_password};
+use crate::store::testing::store_test;
 
-async fn store() -> SqliteStore {
-    SqliteStore::open("sqlite::memory:").await.unwrap()
+async fn store() -> SqlStore {
+    SqlStore::open(&crate::store::testing::store_url())
+        .await
+        .unwrap()
 }
 
 fn alice() -> Login {
     Login::parse("alice@example.org", None).unwrap()
 }
 
-async fn state(store: &SqliteStore) -> AccountState {
+async fn state(store: &SqlStore) -> AccountState {
     store.account_by_login(&alice()).await.unwrap().unwrap().0
 }
 
-#[tokio::test]
+store_test! {
 async fn accounts_are_created_once_with_the_defaults() {
     let store = store().await;
     let id = store
@@ -31,9 +34,9 @@ async fn accounts_are_created_once_with_the_defaults() {
     assert_eq!((account.id, hash.as_str()), (id, "$argon2id$fake"));
     assert_eq!(account.generation, Generation(1));
     assert!(account.app_passwords_only && !account.two_factor);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
     let store = store().await;
     store.create_account(&alice(), "h1").await.unwrap();
@@ -69,9 +72,9 @@ async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
             .await,
         Err(StoreError::Conflict(_))
     ));
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
     let store = store().await;
     let account = store.create_account(&alice(), "h").await.unwrap();
@@ -149,9 +152,9 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
         .unwrap();
     let text = std::str::from_utf8(secret.expose()).unwrap();
     assert!(rows.iter().all(|d| !d.contains(text)));
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn every_write_appends_to_the_change_feed_and_bumps_the_revision() {
     let store = store().await;
     let start = store.latest_change().await.unwrap();
@@ -184,17 +187,17 @@ async fn every_write_appends_to_the_change_feed_and_bumps_the_revision() {
         store.changes_since(changes[2].0, 100).await.unwrap(),
         vec![]
     );
-}
+}}
 
 #[tokio::test]
 async fn a_file_database_is_created_with_its_folder_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/sub/dir/p.db", dir.path().display());
     {
-        let store = SqliteStore::open(&url).await.unwrap();
+        let store = SqlStore::open(&url).await.unwrap();
         store.create_account(&alice(), "h").await.unwrap();
     }
-    let store = SqliteStore::open(&url).await.unwrap();
+    let store = SqlStore::open(&url).await.unwrap();
     assert!(store.account_by_login(&alice()).await.unwrap().is_some());
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&store.pool)
@@ -202,7 +205,83 @@ async fn a_file_database_is_created_with_its_folder_and_survives_reopening() {
         .unwrap();
     assert_eq!(mode, "wal");
     assert!(matches!(
-        open("postgres://x").await,
+        open("mysql://x").await,
         Err(StoreError::UnsupportedUrl(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_installation_is_copied_from_sqlite_to_postgresql_with_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = SqlStore::open(&format!("sqlite://{}/p.db", dir.path().display()))
+        .await
+        .unwrap();
+    let id = source.create_account(&alice(), "h").await.unwrap();
+    let secret = generate_app_password();
+    let account = state(&source).await;
+    let ap = source
+        .create_app_password(
+            &account,
+            Service::Mail,
+            "phone",
+            &app_password_digest(&secret),
+        )
+        .await
+        .unwrap();
+    source.revoke_app_password(id, ap).await.unwrap();
+    let second = generate_app_password();
+    source
+        .create_app_password(
+            &state(&source).await,
+            Service::Disk,
+            "laptop",
+            &app_password_digest(&second),
+        )
+        .await
+        .unwrap();
+    source
+        .create_ticket("digest", &alice(), Service::Xmpp, now_ms() + 60_000)
+        .await
+        .unwrap();
+    let cursor = source.latest_change().await.unwrap();
+
+    let target = SqlStore::open(&crate::store::testing::PgCluster::shared().database())
+        .await
+        .unwrap();
+    assert_eq!(target.dialect(), Dialect::Postgres);
+    let report = copy::copy(&source, &target).await.unwrap();
+    assert!(report.contains(&("app_passwords", 2)), "{report:?}");
+    assert!(copy::up_to_date(&target).await.unwrap());
+
+    // Everything reads back the same, ids kept.
+    let copied = state(&target).await;
+    assert_eq!(copied, state(&source).await);
+    assert_eq!(
+        target.list_app_passwords(&copied).await.unwrap(),
+        source.list_app_passwords(&copied).await.unwrap()
+    );
+    let found = target
+        .app_password_by_digest(&app_password_digest(&second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.service, found.revoked), (Service::Disk, false));
+    assert_eq!(
+        target.take_ticket("digest", now_ms()).await.unwrap(),
+        Some((alice(), Service::Xmpp))
+    );
+    // The feed goes on after the copied changes, and new rows get new ids.
+    assert_eq!(target.latest_change().await.unwrap(), cursor);
+    let bob = Login::parse("bob@example.org", None).unwrap();
+    let bob_id = target.create_account(&bob, "h").await.unwrap();
+    assert!(bob_id.0 > id.0);
+    assert_eq!(
+        target.changes_since(cursor, 10).await.unwrap(),
+        vec![(cursor + 1, bob_id)]
+    );
+    // A store that holds accounts is not a target.
+    assert!(matches!(
+        copy::copy(&source, &target).await,
+        Err(StoreError::Corrupt(_))
     ));
 }

@@ -5,9 +5,12 @@ use super::*;
 use crate::credentials::AuthError;
 use crate::credentials::index::IndexSettings;
 use crate::credentials::model::{Credentials, Protocol};
+use crate::store::testing::store_test;
 
 async fn service() -> (AccountService, Arc<CredentialIndex>, Login) {
-    let store = crate::store::open("sqlite::memory:").await.unwrap();
+    let store = crate::store::open(&crate::store::testing::store_url())
+        .await
+        .unwrap();
     let index = Arc::new(CredentialIndex::new(
         store.clone(),
         &IndexSettings {
@@ -28,7 +31,7 @@ async fn service() -> (AccountService, Arc<CredentialIndex>, Login) {
     (service, index, alice)
 }
 
-#[tokio::test]
+store_test! {
 async fn the_rules_of_accounts() {
     let (service, _, alice) = service().await;
     assert_eq!(alice.as_str(), "alice@example.org");
@@ -96,9 +99,9 @@ async fn the_rules_of_accounts() {
         service.set_two_factor(&bob, true).await,
         Err(AccountError::UnknownAccount(_))
     ));
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn app_passwords_need_the_option_and_a_good_name() {
     let (service, _, alice) = service().await;
     let made = service
@@ -138,7 +141,7 @@ async fn app_passwords_need_the_option_and_a_good_name() {
             .await,
         Err(AccountError::UnknownAppPassword { .. })
     ));
-}
+}}
 
 #[test]
 fn password_rules() {
@@ -165,7 +168,7 @@ fn password_rules() {
     ));
 }
 
-#[tokio::test]
+store_test! {
 async fn a_change_made_here_reaches_this_process_index_at_once() {
     // No change feed runs here: only the service's own refresh can make these hold.
     let (service, index, alice) = service().await;
@@ -206,9 +209,9 @@ async fn a_change_made_here_reaches_this_process_index_at_once() {
         .await
         .unwrap();
     assert!(!grant.is_alive());
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_decision_is_made_again_when_the_account_changed_under_it() {
     let (service, _, alice) = service().await;
     // A stale read (as another writer would leave it) is refused by the store...
@@ -223,13 +226,13 @@ async fn a_decision_is_made_again_when_the_account_changed_under_it() {
     ));
     // ...so the option cannot be turned off behind 2FA's back.
     assert!(service.account(&alice).await.unwrap().app_passwords_only);
-}
+}}
 
 fn now_secs() -> u64 {
     u64::try_from(crate::credentials::model::now_ms() / 1000).unwrap()
 }
 
-#[tokio::test]
+store_test! {
 async fn two_factor_codes_are_single_use_within_one_step_of_drift() {
     let (service, _, alice) = service().await;
     let account = service.account(&alice).await.unwrap();
@@ -328,9 +331,9 @@ async fn two_factor_codes_are_single_use_within_one_step_of_drift() {
             .await
             .unwrap()
     );
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn the_seed_is_sealed_for_its_account_and_the_sign_in_token_for_its_password() {
     let (service, _, alice) = service().await;
     let (enrolment, _) = service.enable_two_factor_for(&alice).await.unwrap();
@@ -362,9 +365,9 @@ async fn the_seed_is_sealed_for_its_account_and_the_sign_in_token_for_its_passwo
     let (signed_in, remember) = service.second_step(&token, &code).await.unwrap();
     assert_eq!(signed_in.id, account.id);
     assert!(!remember);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn restoring_access_needs_the_registered_address_or_the_answer_and_ends_everything() {
     let (service, _, alice) = service().await;
     let account = service.account(&alice).await.unwrap();
@@ -477,7 +480,7 @@ async fn restoring_access_needs_the_registered_address_or_the_answer_and_ends_ev
         service.account(&alice).await.unwrap().generation.0,
         after.generation.0 + 1
     );
-}
+}}
 
 #[test]
 fn phones_and_emails_are_checked_and_made_canonical() {
@@ -555,7 +558,7 @@ async fn hosting() -> (AccountService, Arc<CredentialIndex>, AccountState) {
     (service, index, owner)
 }
 
-#[tokio::test]
+store_test! {
 async fn who_may_do_what_with_a_domain() {
     let (service, _, owner) = hosting().await;
     let account = |login: &'static str| {
@@ -694,9 +697,9 @@ async fn who_may_do_what_with_a_domain() {
             .await
             .is_err()
     );
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn an_unconfirmed_claim_lapses() {
     let (service, _, _) = service().await;
     let service = service.with_domains(vec!["example.org".into()], Vec::new(), Duration::ZERO);
@@ -717,9 +720,9 @@ async fn an_unconfirmed_claim_lapses() {
         first.record.token, second.record.token,
         "the old claim did not lapse"
     );
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn blocked_and_deleted_mailboxes_log_in_nowhere_and_their_grants_die() {
     let (service, index, owner) = hosting().await;
     let owner = Actor::Account(owner);
@@ -787,4 +790,4 @@ async fn blocked_and_deleted_mailboxes_log_in_nowhere_and_their_grants_die() {
         .disconnect_domain(&owner, "shop.example")
         .await
         .unwrap();
-}
+}}

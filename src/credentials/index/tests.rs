@@ -4,6 +4,7 @@ use super::*;
 use crate::credentials::accounts::AccountService;
 use crate::credentials::model::GenerationBump;
 use crate::store::feed;
+use crate::store::testing::store_test;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -26,7 +27,9 @@ fn settings() -> IndexSettings {
 }
 
 async fn fixture() -> Fixture {
-    let store = crate::store::open("sqlite::memory:").await.unwrap();
+    let store = crate::store::open(&crate::store::testing::store_url())
+        .await
+        .unwrap();
     let accounts = AccountService::new(store.clone(), PasswordHasher::new(1), None)
         .with_keys(Arc::new(crate::credentials::keys::Keys::random()));
     accounts
@@ -79,7 +82,7 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
+store_test! {
 async fn an_app_password_opens_only_its_own_service() {
     let f = fixture().await;
     let (mail, _) = f.app_password(Service::Mail).await;
@@ -90,9 +93,9 @@ async fn an_app_password_opens_only_its_own_service() {
     assert!(!f.accepted(Service::Mail, &disk).await);
     // Also after the mail login was cached.
     assert!(!f.accepted(Service::Calendar, &mail).await);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn logins_are_normalised_and_typed_spaces_are_ignored() {
     let f = fixture().await;
     let (mail, _) = f.app_password(Service::Mail).await;
@@ -114,9 +117,9 @@ async fn logins_are_normalised_and_typed_spaces_are_ignored() {
     }
     let grant = f.login(Service::Mail, "Alice", &mail).await.unwrap();
     assert_eq!(grant.login.as_str(), "alice@example.org");
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
     let f = fixture().await;
     let bob = Login::parse("bob@example.org", None).unwrap();
@@ -166,13 +169,13 @@ async fn an_authorization_identity_is_accepted_only_for_the_same_account() {
             Err(AuthError::Rejected)
         ));
     }
-}
+}}
 
 fn login_of(text: &str) -> Login {
     Login::parse(text, None).unwrap()
 }
 
-#[tokio::test]
+store_test! {
 async fn unknown_user_wrong_secret_and_wrong_service_are_the_same_rejection() {
     let f = fixture().await;
     let (mail, _) = f.app_password(Service::Mail).await;
@@ -187,9 +190,9 @@ async fn unknown_user_wrong_secret_and_wrong_service_are_the_same_rejection() {
     for outcome in outcomes {
         assert!(matches!(outcome, Err(AuthError::Rejected)));
     }
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn main_password_follows_the_option_and_two_factor() {
     let f = fixture().await;
     let main = Secret::from("main password");
@@ -224,9 +227,9 @@ async fn main_password_follows_the_option_and_two_factor() {
     f.accounts.set_two_factor(&login(), true).await.unwrap();
     f.index.refresh_account(f.account).await.unwrap();
     assert!(!f.accepted(Service::Mail, &main).await);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_changed_main_password_kills_the_cached_old_one_even_with_two_factor_history() {
     let f = fixture().await;
     f.accounts
@@ -247,9 +250,9 @@ async fn a_changed_main_password_kills_the_cached_old_one_even_with_two_factor_h
         f.accepted(Service::Mail, &Secret::from("new password here"))
             .await
     );
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn revocation_is_instant_in_process_and_spares_the_others() {
     let f = fixture().await;
     let (a, a_id) = f.app_password(Service::Mail).await;
@@ -267,9 +270,9 @@ async fn revocation_is_instant_in_process_and_spares_the_others() {
         "the very next attempt is refused"
     );
     assert!(f.accepted(Service::Mail, &b).await);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn every_generation_bump_kills_every_older_app_password() {
     let events: [(&str, GenerationBump); 5] = [
         ("password", GenerationBump::PasswordChanged),
@@ -311,9 +314,9 @@ async fn every_generation_bump_kills_every_older_app_password() {
         let (fresh, _) = f.app_password(Service::Mail).await;
         assert!(f.accepted(Service::Mail, &fresh).await, "{what}");
     }
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_password_change_with_two_factor_on_leaves_app_passwords_alive() {
     let f = fixture().await;
     f.accounts.set_two_factor(&login(), true).await.unwrap();
@@ -326,9 +329,9 @@ async fn a_password_change_with_two_factor_on_leaves_app_passwords_alive() {
     f.index.refresh_account(f.account).await.unwrap();
     assert!(grant.is_alive());
     assert!(f.accepted(Service::Mail, &mail).await);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn changes_from_another_writer_arrive_through_the_feed() {
     let f = fixture().await;
     let (mail, id) = f.app_password(Service::Mail).await;
@@ -350,9 +353,9 @@ async fn changes_from_another_writer_arrive_through_the_feed() {
         .unwrap()
         .unwrap();
     assert!(!f.accepted(Service::Mail, &mail).await);
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn an_older_snapshot_never_replaces_a_newer_one() {
     let f = fixture().await;
     let (mail, id) = f.app_password(Service::Mail).await;
@@ -362,9 +365,9 @@ async fn an_older_snapshot_never_replaces_a_newer_one() {
     f.index.refresh_account(f.account).await.unwrap();
     f.index.accounts.get(&f.account).unwrap().update(stale);
     assert!(!grant.is_alive());
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_wrong_app_password_guess_runs_no_slow_hash() {
     // With the option on, a guess never reaches argon2: the hasher has no permits to give, so a
     // login that tried to hash would hang and the timeout would fire.
@@ -388,9 +391,9 @@ async fn a_wrong_app_password_guess_runs_no_slow_hash() {
         .expect("a wrong guess must not wait for the hasher");
         assert!(matches!(outcome, Err(AuthError::Rejected)));
     }
-}
+}}
 
-#[tokio::test]
+store_test! {
 async fn a_feed_too_far_behind_stops_the_cache_from_being_trusted() {
     let mut f = fixture().await;
     f.index = CredentialIndex::new(f.store.clone(), &settings())
@@ -413,4 +416,4 @@ async fn a_feed_too_far_behind_stops_the_cache_from_being_trusted() {
         !f.accepted(Service::Mail, &secret).await,
         "stale feed, cache trusted"
     );
-}
+}}
