@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
-# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, nginx with its
-# mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
+# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, nginx
+# with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
 # vdirsyncer, slixmpp, selenium and dnslib.
 set -euo pipefail
 
@@ -27,6 +27,8 @@ command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_debs+=(chromium-driver)
 # A load balancer in front of the gateway (PROXY protocol tests).
 command -v haproxy >/dev/null 2>&1 || missing_debs+=(haproxy)
+# PostgreSQL server binaries: the tests start private clusters of their own (initdb, postgres).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing_debs+=(postgresql)
 
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -39,6 +41,10 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
     # Postfix asks how to configure the system's own instance: not at all (the tests run
     # private instances).
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # Nor does PostgreSQL get a system cluster of its own.
+    mkdir -p /etc/postgresql-common
+    [ -e /etc/postgresql-common/createcluster.conf ] ||
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
     apt-get update -qq
     apt-get install -y -qq "${missing_debs[@]}" >/dev/null
 fi

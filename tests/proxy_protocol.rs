@@ -7,74 +7,22 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-struct Haproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// HAProxy on 127.0.0.2 forwarding to 127.0.0.1:`to` with a v2 header, checking it.
+fn haproxy(to: u16) -> (Haproxy, u16) {
+    let port = free_port();
+    let haproxy = Haproxy::start(&[HaRoute {
+        bind_host: "127.0.0.2",
+        port,
+        servers: vec![to],
+        send_proxy: true,
+    }]);
+    (haproxy, port)
 }
-
-impl Haproxy {
-    /// Listens on 127.0.0.2 and forwards to 127.0.0.1:`to` with a v2 header, checking it.
-    fn start(to: u16) -> Self {
-        require("haproxy", "apt-get install haproxy");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n  log stderr format short local0\ndefaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend front\n  bind 127.0.0.2:{port}\n  default_backend gateways\nbackend gateways\n  server node1 127.0.0.1:{to} send-proxy-v2 check check-send-proxy inter 500ms\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("haproxy.log");
-        let mut child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("haproxy");
-        wait_for_port_on("127.0.0.2", port, "haproxy", &mut child, &log);
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
-}
-
-/// An IMAP login from a chosen local address, to `host:port`, optionally sending a v1 PROXY
-/// header first (as a load balancer would): prints `LOGIN OK` or what failed.
-const IMAP_FROM: &str = r#"
-import imaplib, socket, ssl, sys
-source, host, port, ca, user, password, header = sys.argv[1:8]
-class Client(imaplib.IMAP4_SSL):
-    def _create_socket(self, timeout):
-        sock = socket.create_connection((host, int(port)), timeout or 10, source_address=(source, 0))
-        if header:
-            sock.sendall(header.encode() + b"\r\n")
-        return self.ssl_context.wrap_socket(sock, server_hostname="localhost")
-try:
-    imap = Client(host, int(port), ssl_context=ssl.create_default_context(cafile=ca))
-    imap.login(user, password)
-    imap.select("INBOX")
-    imap.logout()
-    print("LOGIN OK")
-except (OSError, imaplib.IMAP4.error) as e:
-    print("FAILED", type(e).__name__, e)
-"#;
 
 #[test]
 fn the_client_address_from_haproxy_is_the_one_used_everywhere() {
@@ -93,7 +41,7 @@ fn the_client_address_from_haproxy_is_the_one_used_everywhere() {
     );
     gateway.create_account("alice", "alice long main password");
     let secret = gateway.app_password("alice", "mail", "phone");
-    let haproxy = Haproxy::start(port);
+    let (_haproxy, front) = haproxy(port);
     let ca = gateway.ca.to_string_lossy().into_owned();
     let login = |source: &str, host: &str, to: u16, header: &str| {
         python_ok(
@@ -103,7 +51,7 @@ fn the_client_address_from_haproxy_is_the_one_used_everywhere() {
     };
 
     // Through HAProxy from 127.0.0.3: the gateway sees 127.0.0.3, not HAProxy's 127.0.0.1.
-    let out = login("127.0.0.3", "127.0.0.2", haproxy.port, "");
+    let out = login("127.0.0.3", "127.0.0.2", front, "");
     assert!(out.contains("LOGIN OK"), "{out}\n{}", gateway.log());
     let log = gateway.log();
     assert!(log.contains("peer=127.0.0.3:"), "{log}");
@@ -178,18 +126,15 @@ fn the_portal_behind_haproxy_sees_the_browsers_address() {
         },
     );
     gateway.create_account("alice", "alice long main password");
-    let haproxy = Haproxy::start(port);
+    let (_haproxy, front) = haproxy(port);
     let dir = tempfile::tempdir().unwrap();
     let jar = dir.path().join("jar");
-    let base = format!("https://localhost:{}/api/v1", haproxy.port);
+    let base = format!("https://localhost:{}/api/v1", front);
     let curl = |args: &[&str]| {
         let out = Command::new("curl")
             .args(["-sS", "--interface", "127.0.0.3", "--cacert"])
             .arg(&gateway.ca)
-            .args([
-                "--resolve",
-                &format!("localhost:{}:127.0.0.2", haproxy.port),
-            ])
+            .args(["--resolve", &format!("localhost:{}:127.0.0.2", front)])
             .arg("-b")
             .arg(&jar)
             .arg("-c")
@@ -205,7 +150,7 @@ fn the_portal_behind_haproxy_sees_the_browsers_address() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // The browser's origin is the balancer's address as the browser sees it.
-    let origin = format!("Origin: https://localhost:{}", haproxy.port);
+    let origin = format!("Origin: https://localhost:{}", front);
     let signed_in = curl(&[
         "-H",
         &origin,

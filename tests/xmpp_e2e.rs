@@ -21,12 +21,13 @@ struct World {
 }
 
 fn world() -> World {
-    world_of(false)
+    world_of(false, None)
 }
 
 /// With `two_nodes`, Prosody asks the auth server of another gateway node sharing this one's
-/// database: a ticket minted here is redeemed there.
-fn world_of(two_nodes: bool) -> World {
+/// database (the other node's SQLite file, or `store` for both): a ticket minted here is
+/// redeemed there.
+fn world_of(two_nodes: bool, store: Option<String>) -> World {
     require_python_module("slixmpp", "pip install slixmpp");
     let auth_port = free_port();
     let other = two_nodes.then(|| {
@@ -35,6 +36,7 @@ fn world_of(two_nodes: bool) -> World {
             free_port(),
             Options {
                 extra: format!("[auth_server]\nlisten = [\"127.0.0.1:{auth_port}\"]\n"),
+                store: store.clone(),
                 ..Options::default()
             },
         )
@@ -74,9 +76,11 @@ timeout_secs = 5
                 if two_nodes { free_port() } else { auth_port }
             ),
             tail,
-            store: other
-                .as_ref()
-                .map(|node| format!("sqlite://{}/data/portcullis.db", node.dir.path().display())),
+            store: store.or_else(|| {
+                other.as_ref().map(|node| {
+                    format!("sqlite://{}/data/portcullis.db", node.dir.path().display())
+                })
+            }),
             ..Options::default()
         },
     );
@@ -625,7 +629,16 @@ fn sendxmpp_authorization_identity_and_declaration_on_restart() {
 
 #[test]
 fn a_ticket_minted_on_one_node_is_redeemed_by_another_nodes_auth_server() {
-    let w = world_of(true);
+    ticket_across_nodes(world_of(true, None));
+}
+
+#[test]
+fn a_ticket_minted_on_one_node_is_redeemed_by_another_node_on_postgresql() {
+    let pg = portcullis::store::testing::PgCluster::shared();
+    ticket_across_nodes(world_of(true, Some(pg.database())));
+}
+
+fn ticket_across_nodes(w: World) {
     let alice = w.gateway.app_password("alice", "xmpp", "Jabber laptop");
     let client = Client::start(&w, "alice@example.org", &alice, "receive", "");
     let logged_in = client.expect(&["LOGGED-IN", "FAILED-AUTH"], Duration::from_secs(20));

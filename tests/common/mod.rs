@@ -493,6 +493,8 @@ pub struct Options {
     pub open_files: Option<&'static str>,
     /// Another node's store URL, to share its database (default: a database of its own).
     pub store: Option<String>,
+    /// Use this node's certificate and key (nodes behind one load balancer share them).
+    pub certs_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -508,6 +510,7 @@ impl Default for Options {
             limits: String::new(),
             open_files: None,
             store: None,
+            certs_from: None,
         }
     }
 }
@@ -645,12 +648,20 @@ timeout_secs = {backend_timeout}
             log: root.join("gateway.log"),
             dir,
         };
-        let out = gateway.cli(&["dev-cert"], None);
-        assert!(
-            out.status.success(),
-            "dev-cert failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Some(from) = &options.certs_from {
+            let certs = gateway.dir.path().join("certs");
+            std::fs::create_dir_all(&certs).expect("certs dir");
+            for file in ["localhost.crt", "localhost.key"] {
+                std::fs::copy(from.join(file), certs.join(file)).expect("copy cert");
+            }
+        } else {
+            let out = gateway.cli(&["dev-cert"], None);
+            assert!(
+                out.status.success(),
+                "dev-cert failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         gateway.spawn(options.log_filter, options.open_files);
         gateway
     }
@@ -1368,3 +1379,88 @@ pub fn imap_login(gateway: &Gateway, user: &str, password: &str) -> String {
         &[&gateway.ports.imaps.to_string(), &ca, user, password],
     )
 }
+
+/// HAProxy (Debian `haproxy`) in TCP mode: each route a frontend on `bind` balancing over
+/// `servers` (ports on 127.0.0.1) round robin, with a PROXY v2 header and health checks that
+/// send one when `send_proxy`.
+pub struct Haproxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct HaRoute {
+    pub bind_host: &'static str,
+    pub port: u16,
+    pub servers: Vec<u16>,
+    pub send_proxy: bool,
+}
+
+impl Haproxy {
+    pub fn start(routes: &[HaRoute]) -> Self {
+        require("haproxy", "apt-get install haproxy");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = String::from(
+            "global\n  log stderr format short local0\ndefaults\n  mode tcp\n  log global\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n",
+        );
+        for (i, route) in routes.iter().enumerate() {
+            config.push_str(&format!(
+                "frontend front{i}\n  bind {}:{}\n  default_backend back{i}\nbackend back{i}\n  balance roundrobin\n",
+                route.bind_host, route.port
+            ));
+            for (n, server) in route.servers.iter().enumerate() {
+                let proxy = if route.send_proxy {
+                    " send-proxy-v2 check check-send-proxy inter 500ms"
+                } else {
+                    ""
+                };
+                config.push_str(&format!("  server node{n} 127.0.0.1:{server}{proxy}\n"));
+            }
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let log = dir.path().join("haproxy.log");
+        let mut child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("haproxy");
+        for route in routes {
+            wait_for_port_on(route.bind_host, route.port, "haproxy", &mut child, &log);
+        }
+        Self { child, dir }
+    }
+
+    /// Stops it (every connection through it is cut).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// An IMAP login from a chosen local address, to `host:port`, optionally sending a v1 PROXY
+/// header first (as a load balancer would): prints `LOGIN OK` or what failed.
+pub const IMAP_FROM: &str = r#"
+import imaplib, socket, ssl, sys
+source, host, port, ca, user, password, header = sys.argv[1:8]
+class Client(imaplib.IMAP4_SSL):
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((host, int(port)), timeout or 10, source_address=(source, 0))
+        if header:
+            sock.sendall(header.encode() + b"\r\n")
+        return self.ssl_context.wrap_socket(sock, server_hostname="localhost")
+try:
+    imap = Client(host, int(port), ssl_context=ssl.create_default_context(cafile=ca))
+    imap.login(user, password)
+    imap.select("INBOX")
+    imap.logout()
+    print("LOGIN OK")
+except (OSError, imaplib.IMAP4.error) as e:
+    print("FAILED", type(e).__name__, e)
+"#;
