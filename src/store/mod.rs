@@ -435,27 +435,23 @@ impl AccountStore for SqlStore {
         &self,
         id: AccountId,
     ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(ACCOUNT_COLUMNS_BY_ID)
+        // One statement, so one snapshot on either database and one round trip: a row per live
+        // app password (or one row with a NULL id when there is none).
+        let rows = sqlx::query(ACCOUNT_WITH_LIVE_APP_PASSWORDS)
             .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+            .fetch_all(&self.pool)
+            .await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let account = account_from_row(&row)?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM app_passwords WHERE account_id = $1 AND generation = $2 AND revoked_at IS NULL",
-        )
-        .bind(account.id.0)
-        .bind(account.generation.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some((
-            account,
-            ids.into_iter().map(AppPasswordId).collect(),
-        )))
+        let account = account_from_row(first)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(live) = row.try_get::<Option<i64>, _>("live_id")? {
+                ids.push(AppPasswordId(live));
+            }
+        }
+        Ok(Some((account, ids)))
     }
 
     async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
@@ -975,6 +971,7 @@ macro_rules! account_columns {
 }
 const ACCOUNT_COLUMNS_BY_LOGIN: &str = account_columns!("login = $1");
 const ACCOUNT_COLUMNS_BY_ID: &str = account_columns!("id = $1");
+const ACCOUNT_WITH_LIVE_APP_PASSWORDS: &str = "SELECT a.id, a.login, a.password_hash, a.password_version, a.two_factor, a.app_passwords_only, a.generation, a.revision, a.blocked, a.domain_id, p.id AS live_id FROM accounts a LEFT JOIN app_passwords p ON p.account_id = a.id AND p.generation = a.generation AND p.revoked_at IS NULL WHERE a.id = $1";
 const ACCOUNT_BY_ID_LOCKING: dialect::Locking = locking!(account_columns!("id = $1"));
 
 const WEB_SESSION_BY_DIGEST: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.digest = $1";
