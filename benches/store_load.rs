@@ -56,6 +56,11 @@ fn main() {
             let logins = populate(&store, 0, 1_000).await;
             let cached = login_rate(&store, &logins, true, secs).await;
             let uncached = login_rate(&store, &logins, false, secs).await;
+            assert_eq!(
+                (cached.failed, uncached.failed),
+                (0, 0),
+                "{name}: logins failed"
+            );
             rows.push((name, cached, uncached));
         }
         println!("Login rates, {WORKERS} workers, 1 000 accounts, {secs} s per row");

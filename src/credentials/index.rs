@@ -178,6 +178,9 @@ pub struct CredentialIndex {
     max_staleness: Option<Duration>,
     /// Whether the "not trusting the cache" warning is out (said once per episode).
     stale_said: std::sync::atomic::AtomicBool,
+    /// The feed reconnected after losing its notifications: until it has read from its cursor
+    /// again, the cache may hold what changed meanwhile.
+    resyncing: std::sync::atomic::AtomicBool,
 }
 
 impl CredentialIndex {
@@ -196,6 +199,7 @@ impl CredentialIndex {
             caught_up_at: std::sync::atomic::AtomicI64::new(crate::credentials::model::now_ms()),
             max_staleness: None,
             stale_said: std::sync::atomic::AtomicBool::new(false),
+            resyncing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -211,18 +215,30 @@ impl CredentialIndex {
         use std::sync::atomic::Ordering;
         self.caught_up_at
             .store(crate::credentials::model::now_ms(), Ordering::Relaxed);
+        self.resyncing.store(false, Ordering::Release);
         if self.stale_said.swap(false, Ordering::Relaxed) {
             tracing::info!("change feed caught up: the login cache is trusted again");
         }
     }
 
+    /// The feed lost its notifications and is back: cached logins are checked against the
+    /// store until its next read from the cursor ([`Self::caught_up`]), which follows at once.
+    pub fn must_catch_up(&self) {
+        self.resyncing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Whether a cached login may be taken as it is: not when the feed has been behind longer
-    /// than allowed, since a change made elsewhere (a revocation) may be in what it missed.
+    /// than allowed, nor right after it reconnected, since a change made elsewhere (a
+    /// revocation) may be in what it missed.
     fn cache_trusted(&self) -> bool {
         use std::sync::atomic::Ordering;
         let Some(max) = self.max_staleness else {
             return true;
         };
+        if self.resyncing.load(Ordering::Acquire) {
+            return false;
+        }
         let behind =
             crate::credentials::model::now_ms() - self.caught_up_at.load(Ordering::Relaxed);
         let trusted = behind <= i64::try_from(max.as_millis()).unwrap_or(i64::MAX);

@@ -9,7 +9,7 @@
 //! indexed range read every 50 ms by default costs next to nothing). On PostgreSQL, as soon as
 //! a change commits: a listener task holds a `LISTEN` connection and wakes the reader on each
 //! notification, and after every reconnection (notifications sent while it was away are lost,
-//! the cursor is not). A read every [`SAFETY_NET`] catches anything else. Whichever way, the
+//! the cursor is not; until that read has caught up, the index checks logins against the store). A read every [`SAFETY_NET`] catches anything else. Whichever way, the
 //! index only trusts its cache while reads succeed ([`CredentialIndex::caught_up`]).
 
 use std::sync::Arc;
@@ -36,6 +36,7 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
     let listening = index.store().notifications_url().map(|url| {
         tokio::spawn(listen(
             url.to_owned(),
+            index.clone(),
             wake.clone(),
             interval,
             shutdown.clone(),
@@ -97,8 +98,15 @@ pub async fn follow(index: Arc<CredentialIndex>, interval: Duration, shutdown: C
 /// Holds a `LISTEN` connection to a PostgreSQL store and wakes the feed reader for every
 /// committed change and after every (re)connection; a lost connection is retried every
 /// `retry` until `shutdown`.
-async fn listen(url: String, wake: Arc<Notify>, retry: Duration, shutdown: CancellationToken) {
+async fn listen(
+    url: String,
+    index: Arc<CredentialIndex>,
+    wake: Arc<Notify>,
+    retry: Duration,
+    shutdown: CancellationToken,
+) {
     let mut listener: Option<PgListener> = None;
+    let mut first = true;
     loop {
         let Some(active) = listener.as_mut() else {
             let connected = async {
@@ -112,6 +120,12 @@ async fn listen(url: String, wake: Arc<Notify>, retry: Duration, shutdown: Cance
                     Ok(l) => {
                         tracing::info!("change feed listening for notifications");
                         listener = Some(l);
+                        if !first {
+                            // Notifications sent while away are lost: no cached login until
+                            // the read this wakes has caught up from the cursor.
+                            index.must_catch_up();
+                        }
+                        first = false;
                         // What committed before LISTEN took effect is read now.
                         wake.notify_one();
                     }

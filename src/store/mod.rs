@@ -970,7 +970,6 @@ macro_rules! account_columns {
     };
 }
 const ACCOUNT_COLUMNS_BY_LOGIN: &str = account_columns!("login = $1");
-const ACCOUNT_COLUMNS_BY_ID: &str = account_columns!("id = $1");
 const ACCOUNT_WITH_LIVE_APP_PASSWORDS: &str = "SELECT a.id, a.login, a.password_hash, a.password_version, a.two_factor, a.app_passwords_only, a.generation, a.revision, a.blocked, a.domain_id, p.id AS live_id FROM accounts a LEFT JOIN app_passwords p ON p.account_id = a.id AND p.generation = a.generation AND p.revoked_at IS NULL WHERE a.id = $1";
 const ACCOUNT_BY_ID_LOCKING: dialect::Locking = locking!(account_columns!("id = $1"));
 

@@ -417,3 +417,20 @@ async fn a_feed_too_far_behind_stops_the_cache_from_being_trusted() {
         "stale feed, cache trusted"
     );
 }}
+
+store_test! {
+async fn a_feed_that_reconnected_is_not_trusted_until_it_has_read_again() {
+    let mut f = fixture().await;
+    f.index = CredentialIndex::new(f.store.clone(), &settings())
+        .with_feed_staleness(Duration::from_secs(10));
+    let (secret, id) = f.app_password(Service::Mail).await;
+    let (other, _) = f.app_password(Service::Mail).await;
+    assert!(f.accepted(Service::Mail, &secret).await);
+    assert!(f.accepted(Service::Mail, &other).await);
+    f.accounts.revoke_app_password(&login(), id).await.unwrap();
+    f.index.caught_up();
+    // Within the staleness allowance, but the notifications were lost: the store decides.
+    f.index.must_catch_up();
+    assert!(!f.accepted(Service::Mail, &secret).await, "cache trusted while resyncing");
+    assert!(f.accepted(Service::Mail, &other).await, "a live password still works");
+}}
