@@ -58,6 +58,11 @@ pub enum Command {
     /// Mailboxes of hosted domains.
     #[command(subcommand)]
     Mailbox(domains::MailboxCommand),
+    /// Addresses banned by the login gate (every node's): list them, or lift one.
+    Bans {
+        #[command(subcommand)]
+        action: Option<BansCommand>,
+    },
     /// The store: apply migrations, or copy an installation to another database.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -71,6 +76,17 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BansCommand {
+    /// List the bans in force (the default).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban of an address (an IPv6 address lifts its /64); every node within seconds.
+    Lift { address: std::net::IpAddr },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,12 +229,57 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Domain(command) => domains::domain(&config, command).await,
         Command::Mailbox(command) => domains::mailbox(&config, command).await,
         Command::Store(command) => store(&config, command).await,
+        Command::Bans { action } => {
+            bans(&config, action.unwrap_or(BansCommand::List { json: false })).await
+        }
         Command::Audit {
             account,
             domain,
             limit,
         } => domains::audit(&config, account, domain, limit).await,
     }
+}
+
+async fn bans(config: &Config, command: BansCommand) -> Result<(), CliError> {
+    let store = crate::store::open(&config.store.url).await?;
+    match command {
+        BansCommand::List { json } => {
+            let bans = store.bans(crate::credentials::model::now_ms()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&bans).map_err(|e| CliError(e.to_string()))?
+                );
+            } else if bans.is_empty() {
+                eprintln!("no bans in force");
+            } else {
+                let mut rows = vec![[
+                    "ADDRESS".to_owned(),
+                    "UNTIL".to_owned(),
+                    "FAILURES".to_owned(),
+                    "SINCE".to_owned(),
+                ]];
+                rows.extend(bans.iter().map(|b| {
+                    [
+                        b.address.clone(),
+                        crate::clock::timestamp(b.until),
+                        b.failures.to_string(),
+                        crate::clock::timestamp(b.created_at),
+                    ]
+                }));
+                print!("{}", table(&rows));
+            }
+        }
+        BansCommand::Lift { address } => {
+            let key = crate::credentials::model::Network::of(address).to_string();
+            if store.lift_ban(&key).await? {
+                eprintln!("lifted the ban of {key}");
+            } else {
+                return Err(CliError(format!("{key} is not banned")));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn store(config: &Config, command: StoreCommand) -> Result<(), CliError> {

@@ -342,6 +342,8 @@ pub struct AuthConfig {
     pub cache_idle_secs: u64,
     /// argon2 verifications running at once (default: the number of CPUs).
     pub hash_concurrency: Option<usize>,
+    /// Brute-force defence: delays and bans by client address (see `server::throttle`).
+    pub throttle: crate::server::throttle::ThrottleConfig,
 }
 
 impl Default for AuthConfig {
@@ -352,6 +354,7 @@ impl Default for AuthConfig {
             cache_capacity: 100_000,
             cache_idle_secs: 600,
             hash_concurrency: None,
+            throttle: Default::default(),
         }
     }
 }

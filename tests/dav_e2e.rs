@@ -246,16 +246,13 @@ fn dav_services_are_scoped_and_the_backend_sees_the_login() {
     );
     let log = w.gateway.log();
     assert!(
-        log.lines().any(|l| l.contains(" INFO ")
+        log.lines().any(|l| l.contains(" WARN ")
             && l.contains("peer=127.0.0.1:")
-            && l.contains("login refused")
-            && l.contains("login=mallory")),
+            && l.contains("login failed: address=127.0.0.1 login=\"mallory\"")
+            && l.contains("reason=wrong-credentials")),
         "{log}"
     );
-    assert!(
-        log.contains("login refused: malformed Basic credentials"),
-        "{log}"
-    );
+    assert!(log.contains("reason=malformed"), "{log}");
 }
 
 /// curl with `user:password` against the gateway; (status, body).

@@ -70,6 +70,16 @@ tokio::task_local! {
     pub static CLIENT_IP: String;
 }
 
+/// The client network of the portal request being served, if any: its slow hashes take that
+/// network's turn ([`PasswordHasher::verify_from`]).
+fn client_network() -> Option<super::model::Network> {
+    CLIENT_IP
+        .try_with(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .ok()
+        .flatten()
+        .map(super::model::Network::of)
+}
+
 /// How often a write is decided again when the account changed under it.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -425,7 +435,10 @@ impl AccountService {
             })
             .await;
         if let Ok(hash) = hash {
-            let _ = self.hasher.verify(password, hash).await;
+            let _ = self
+                .hasher
+                .verify_from(client_network(), password, hash)
+                .await;
         }
     }
 
@@ -453,7 +466,11 @@ impl AccountService {
             self.decoy_verify(password).await;
             return Err(AccountError::BadCredentials);
         };
-        match self.hasher.verify(password, &hash).await {
+        match self
+            .hasher
+            .verify_from(client_network(), password, &hash)
+            .await
+        {
             Ok(true) if account.blocked => Err(AccountError::BadCredentials),
             Ok(true) => Ok(account),
             Ok(false) | Err(super::hashing::HashError::Busy) => Err(AccountError::BadCredentials),

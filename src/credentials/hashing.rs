@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher as _, Version};
+use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::model::Network;
 use super::secret::Secret;
 
 /// Length of a generated app password, in letters.
@@ -95,6 +97,8 @@ pub struct PasswordHasher {
     slots: usize,
     /// argon2 working memory, one buffer per running check.
     memory: Arc<Mutex<Vec<Vec<Block>>>>,
+    /// One check at a time per client network (see [`Self::verify_from`]).
+    turns: Arc<DashMap<Network, Arc<Semaphore>>>,
 }
 
 impl PasswordHasher {
@@ -108,6 +112,7 @@ impl PasswordHasher {
             max_queued: concurrency * (WAITING_PER_SLOT + 1),
             slots: concurrency,
             memory: Arc::new(Mutex::new(Vec::new())),
+            turns: Arc::new(DashMap::new()),
         }
     }
 
@@ -126,6 +131,38 @@ impl PasswordHasher {
 
     /// Checks a password against a stored PHC string. A malformed stored hash is a mismatch.
     /// Dropping the future before it runs gives its place in the queue back.
+    /// [`Self::verify`] for a login from `network`, which waits for that network's turn: one
+    /// check at a time per client network. The queue itself is first come, first served; with
+    /// one place in it per network, a flood of connections from one address holds one place,
+    /// and a login from anywhere else waits behind at most one check per busy network, not
+    /// behind the whole flood.
+    pub async fn verify_from(
+        &self,
+        network: Option<Network>,
+        password: &Secret,
+        phc: &str,
+    ) -> Result<bool, HashError> {
+        let _turn = match network {
+            Some(network) => Some(self.turn(network).await),
+            None => None,
+        };
+        self.verify(password, phc).await
+    }
+
+    async fn turn(&self, network: Network) -> Turn {
+        let semaphore = self
+            .turns
+            .entry(network)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        Turn {
+            permit: semaphore.acquire_owned().await.ok(),
+            network,
+            turns: self.turns.clone(),
+        }
+    }
+
+    /// Checks `password` against a PHC string.
     pub async fn verify(&self, password: &Secret, phc: &str) -> Result<bool, HashError> {
         let password = password.clone();
         let phc = phc.to_owned();
@@ -233,9 +270,64 @@ fn verify_with_memory(password: &Secret, phc: &str, blocks: &mut Vec<Block>) -> 
     matches
 }
 
+/// A network's turn at the slow hash; the network's entry goes when nobody holds or waits for
+/// it.
+struct Turn {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    network: Network,
+    turns: Arc<DashMap<Network, Arc<Semaphore>>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        // Only the map's own reference left: nobody holds or waits.
+        self.turns
+            .remove_if(&self.network, |_, s| Arc::strong_count(s) == 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ten checks queued from one network and then one from another: the other network's
+    /// check waits behind at most the one check already running, not behind the ten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_from_one_network_does_not_queue_ahead_of_another() {
+        let hasher = PasswordHasher::new(1);
+        let phc = hasher.hash(&Secret::from("right")).await.unwrap();
+        let flood = Network::of("192.0.2.1".parse().unwrap());
+        let other = Network::of("198.51.100.1".parse().unwrap());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for n in 0..10 {
+            let (hasher, phc, order) = (hasher.clone(), phc.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = hasher
+                    .verify_from(Some(flood), &Secret::from("wrong"), &phc)
+                    .await;
+                order.lock().unwrap().push(format!("flood{n}"));
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (h, p, o) = (hasher.clone(), phc.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            assert!(
+                h.verify_from(Some(other), &Secret::from("right"), &p)
+                    .await
+                    .unwrap()
+            );
+            o.lock().unwrap().push("other".to_owned());
+        }));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        let position = order.iter().position(|n| n == "other").unwrap();
+        assert!(position <= 2, "{order:?}");
+    }
 
     #[test]
     fn verification_with_reused_memory_agrees_with_argon2() {

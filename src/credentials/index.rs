@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::hashing::{HashError, PasswordHasher, app_password_digest, normalize_app_password};
 use super::model::{
-    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Origin,
-    Protocol, Service,
+    AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Network,
+    Origin, Protocol, Service,
 };
 use super::secret::Secret;
 use crate::store::{Store, StoreError, Use};
@@ -320,7 +320,7 @@ impl CredentialIndex {
             self.cache.invalidate(&key).await;
         }
 
-        let grant = self.verify(service, login, secret).await?;
+        let grant = self.verify(service, login, secret, origin).await?;
         self.cache
             .insert(
                 key,
@@ -337,6 +337,7 @@ impl CredentialIndex {
         service: Service,
         login: Login,
         secret: &Secret,
+        origin: &Origin,
     ) -> Result<Grant, AuthError> {
         let Some((account, password_hash)) = self.store.account_by_login(&login).await? else {
             return Err(AuthError::Rejected);
@@ -377,7 +378,7 @@ impl CredentialIndex {
         }
         let matches = self
             .hasher
-            .verify(secret, &password_hash)
+            .verify_from(Some(Network::of(origin.ip)), secret, &password_hash)
             .await
             .map_err(|e| match e {
                 // A full queue must look like any other refusal: a temporary failure here

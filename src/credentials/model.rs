@@ -1,6 +1,7 @@
 //! The credential model: accounts, services, app passwords and the generation that kills them.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,57 @@ impl Credentials {
             return Err(IdentityError::OtherAccount);
         }
         Ok(login)
+    }
+}
+
+/// A client network, for fairness and for throttling: an IPv4 address, or an IPv6 /64 (what one customer gets,
+/// and what one attacker can fill with addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Network {
+    V4(u32),
+    V6(u64),
+}
+
+impl Network {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Network::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Network::V4(u32::from(v4)),
+                None => Network::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+impl Network {
+    /// The network's first address (the IPv4 address itself).
+    pub fn address(self) -> IpAddr {
+        match self {
+            Network::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(v4)),
+            Network::V6(prefix) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(prefix) << 64)),
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    /// `192.0.2.1`, `2001:db8:1:2::/64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::V4(_) => write!(f, "{}", self.address()),
+            Network::V6(_) => write!(f, "{}/64", self.address()),
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = std::net::AddrParseError;
+
+    /// An address (`2001:db8:1:2::9` names its /64) or the form [`Display`](std::fmt::Display)
+    /// writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ip: IpAddr = s.strip_suffix("/64").unwrap_or(s).parse()?;
+        Ok(Network::of(ip))
     }
 }
 

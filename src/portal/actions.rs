@@ -9,10 +9,11 @@ use tokio::time::Instant;
 use super::delivery::Why;
 use super::pages::{Browser, Page, Signed, failure_delay, page_error, reconfirmed};
 use super::{Connection, Portal, Setting};
-use crate::credentials::Secret;
 use crate::credentials::Service;
 use crate::credentials::accounts::{AccountError, Channel, Enrolment, Proof, TwoFactorOn};
 use crate::credentials::model::{AccountState, AppPasswordId, GenerationBump};
+use crate::credentials::{AuthError, Secret};
+use crate::server::gate::{Gate, Labels};
 
 /// A refusal: the status and the one sentence the person is shown.
 #[derive(Debug, Clone)]
@@ -67,8 +68,8 @@ pub enum SignIn {
     NeedsCode(String),
 }
 
-/// Sign-in with the main password: throttled per address, answered at the failure delay
-/// (longer for an account that many failed for) with one message whatever failed.
+/// Sign-in with the main password, through the login gate: throttled and banned by address,
+/// answered at the failure delay with one message whatever failed.
 pub async fn sign_in(
     browser: &Browser,
     login: &str,
@@ -76,26 +77,33 @@ pub async fn sign_in(
     remember: bool,
 ) -> Result<SignIn, Refusal> {
     let Browser(portal, conn, headers, signed) = browser;
-    let arrived = Instant::now();
     if !portal.may_attempt(conn.peer.ip()) {
         tracing::info!(peer = %conn.peer, "portal sign-in throttled");
         return Err(Refusal::throttled());
     }
     let accounts = &portal.shared.accounts;
-    let account = match accounts
-        .verify_main_password(login, &Secret::from(password))
-        .await
-    {
+    let secret = Secret::from(password);
+    // The login gate every protocol's login passes: throttle and bans by address, the
+    // failure delay, the one log line per failure.
+    let gate = Gate::arrived(&portal.shared, conn.peer.ip().into());
+    let checked = gate
+        .decide(Labels::PORTAL, login, &secret, async {
+            match accounts.verify_main_password(login, &secret).await {
+                Ok(account) => Ok(account),
+                Err(AccountError::BadCredentials) => Err(AuthError::Rejected),
+                Err(e) => Err(AuthError::Unavailable(e.to_string())),
+            }
+        })
+        .await;
+    let account = match checked {
         Ok(account) => account,
-        Err(AccountError::BadCredentials) => {
-            tracing::info!(login = %crate::protocol::printable(login), peer = %conn.peer, "portal sign-in refused");
-            tokio::time::sleep_until(arrived + portal.refusal_delay(login)).await;
+        Err(AuthError::Rejected) => {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "Wrong login or password.",
             ));
         }
-        Err(e) => {
+        Err(AuthError::Unavailable(e)) => {
             tracing::warn!(error = %e, "portal sign-in failed");
             return Err(Refusal::unavailable());
         }

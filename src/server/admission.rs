@@ -13,25 +13,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A client network for fairness: an IPv4 address, or an IPv6 /64 (what one customer gets,
-/// and what one attacker can fill with addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Network {
-    V4(u32),
-    V6(u64),
-}
-
-impl Network {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Network::V4(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Network::V4(u32::from(v4)),
-                None => Network::V6((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
+pub use crate::credentials::model::Network;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -265,7 +265,6 @@ async fn verify(
     shared: &Shared,
     answers: &mpsc::Sender<(u32, Verdict, String)>,
 ) {
-    let gate = Gate::arrived(shared);
     // The end user's address as the daemon reports it (rip=), marked as reported by it: a
     // daemon can name any address, so the record says whose word it is.
     let daemon = peer.map_or_else(|| "unix socket".to_owned(), |ip| ip.to_string());
@@ -276,6 +275,7 @@ async fn verify(
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         reported_by: Some(format!("auth server {daemon}")),
     };
+    let gate = Gate::arrived(shared, origin);
     let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
     let outcome = if Tickets::is_ticket(&request.credentials.secret) {
         let redeemed = redeem(shared, &request).await;
@@ -284,13 +284,13 @@ async fn verify(
                 &request.credentials.login,
                 request.service,
                 protocol,
-                "ticket refused",
+                "ticket",
             )
             .await;
         }
         redeemed
     } else {
-        gate.check(request.service, protocol, &request.credentials, &origin)
+        gate.check(request.service, protocol, &request.credentials)
             .await
             .map(|grant| grant.login)
     };

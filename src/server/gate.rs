@@ -1,47 +1,101 @@
 //! The login gate: every credential check of every protocol (the pre-auth driver for IMAP,
 //! submission and XMPP, HTTP Basic, the auth server) goes through here.
 //!
-//! It decides with the credential index, logs every refusal the same way, and answers every
+//! It asks the throttle first ([`super::throttle`]: a banned address, or one past its budget
+//! with no slot free, is refused unchecked and costs no hash), decides with the credential
+//! index, tells the throttle the outcome, logs every refusal in one fixed format (one line per
+//! failed login, for fail2ban: [`LOGIN_LOG_TARGET`]), and answers every
 //! refusal `failure_delay` after the login arrived, whatever failed: an unknown account, a
 //! wrong secret, a wrong service, another account's authorization identity, or a check that
 //! could not finish in that time (a slow hash waiting behind a flood is abandoned then, so
 //! the time of a refusal tells nothing about which accounts exist, and no work outlives it).
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::credentials::{AuthError, Credentials, Grant, Origin, Protocol, Service};
+use super::throttle::{Admission, Failure};
+use crate::credentials::model::now_ms;
+use crate::credentials::{AuthError, Credentials, Grant, Origin, Protocol, Secret, Service};
+
+/// The target of the one line logged per failed login, in the documented format
+/// `login failed: address=IP login="..." protocol=P service=S reason=R` (what
+/// `contrib/fail2ban/filter.d/portcullis.conf` matches).
+pub const LOGIN_LOG_TARGET: &str = "portcullis::login";
 
 /// One login's pass through the gate, from the moment it arrived.
 pub struct Gate<'a> {
     shared: &'a Shared,
+    origin: Origin,
     /// Refusals are answered at this instant, and checks end by it.
     answer_at: Instant,
 }
 
 impl<'a> Gate<'a> {
-    /// A login arrived now.
-    pub fn arrived(shared: &'a Shared) -> Self {
+    /// A login arrived now from `origin`.
+    pub fn arrived(shared: &'a Shared, origin: Origin) -> Self {
         Self {
             shared,
+            origin,
             answer_at: Instant::now() + Duration::from_millis(shared.auth.failure_delay_ms),
         }
     }
 
-    /// Decides `credentials` for `service`. `Err(Rejected)` comes back at the failure delay.
+    /// Decides `credentials` for `service` with the credential index.
     pub async fn check(
-        &self,
+        self,
         service: Service,
         protocol: Protocol,
         credentials: &Credentials,
-        origin: &Origin,
     ) -> Result<Grant, AuthError> {
-        let check = self
-            .shared
-            .index
-            .authenticate(service, protocol, credentials, origin);
+        let index = self.shared.index.clone();
+        let origin = self.origin.clone();
+        let labels = Labels {
+            protocol: protocol.as_str(),
+            service: service.as_str(),
+        };
+        self.decide(
+            labels,
+            &credentials.login,
+            &credentials.secret,
+            async move {
+                index
+                    .authenticate(service, protocol, credentials, &origin)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Decides a login with `check` (the index's, or the portal's main-password check):
+    /// throttle, check, failure delay, log. `Err(Rejected)` comes back at the failure delay
+    /// (counted from the attempt's slot when the address is slowed).
+    pub async fn decide<T>(
+        mut self,
+        labels: Labels,
+        login: &str,
+        secret: &Secret,
+        check: impl Future<Output = Result<T, AuthError>>,
+    ) -> Result<T, AuthError> {
+        let throttle = &self.shared.throttle;
+        let ip = self.origin.ip;
+        match throttle.admit(ip, login, Instant::now(), now_ms()) {
+            Admission::Now => {}
+            Admission::At(slot) => {
+                tokio::time::sleep_until(slot).await;
+                self.answer_at = slot + Duration::from_millis(self.shared.auth.failure_delay_ms);
+            }
+            Admission::Throttled => {
+                self.refuse_as(labels, login, "throttled").await;
+                return Err(AuthError::Rejected);
+            }
+            Admission::Banned(_) => {
+                self.refuse_as(labels, login, "banned").await;
+                return Err(AuthError::Rejected);
+            }
+        }
         let outcome = match tokio::time::timeout_at(self.answer_at, check).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -50,10 +104,19 @@ impl<'a> Gate<'a> {
             }
         };
         match &outcome {
-            Ok(_) => {}
+            Ok(_) => throttle.succeeded(ip, login),
             Err(AuthError::Rejected) => {
-                self.refuse(&credentials.login, service, protocol, "login refused")
-                    .await;
+                let failure = throttle.failed(ip, login, secret, Instant::now(), now_ms());
+                let reason = match failure {
+                    Failure::Repeated => "repeated",
+                    Failure::Counted(ban) => {
+                        if let Some(ban) = ban {
+                            self.shared.record_ban(ban);
+                        }
+                        "wrong-credentials"
+                    }
+                };
+                self.refuse_as(labels, login, reason).await;
             }
             Err(AuthError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "credential check unavailable");
@@ -62,15 +125,43 @@ impl<'a> Gate<'a> {
         outcome
     }
 
-    /// Logs a refusal and waits until it may be answered. For refusals decided outside the
-    /// index too (malformed credentials, tickets), so they look like every other.
-    pub async fn refuse(&self, login: &str, service: Service, protocol: Protocol, why: &str) {
-        tracing::info!(
-            login = %crate::protocol::printable(login),
-            %service,
-            protocol = protocol.as_str(),
-            "{why}"
+    /// Logs a refusal in the fixed format and waits until it may be answered. For refusals
+    /// decided outside the index too (malformed credentials, tickets), so they look like every
+    /// other. `reason` is one word: `wrong-credentials` (a new guess), `repeated` (a secret this
+    /// address already failed with: a stale device, not counted against it), `throttled`,
+    /// `banned`, `malformed`, `ticket`.
+    pub async fn refuse(&self, login: &str, service: Service, protocol: Protocol, reason: &str) {
+        let labels = Labels {
+            protocol: protocol.as_str(),
+            service: service.as_str(),
+        };
+        self.refuse_as(labels, login, reason).await;
+    }
+
+    async fn refuse_as(&self, labels: Labels, login: &str, reason: &str) {
+        tracing::warn!(
+            target: LOGIN_LOG_TARGET,
+            "login failed: address={} login={:?} protocol={} service={} reason={reason}",
+            self.origin.ip,
+            crate::protocol::printable(login),
+            labels.protocol,
+            labels.service,
         );
         tokio::time::sleep_until(self.answer_at).await;
     }
+}
+
+/// What a login is for, as the log line names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels {
+    pub protocol: &'static str,
+    pub service: &'static str,
+}
+
+impl Labels {
+    /// A sign-in to the account portal (the main password).
+    pub const PORTAL: Labels = Labels {
+        protocol: "portal",
+        service: "account",
+    };
 }

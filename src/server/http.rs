@@ -417,29 +417,15 @@ async fn authenticate(
         // The first request of most clients: they send credentials once challenged.
         return Err(challenge());
     };
-    let gate = Gate::arrived(shared);
+    let gate = Gate::arrived(shared, conn.peer.ip().into());
     let protocol = Protocol::over_http(route.service).unwrap_or(Protocol::WebDav);
     let Some(credentials) = parse_basic(authorization.as_bytes())
         .map(|(login, secret)| Credentials::new(login, secret))
     else {
-        gate.refuse(
-            "",
-            route.service,
-            protocol,
-            "login refused: malformed Basic credentials",
-        )
-        .await;
+        gate.refuse("", route.service, protocol, "malformed").await;
         return Err(challenge());
     };
-    match gate
-        .check(
-            route.service,
-            protocol,
-            &credentials,
-            &conn.peer.ip().into(),
-        )
-        .await
-    {
+    match gate.check(route.service, protocol, &credentials).await {
         Ok(grant) => Ok(grant),
         Err(AuthError::Rejected) => Err(challenge()),
         Err(AuthError::Unavailable(_)) => {

@@ -14,6 +14,7 @@ pub mod imap;
 pub mod proxy;
 pub mod session;
 pub mod smtp;
+pub mod throttle;
 pub mod xmpp;
 
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub limits: Limits,
     pub hostname: String,
     pub shutdown: CancellationToken,
+    /// Failures and bans by client address: the login gate's brute-force defence.
+    pub throttle: throttle::Throttle,
     session_ids: AtomicU64,
 }
 
@@ -145,6 +148,10 @@ impl Gateway {
                 .clone()
                 .unwrap_or_else(|| "localhost".to_owned()),
             shutdown: shutdown.clone(),
+            throttle: throttle::Throttle::new(
+                config.auth.throttle.clone(),
+                Duration::from_millis(config.auth.failure_delay_ms),
+            ),
             session_ids: AtomicU64::new(1),
         });
 
@@ -188,6 +195,7 @@ impl Gateway {
             bound.push((socket, listener.clone()));
         }
 
+        tokio::spawn(follow_bans(shared.clone()));
         let feed = tokio::spawn(crate::store::feed::follow(
             index.clone(),
             Duration::from_millis(config.store.feed_interval_ms),
@@ -348,6 +356,54 @@ impl Gateway {
 
 /// How long start-up waits for the submission backends to tell their extensions.
 const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+impl Shared {
+    /// A ban the gate just made: logged, and written to the store so every node holds it.
+    pub fn record_ban(&self, ban: throttle::NewBan) {
+        tracing::warn!(
+            target: gate::LOGIN_LOG_TARGET,
+            "address banned: address={} failures={} until_ms={}",
+            ban.address,
+            ban.failures,
+            ban.until_ms
+        );
+        let store = self.index.store().clone();
+        tokio::spawn(async move {
+            let address = ban.address.to_string();
+            if let Err(e) = store
+                .add_ban(&address, ban.until_ms, i64::from(ban.failures))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a ban in the store");
+            }
+        });
+    }
+}
+
+/// How often every node reads the bans (its own, other nodes', operators' lifts).
+const BANS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Keeps the throttle's bans equal to the store's list until shutdown.
+async fn follow_bans(shared: Arc<Shared>) {
+    loop {
+        match shared
+            .index
+            .store()
+            .bans(crate::credentials::model::now_ms())
+            .await
+        {
+            Ok(bans) => shared.throttle.replace_bans(
+                bans.iter()
+                    .filter_map(|b| Some((b.address.parse().ok()?, b.until))),
+            ),
+            Err(e) => tracing::debug!(error = %e, "could not read bans; keeping the last list"),
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(BANS_REFRESH) => {}
+        }
+    }
+}
 
 async fn probe(backend: Arc<Backend>, hostname: String, cache: Arc<RwLock<Vec<String>>>) {
     match crate::upstream::smtp::probe_extensions(&backend, &hostname).await {

@@ -195,13 +195,8 @@ impl<'a> Session<'a> {
         machine: &mut dyn PreAuth,
     ) -> Result<(String, Grant), Action> {
         let LoginRequest { tag, credentials } = request;
-        let outcome = Gate::arrived(&self.context.shared)
-            .check(
-                self.protocol.service(),
-                self.protocol,
-                &credentials,
-                &self.client.peer.ip().into(),
-            )
+        let outcome = Gate::arrived(&self.context.shared, self.client.peer.ip().into())
+            .check(self.protocol.service(), self.protocol, &credentials)
             .await;
         drop(credentials);
         match outcome {

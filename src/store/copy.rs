@@ -27,6 +27,7 @@ const TABLES: &[&str] = &[
     "domain_tokens",
     "audit_log",
     "tickets",
+    "bans",
 ];
 
 /// Tables whose `id` the database assigns (identity columns on PostgreSQL).

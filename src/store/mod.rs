@@ -160,6 +160,16 @@ pub enum CodeCheck {
     Refused,
 }
 
+/// A banned client address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ban {
+    pub address: String,
+    pub until: i64,
+    /// Distinct failed logins that earned it (0: an operator's).
+    pub failures: i64,
+    pub created_at: i64,
+}
+
 /// How a revocation went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
@@ -322,6 +332,17 @@ pub trait AccountStore: DomainStore + Send + Sync {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AccountId)>, StoreError>;
+
+    // ----- bans of the login gate -----
+
+    /// Bans `address` until `until` (Unix ms), replacing an earlier ban of it; expired bans go.
+    async fn add_ban(&self, address: &str, until: i64, failures: i64) -> Result<(), StoreError>;
+
+    /// The bans in force at `now`, longest-lasting first.
+    async fn bans(&self, now: i64) -> Result<Vec<Ban>, StoreError>;
+
+    /// Lifts the ban of `address`; false if there was none.
+    async fn lift_ban(&self, address: &str) -> Result<bool, StoreError>;
 
     /// Where the feed can listen for committed changes instead of only polling: the URL of a
     /// PostgreSQL store (notified on [`dialect::CHANGES_CHANNEL`]); `None` for SQLite.
@@ -954,6 +975,54 @@ impl AccountStore for SqlStore {
         rows.iter()
             .map(|row| Ok((row.try_get("id")?, AccountId(row.try_get("account_id")?))))
             .collect()
+    }
+
+    async fn add_ban(&self, address: &str, until: i64, failures: i64) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM bans WHERE until < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO bans (address, until, failures, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (address) DO UPDATE SET until = excluded.until, failures = excluded.failures, created_at = excluded.created_at",
+        )
+        .bind(address)
+        .bind(until)
+        .bind(failures)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn bans(&self, now: i64) -> Result<Vec<Ban>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT address, until, failures, created_at FROM bans WHERE until > $1 ORDER BY until DESC",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Ban {
+                    address: row.try_get("address")?,
+                    until: row.try_get("until")?,
+                    failures: row.try_get("failures")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn lift_ban(&self, address: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM bans WHERE address = $1")
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     fn notifications_url(&self) -> Option<&str> {
