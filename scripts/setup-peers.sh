@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
-# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, nginx
-# with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
+# Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, fail2ban,
+# nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
 # vdirsyncer, slixmpp, selenium and dnslib.
 set -euo pipefail
 
@@ -27,6 +27,8 @@ command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing_debs+=(chromium-driver)
 # A load balancer in front of the gateway (PROXY protocol tests).
 command -v haproxy >/dev/null 2>&1 || missing_debs+=(haproxy)
+# fail2ban-regex checks the shipped fail2ban filter against the gateway's real log.
+command -v fail2ban-regex >/dev/null 2>&1 || missing_debs+=(fail2ban)
 # PostgreSQL server binaries: the tests start private clusters of their own (initdb, postgres).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing_debs+=(postgresql)
 
