@@ -77,10 +77,6 @@ pub async fn sign_in(
     remember: bool,
 ) -> Result<SignIn, Refusal> {
     let Browser(portal, conn, headers, signed) = browser;
-    if !portal.may_attempt(conn.peer.ip()) {
-        tracing::info!(peer = %conn.peer, "portal sign-in throttled");
-        return Err(Refusal::throttled());
-    }
     let accounts = &portal.shared.accounts;
     let secret = Secret::from(password);
     // The login gate every protocol's login passes: throttle and bans by address, the

@@ -276,6 +276,13 @@ async fn verify(
         reported_by: Some(format!("auth server {daemon}")),
     };
     let gate = Gate::arrived(shared, origin);
+    // Without rip= the address is the daemon's, shared by all its users: throttling or banning
+    // it would lock everyone out, so such logins are only delayed and logged.
+    let gate = if request.remote_ip.is_some() {
+        gate
+    } else {
+        gate.client_unknown()
+    };
     let protocol = Protocol::from_auth_service(&request.service_name).unwrap_or(Protocol::Imap);
     let outcome = if Tickets::is_ticket(&request.credentials.secret) {
         let redeemed = redeem(shared, &request).await;

@@ -29,6 +29,8 @@ pub const LOGIN_LOG_TARGET: &str = "portcullis::login";
 pub struct Gate<'a> {
     shared: &'a Shared,
     origin: Origin,
+    /// Whether `origin.ip` is the client's own address (not a daemon's that asked for many).
+    client_known: bool,
     /// Refusals are answered at this instant, and checks end by it.
     answer_at: Instant,
 }
@@ -39,8 +41,16 @@ impl<'a> Gate<'a> {
         Self {
             shared,
             origin,
+            client_known: true,
             answer_at: Instant::now() + Duration::from_millis(shared.auth.failure_delay_ms),
         }
+    }
+
+    /// The login's address is not the client's (a daemon asking the auth server without
+    /// naming its user's address): no throttling or ban by it, and `address=-` in the log.
+    pub fn client_unknown(mut self) -> Self {
+        self.client_known = false;
+        self
     }
 
     /// Decides `credentials` for `service` with the credential index.
@@ -81,7 +91,18 @@ impl<'a> Gate<'a> {
     ) -> Result<T, AuthError> {
         let throttle = &self.shared.throttle;
         let ip = self.origin.ip;
-        match throttle.admit(ip, login, Instant::now(), now_ms()) {
+        // One key per account however its login is typed (`alice`, `Alice@example.org`).
+        let account_key = self
+            .shared
+            .accounts
+            .login(login)
+            .map_or_else(|_| login.to_owned(), |l| l.to_string());
+        let admission = if self.client_known {
+            throttle.admit(ip, &account_key, Instant::now(), now_ms())
+        } else {
+            Admission::Now
+        };
+        match admission {
             Admission::Now => {}
             Admission::At(slot) => {
                 tokio::time::sleep_until(slot).await;
@@ -104,9 +125,13 @@ impl<'a> Gate<'a> {
             }
         };
         match &outcome {
-            Ok(_) => throttle.succeeded(ip, login),
+            Ok(_) if self.client_known => throttle.succeeded(ip, &account_key),
+            Ok(_) => {}
+            Err(AuthError::Rejected) if !self.client_known => {
+                self.refuse_as(labels, login, "wrong-credentials").await;
+            }
             Err(AuthError::Rejected) => {
-                let failure = throttle.failed(ip, login, secret, Instant::now(), now_ms());
+                let failure = throttle.failed(ip, &account_key, secret, Instant::now(), now_ms());
                 let reason = match failure {
                     Failure::Repeated => "repeated",
                     Failure::Counted(ban) => {
@@ -139,10 +164,14 @@ impl<'a> Gate<'a> {
     }
 
     async fn refuse_as(&self, labels: Labels, login: &str, reason: &str) {
+        let address = if self.client_known {
+            self.origin.ip.to_string()
+        } else {
+            "-".to_owned()
+        };
         tracing::warn!(
             target: LOGIN_LOG_TARGET,
-            "login failed: address={} login={:?} protocol={} service={} reason={reason}",
-            self.origin.ip,
+            "login failed: address={address} login={:?} protocol={} service={} reason={reason}",
             crate::protocol::printable(login),
             labels.protocol,
             labels.service,

@@ -195,27 +195,33 @@ impl Throttle {
         };
         address.prune(now, self.window());
         let max = Duration::from_secs(self.config.max_delay_secs);
+        // Over either budget, the attempt takes a slot of each it is over; the later decides.
+        let mut at: Option<Instant> = None;
         let over_address =
             count(address.failures.len()).saturating_sub(self.config.free_failures_per_address);
         if over_address > 0 {
-            let delay = self.delay_for(over_address - 1);
-            return address
+            match address
                 .slot
-                .take(now, delay, max)
-                .map_or(Admission::Throttled, |at| slot_admission(at, now));
+                .take(now, self.delay_for(over_address - 1), max)
+            {
+                Some(slot) => at = Some(slot),
+                None => return Admission::Throttled,
+            }
         }
-        let login = normalise(login);
-        if let Some((failures, slot)) = address.logins.get_mut(&login) {
+        if let Some((failures, slot)) = address.logins.get_mut(&normalise(login)) {
             let over_login =
                 count(failures.len()).saturating_sub(self.config.free_failures_per_login);
             if over_login > 0 {
-                let delay = self.delay_for(over_login - 1);
-                return slot
-                    .take(now, delay, max)
-                    .map_or(Admission::Throttled, |at| slot_admission(at, now));
+                match slot.take(now, self.delay_for(over_login - 1), max) {
+                    Some(slot) => at = Some(at.map_or(slot, |a| a.max(slot))),
+                    None => return Admission::Throttled,
+                }
             }
         }
-        Admission::Now
+        match at {
+            Some(at) => slot_admission(at, now),
+            None => Admission::Now,
+        }
     }
 
     /// A checked attempt failed: a repeat, or a new guess (with the ban it earned, if any).
@@ -448,6 +454,22 @@ mod tests {
         assert!(slowed(&t, ATTACKER, "zed", now));
         let later = now + Duration::from_secs(601);
         assert!(!slowed(&t, ATTACKER, "zed", later));
+    }
+
+    #[test]
+    fn over_both_budgets_the_later_slot_decides() {
+        let t = throttle();
+        let now = Instant::now();
+        // Five of alice's from one address: over the address's budget (4) by one and over the
+        // login's (2) by three; the login's slots are the wider apart.
+        for n in 0..5 {
+            t.failed(ATTACKER, "alice", &guess(n), now, 0);
+        }
+        assert_eq!(t.admit(ATTACKER, "alice", now, 0), Admission::Now);
+        assert_eq!(
+            t.admit(ATTACKER, "alice", now, 0),
+            Admission::At(now + Duration::from_millis(1000))
+        );
     }
 
     #[test]

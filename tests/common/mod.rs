@@ -486,6 +486,8 @@ pub struct Options {
     pub log_filter: &'static str,
     /// More `[limits]` keys.
     pub limits: String,
+    /// More `[auth]` keys.
+    pub auth: String,
     /// Appended to the configuration (more listeners and backends); `{http}` is replaced by
     /// the HTTP listener's port.
     pub tail: String,
@@ -508,6 +510,7 @@ impl Default for Options {
             log_filter: "info,portcullis=debug",
             tail: String::new(),
             limits: String::new(),
+            auth: String::new(),
             open_files: None,
             store: None,
             certs_from: None,
@@ -568,6 +571,7 @@ private_key = "{root}/certs/localhost.key"
 [auth]
 failure_delay_ms = {delay}
 max_failures = 3
+{auth}
 
 [limits]
 max_connections = {maxconn}
@@ -626,6 +630,7 @@ timeout_secs = {backend_timeout}
                     .replace("{http}", &ports.http.to_string())
                     .replace("{dir}", &root.display().to_string()),
                 limits = options.limits,
+                auth = options.auth,
                 root = root.display(),
                 extra = options.extra.replace("{dir}", &root.display().to_string()),
                 delay = options.failure_delay_ms,

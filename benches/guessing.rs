@@ -1,0 +1,278 @@
+//! Password guessing against the login gate, and what an innocent user sees meanwhile.
+//!
+//! One gateway in front of Dovecot, the default `[auth.throttle]` limits. The attacker, from
+//! 127.0.0.3, runs LOAD_ATTACKERS (default 100) connections that each log in over and over to
+//! a legacy-mode account (its main password opens IMAP, so every guess that is checked costs
+//! an argon2 verify), half the guesses shaped like app passwords, all distinct. The victim,
+//! from 127.0.0.2, logs in back to back (full TLS handshake, LOGIN, LOGOUT), first with no
+//! attack (the baseline, same run), then during it, in two rows:
+//!
+//! - **main password, uncached**: 50 legacy-mode accounts in turn with `cache_idle_secs = 1`,
+//!   so every login is an argon2 verify queued with the attacker's;
+//! - **app password**: one account's app password (cached after its first use).
+//!
+//! For the attacker: the guesses the gateway actually checked (its log's
+//! `reason=wrong-credentials` lines for 127.0.0.3) against the answers it got.
+//!
+//! `cargo bench --bench guessing` (LOAD_SECS, default 20 s per phase).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::ServerName;
+use support::{LoadResult, knob};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
+
+const VICTIMS: usize = 50;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs = knob("LOAD_SECS", 20);
+    let attackers = knob("LOAD_ATTACKERS", 100) as usize;
+    let sink = SmtpSink::start();
+    let mut users: Vec<String> = (0..VICTIMS)
+        .map(|n| format!("victim{n}@example.org"))
+        .collect();
+    users.push("target@example.org".into());
+    users.push("owner@example.org".into());
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let dovecot = Dovecot::start(sink.port, &user_refs);
+    let gateway = Gateway::start(
+        dovecot.imap_port,
+        dovecot.submission_port,
+        Options {
+            log_filter: "warn",
+            auth: "cache_idle_secs = 1".into(),
+            ..Options::default()
+        },
+    );
+    for n in 0..VICTIMS {
+        let login = format!("victim{n}");
+        gateway.create_account(&login, "victim main password");
+        gateway.cli_ok(&["account", "app-passwords", &login, "off"], None);
+    }
+    gateway.create_account("target", "target main password");
+    gateway.cli_ok(&["account", "app-passwords", "target", "off"], None);
+    gateway.create_account("owner", "owner main password");
+    let app = gateway.app_password("owner", "mail", "phone");
+    let tls = TlsConnector::from(tls_client_config(&gateway.ca));
+    let port = gateway.ports.imaps;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let window = Duration::from_secs(secs);
+
+    let (main_alone, app_alone) = runtime.block_on(victims(&tls, port, &app, window));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let checked_before = checked(&gateway);
+    let started = Instant::now();
+    let (main_flood, app_flood) = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for a in 0..attackers {
+            let (tls, stop, answered) = (tls.clone(), stop.clone(), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0usize;
+                loop {
+                    n += 1;
+                    let guess = if n.is_multiple_of(2) {
+                        format!("guess {a} {n} of many")
+                    } else {
+                        // Shaped like an app password: 16 letters.
+                        let letters: String = format!("{a:04}{n:012}")
+                            .bytes()
+                            .map(|b| (b'a' + (b - b'0')) as char)
+                            .collect();
+                        letters
+                    };
+                    let attempt = login_from("127.0.0.3", port, &tls, "target", &guess);
+                    tokio::select! {
+                        _ = stop.notified() => return,
+                        result = attempt => {
+                            if result.is_ok() {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                // Refused a connection (the address's pre-login share): retry soon.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Let the flood build up before the victim measures.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rows = victims(&tls, port, &app, window).await;
+        stop.notify_waiters();
+        for task in tasks {
+            task.abort();
+        }
+        rows
+    });
+    let flood_secs = started.elapsed().as_secs_f64();
+    let checked_guesses = checked(&gateway) - checked_before;
+    let log = gateway.log();
+    let refused_unchecked = log
+        .lines()
+        .filter(|l| {
+            l.contains("address=127.0.0.3")
+                && (l.contains("reason=throttled") || l.contains("reason=banned"))
+        })
+        .count();
+    let banned = log.contains("address banned: address=127.0.0.3");
+
+    println!(
+        "Victim from 127.0.0.2 during {attackers} guessing connections from 127.0.0.3, {secs} s per row; default [auth.throttle]"
+    );
+    println!();
+    println!("| victim login | attack | logins/s | p50 ms | p99 ms | max ms | failed |");
+    println!("|---|---|---|---|---|---|---|");
+    for (what, attack, r) in [
+        ("main password, uncached (argon2)", "none", &main_alone),
+        ("main password, uncached (argon2)", "flood", &main_flood),
+        ("app password", "none", &app_alone),
+        ("app password", "flood", &app_flood),
+    ] {
+        println!(
+            "| {what} | {attack} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            r.rate,
+            r.percentile(50.0),
+            r.percentile(99.0),
+            r.percentile(100.0),
+            r.failed
+        );
+    }
+    println!();
+    println!(
+        "Attacker: {} answers in {flood_secs:.0} s; {checked_guesses} guesses checked ({:.1}/min), {refused_unchecked} refused unchecked (throttled or banned); banned: {banned}",
+        answered.load(Ordering::Relaxed),
+        checked_guesses as f64 * 60.0 / flood_secs,
+    );
+}
+
+/// Guesses the gateway checked, as its log says (`reason=wrong-credentials` from 127.0.0.3).
+fn checked(gateway: &Gateway) -> usize {
+    gateway
+        .log()
+        .lines()
+        .filter(|l| l.contains("address=127.0.0.3") && l.contains("reason=wrong-credentials"))
+        .count()
+}
+
+/// The victim's two rows: main-password logins over the legacy accounts in turn, then the app
+/// password, each back to back for `window`.
+async fn victims(
+    tls: &TlsConnector,
+    port: u16,
+    app: &str,
+    window: Duration,
+) -> (LoadResult, LoadResult) {
+    let main = victim(tls, port, window, |n| {
+        (
+            format!("victim{}", n % VICTIMS),
+            "victim main password".to_owned(),
+        )
+    })
+    .await;
+    let app = app.to_owned();
+    let app = victim(tls, port, window, move |_| {
+        ("owner".to_owned(), app.clone())
+    })
+    .await;
+    (main, app)
+}
+
+async fn victim(
+    tls: &TlsConnector,
+    port: u16,
+    window: Duration,
+    credentials: impl Fn(usize) -> (String, String),
+) -> LoadResult {
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    let mut n = 0;
+    while started.elapsed() < window {
+        let (user, password) = credentials(n);
+        n += 1;
+        let at = Instant::now();
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            login_from("127.0.0.2", port, tls, &user, &password),
+        )
+        .await
+        {
+            Ok(Ok(true)) => latencies.push(at.elapsed().as_secs_f64() * 1e3),
+            _ => failed += 1,
+        }
+    }
+    LoadResult::gather(vec![(latencies, failed)], started.elapsed().as_secs_f64())
+}
+
+/// One IMAP login over TLS from `source`: Ok(true) for OK, Ok(false) for NO or a goodbye.
+async fn login_from(
+    source: &str,
+    port: u16,
+    tls: &TlsConnector,
+    user: &str,
+    password: &str,
+) -> Result<bool, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    let from: SocketAddr = format!("{source}:0").parse().map_err(|e| format!("{e}"))?;
+    socket.bind(from).map_err(|e| e.to_string())?;
+    let tcp = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tls
+        .connect(
+            ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+            tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut session = BufReader::new(stream);
+    let mut line = String::new();
+    session
+        .read_line(&mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !line.starts_with("* OK") {
+        return Err(line);
+    }
+    session
+        .get_mut()
+        .write_all(format!("a LOGIN {user} \"{password}\"\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        line.clear();
+        if session
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Ok(false);
+        }
+        if line.starts_with("a OK") {
+            let _ = session.get_mut().write_all(b"b LOGOUT\r\n").await;
+            return Ok(true);
+        }
+        if line.starts_with("a ") || line.starts_with("* BYE") {
+            return Ok(false);
+        }
+    }
+}
