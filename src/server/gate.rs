@@ -144,6 +144,9 @@ impl<'a> Gate<'a> {
                 self.refuse_as(labels, login, reason).await;
             }
             Err(AuthError::Unavailable(reason)) => {
+                if self.client_known {
+                    throttle.undecided(ip);
+                }
                 tracing::warn!(%reason, "credential check unavailable");
             }
         }

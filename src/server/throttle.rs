@@ -8,9 +8,9 @@
 //!   address is not banned because of a forgotten device). Only distinct guesses count.
 //! - Past `free_failures_per_address` distinct failures in the window, every attempt from the
 //!   address waits for a slot: one attempt per delay, the delay doubling with every further
-//!   failure up to `max_delay_secs`. Attempts that would wait longer than that are refused
-//!   unchecked. So a flood from many connections of one address gets no more guesses than one
-//!   connection, and no hash time beyond one check per slot.
+//!   failure up to `max_delay_secs`. One attempt may wait for the next slot; any other is
+//!   refused unchecked. So a flood from many connections of one address gets no more guesses
+//!   than one connection, and no hash time beyond one check per slot.
 //! - The same applies to one login from one address past `free_failures_per_login`, so a
 //!   guesser of one account is slowed before the address's whole budget is spent.
 //! - Past `ban_after` distinct failures in the window the address is banned for `ban_secs`:
@@ -42,7 +42,7 @@ pub struct ThrottleConfig {
     /// Distinct failures of one login from one address before that login's attempts from
     /// there are slowed.
     pub free_failures_per_login: u32,
-    /// The longest an attempt waits for its slot; beyond it, refused unchecked.
+    /// The widest the slots get apart.
     pub max_delay_secs: u64,
     /// Distinct failures from one address in the window that ban it.
     pub ban_after: u32,
@@ -103,17 +103,23 @@ type Instant = tokio::time::Instant;
 struct Slot {
     /// When the next slowed attempt may be checked.
     next: Option<Instant>,
+    /// The delay `next` was set with.
+    spacing: Duration,
 }
 
 impl Slot {
-    /// Takes the next slot `delay` after the previous one; `None` if it is further away than
-    /// `max`.
+    /// Takes the next slot, `delay` after the previous one; `None` if it is further away than
+    /// one `delay` (an attempt already waits for the next slot: one waits at a time, so a
+    /// burst of connections cannot reserve slots ahead at today's spacing) or than `max`.
     fn take(&mut self, now: Instant, delay: Duration, max: Duration) -> Option<Instant> {
         let at = self.next.map_or(now, |next| next.max(now));
-        if at.duration_since(now) > max {
+        // Further ahead than one spacing: an attempt already waits for the slot before.
+        let ahead = at.duration_since(now);
+        if ahead > self.spacing || ahead > max {
             return None;
         }
         self.next = Some(at + delay);
+        self.spacing = delay;
         Some(at)
     }
 }
@@ -122,6 +128,9 @@ impl Slot {
 struct Address {
     /// Distinct failures in the window: when, and a digest of (login, secret).
     failures: VecDeque<(Instant, u64)>,
+    /// Attempts admitted and not decided yet: they count against the budget as failures
+    /// would, so a burst of connections cannot all pass while the first checks still run.
+    pending: u32,
     slot: Slot,
     logins: HashMap<String, (VecDeque<Instant>, Slot)>,
 }
@@ -190,15 +199,25 @@ impl Throttle {
             return Admission::Banned(until);
         }
         let mut addresses = lock(&self.addresses);
-        let Some(address) = addresses.get_mut(&key) else {
+        if !addresses.contains_key(&key) && addresses.len() >= self.config.max_tracked {
             return Admission::Now;
-        };
+        }
+        let address = addresses.entry(key).or_default();
         address.prune(now, self.window());
+        let admission = self.admit_tracked(address, login, now);
+        if matches!(admission, Admission::Now | Admission::At(_)) {
+            address.pending += 1;
+        }
+        admission
+    }
+
+    fn admit_tracked(&self, address: &mut Address, login: &str, now: Instant) -> Admission {
         let max = Duration::from_secs(self.config.max_delay_secs);
         // Over either budget, the attempt takes a slot of each it is over; the later decides.
         let mut at: Option<Instant> = None;
-        let over_address =
-            count(address.failures.len()).saturating_sub(self.config.free_failures_per_address);
+        let over_address = count(address.failures.len())
+            .saturating_add(address.pending)
+            .saturating_sub(self.config.free_failures_per_address);
         if over_address > 0 {
             match address
                 .slot
@@ -247,13 +266,14 @@ impl Throttle {
                 let window = self.window();
                 addresses.retain(|_, a| {
                     a.prune(now, window);
-                    !a.failures.is_empty()
+                    !a.failures.is_empty() || a.pending > 0
                 });
                 if addresses.len() >= self.config.max_tracked {
                     return Failure::Counted(None);
                 }
             }
             let address = addresses.entry(key).or_default();
+            address.pending = address.pending.saturating_sub(1);
             address.prune(now, self.window());
             // The same wrong secret again: a stale device, not a new guess.
             if address.failures.iter().any(|(_, d)| *d == digest) {
@@ -280,7 +300,16 @@ impl Throttle {
     /// A checked attempt succeeded: that login's failures from that address are forgiven.
     pub fn succeeded(&self, ip: IpAddr, login: &str) {
         if let Some(address) = lock(&self.addresses).get_mut(&Network::of(ip)) {
+            address.pending = address.pending.saturating_sub(1);
             address.logins.remove(&normalise(login));
+        }
+    }
+
+    /// An admitted attempt could not be decided (the store was unreachable): it counts for
+    /// nothing.
+    pub fn undecided(&self, ip: IpAddr) {
+        if let Some(address) = lock(&self.addresses).get_mut(&Network::of(ip)) {
+            address.pending = address.pending.saturating_sub(1);
         }
     }
 
@@ -346,6 +375,15 @@ mod tests {
         Secret::from(format!("guess number {n}").as_str())
     }
 
+    /// An admission whose attempt is then left undecided (it counts for nothing).
+    fn probe(t: &Throttle, ip: IpAddr, login: &str, now: Instant) -> Admission {
+        let admission = t.admit(ip, login, now, 0);
+        if matches!(admission, Admission::Now | Admission::At(_)) {
+            t.undecided(ip);
+        }
+        admission
+    }
+
     #[test]
     fn networks_are_ipv4_hosts_and_ipv6_slash_64s_and_read_back_as_written() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
@@ -393,24 +431,24 @@ mod tests {
         assert_eq!(t.admit(ATTACKER, "alice", now, 0), Admission::Now);
         t.failed(ATTACKER, "alice", &guess(2), now, 0);
         // One slot per 250 ms: the first attempt goes now, the next waits for its slot.
-        assert_eq!(t.admit(ATTACKER, "alice", now, 0), Admission::Now);
+        assert_eq!(probe(&t, ATTACKER, "alice", now), Admission::Now);
         assert_eq!(
-            t.admit(ATTACKER, "alice", now, 0),
+            probe(&t, ATTACKER, "alice", now),
             Admission::At(now + Duration::from_millis(250))
         );
         // Another login from there is not slowed yet; the owner elsewhere never is.
-        assert_eq!(t.admit(ATTACKER, "bob", now, 0), Admission::Now);
-        assert_eq!(t.admit(VICTIM, "alice", now, 0), Admission::Now);
+        assert_eq!(probe(&t, ATTACKER, "bob", now), Admission::Now);
+        assert_eq!(probe(&t, VICTIM, "alice", now), Admission::Now);
         // Past the address's budget every login from it waits, one slot at a time; beyond
         // max_delay, attempts are refused unchecked.
         t.failed(ATTACKER, "bob", &guess(3), now, 0);
         t.failed(ATTACKER, "carol", &guess(4), now, 0);
-        // A hundred connections at once: slots 250 ms apart up to 10 s ahead, 41 of them; the
+        // A hundred connections at once: one checked now, one waiting for the next slot; the
         // rest are refused without a check.
         let throttled = (0..100)
             .filter(|_| t.admit(ATTACKER, "dave", now, 0) == Admission::Throttled)
             .count();
-        assert_eq!(throttled, 59);
+        assert_eq!(throttled, 98);
         // Ban after 8 distinct failures; refused unchecked until it expires.
         for n in 5..7 {
             assert_eq!(
@@ -433,10 +471,11 @@ mod tests {
         assert_eq!(t.admit(ATTACKER, "alice", now, 61_001), Admission::Now);
     }
 
-    /// Whether attempts of `login` from `ip` are slowed: the second of two at once waits.
+    /// Whether attempts of `login` from `ip` are slowed: the second of two at once waits
+    /// (both then left undecided).
     fn slowed(t: &Throttle, ip: IpAddr, login: &str, now: Instant) -> bool {
-        t.admit(ip, login, now, 0);
-        t.admit(ip, login, now, 0) != Admission::Now
+        probe(t, ip, login, now);
+        probe(t, ip, login, now) != Admission::Now
     }
 
     #[test]
@@ -454,6 +493,25 @@ mod tests {
         assert!(slowed(&t, ATTACKER, "zed", now));
         let later = now + Duration::from_secs(601);
         assert!(!slowed(&t, ATTACKER, "zed", later));
+    }
+
+    #[test]
+    fn a_burst_counts_its_undecided_attempts_against_the_budget() {
+        let t = throttle();
+        let now = Instant::now();
+        // Thirty connections at once, none decided yet: as many go now as could fail without
+        // slowing the address (four, and the fifth, which the fourth failure would not slow),
+        // then one takes the first slot and one waits for the next; the rest are refused
+        // unchecked.
+        let admitted: Vec<Admission> = (0..30)
+            .map(|n| t.admit(ATTACKER, &format!("user{n}"), now, 0))
+            .filter(|a| *a != Admission::Throttled)
+            .collect();
+        assert_eq!(admitted.len(), 7, "{admitted:?}");
+        for n in 0..7 {
+            t.failed(ATTACKER, &format!("user{n}"), &guess(n), now, 0);
+        }
+        t.undecided(ATTACKER);
     }
 
     #[test]
