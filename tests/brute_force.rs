@@ -37,7 +37,8 @@ fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
         dovecot.imap_port,
         dovecot.submission_port,
         Options {
-            failure_delay_ms: 100,
+            // The product default: a sign-in's argon2 check must finish within it.
+            failure_delay_ms: 500,
             extra: String::new(),
             tail: "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{http}\"\ntls = \"implicit\"\n[auth.throttle]\nfree_failures_per_address = 3\nfree_failures_per_login = 2\nmax_delay_secs = 5\nban_after = 6\nban_secs = 300\n".into(),
             ..Options::default()

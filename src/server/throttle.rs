@@ -299,17 +299,28 @@ impl Throttle {
 
     /// A checked attempt succeeded: that login's failures from that address are forgiven.
     pub fn succeeded(&self, ip: IpAddr, login: &str) {
-        if let Some(address) = lock(&self.addresses).get_mut(&Network::of(ip)) {
-            address.pending = address.pending.saturating_sub(1);
+        self.settle(ip, |address| {
             address.logins.remove(&normalise(login));
-        }
+        });
     }
 
     /// An admitted attempt could not be decided (the store was unreachable): it counts for
     /// nothing.
     pub fn undecided(&self, ip: IpAddr) {
-        if let Some(address) = lock(&self.addresses).get_mut(&Network::of(ip)) {
+        self.settle(ip, |_| {});
+    }
+
+    /// Ends an admitted attempt that did not fail; an address with nothing left to remember
+    /// is forgotten (every client that logs in passes through here, not only guessers).
+    fn settle(&self, ip: IpAddr, also: impl FnOnce(&mut Address)) {
+        let key = Network::of(ip);
+        let mut addresses = lock(&self.addresses);
+        if let Some(address) = addresses.get_mut(&key) {
             address.pending = address.pending.saturating_sub(1);
+            also(address);
+            if address.pending == 0 && address.failures.is_empty() && address.logins.is_empty() {
+                addresses.remove(&key);
+            }
         }
     }
 
@@ -512,6 +523,18 @@ mod tests {
             t.failed(ATTACKER, &format!("user{n}"), &guess(n), now, 0);
         }
         t.undecided(ATTACKER);
+    }
+
+    #[test]
+    fn addresses_that_only_log_in_are_not_kept() {
+        let t = throttle();
+        let now = Instant::now();
+        for n in 0..50u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
+            assert_eq!(t.admit(ip, "alice", now, 0), Admission::Now);
+            t.succeeded(ip, "alice");
+        }
+        assert_eq!(lock(&t.addresses).len(), 0);
     }
 
     #[test]
