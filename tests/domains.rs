@@ -39,6 +39,9 @@ fn world_with(tail: &str) -> World {
                 mail.display()
             ),
             tail: tail.to_owned(),
+            // A portal sign-in is one argon2 check, which must finish within the failure
+            // delay; with Chromium and the other tests on two cores, 250 ms is not always enough.
+            failure_delay_ms: 1000,
             ..Options::default()
         },
     );

@@ -122,6 +122,8 @@ fn the_portal_behind_haproxy_sees_the_browsers_address() {
             tail: format!(
                 "[[listener]]\nprotocol = \"portal\"\naddress = \"127.0.0.1:{port}\"\ntls = \"implicit\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n"
             ),
+            // A sign-in's argon2 check must finish within the failure delay.
+            failure_delay_ms: 1000,
             ..Options::default()
         },
     );
