@@ -181,11 +181,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::CheckConfig => {
             // Everything `serve` would read before listening: the certificate, the key, every
             // backend's CA and master password file, and the secret key file.
-            crate::tls::server_config(
-                &config.tls.certificate,
-                &config.tls.private_key,
-                config.tls.session_tickets,
-            )?;
+            crate::tls::certificates::Certificates::load(config.tls.certificates())?;
             for (name, backend) in &config.backends {
                 crate::upstream::Backend::new(name, backend)?;
             }
@@ -205,7 +201,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::DevCert { force } => {
-            let (cert, key) = (&config.tls.certificate, &config.tls.private_key);
+            let Some((cert, key)) = config.tls.single() else {
+                return Err(CliError(
+                    "dev-cert writes the single [tls] certificate and private_key; with [[tls.certificate]] entries, make each with your CA".into(),
+                ));
+            };
             if !force && cert.exists() && key.exists() {
                 eprintln!("{} exists; keeping it (--force to replace)", cert.display());
                 return Ok(());

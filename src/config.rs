@@ -314,17 +314,89 @@ fn default_feed_interval_ms() -> u64 {
     50
 }
 
-/// `[tls]`: the certificate the gateway shows its clients.
+/// `[tls]`: the certificates the gateway shows its clients, and resumption.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub certificate: PathBuf,
-    /// PEM private key.
-    pub private_key: PathBuf,
-    /// Issue TLS 1.3 resumption tickets (default false; see `tls::server_config`).
+    /// One PEM certificate chain (with `private_key`), or `[[tls.certificate]]` entries chosen
+    /// by SNI (see `tls::certificates`).
+    pub certificate: CertificateSetting,
+    /// PEM private key of the single `certificate`.
     #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    /// Issue resumption tickets (default true). Shared by the nodes through the store when
+    /// `[store] secret_key_file` is set, else under keys local to the process.
+    #[serde(default = "yes")]
     pub session_tickets: bool,
+    /// Ticket keys rotate this often, and a ticket lives as long (default 21600, six hours).
+    #[serde(default = "default_ticket_key_rotation_secs")]
+    pub ticket_key_rotation_secs: u64,
+    /// Seconds between checks of the certificate files for a renewal (default 10; 0: only on
+    /// SIGHUP).
+    #[serde(default = "default_reload_check_secs")]
+    pub reload_check_secs: u64,
+}
+
+/// `[tls] certificate`: a file, or a list of `[[tls.certificate]]` tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CertificateSetting {
+    File(PathBuf),
+    List(Vec<crate::tls::certificates::CertificateEntry>),
+}
+
+impl TlsConfig {
+    /// Every certificate configured, in order.
+    pub fn certificates(&self) -> Vec<crate::tls::certificates::CertificateEntry> {
+        match (&self.certificate, &self.private_key) {
+            (CertificateSetting::File(chain), Some(key)) => {
+                vec![crate::tls::certificates::CertificateEntry {
+                    chain: chain.clone(),
+                    private_key: key.clone(),
+                    names: Vec::new(),
+                    default: true,
+                }]
+            }
+            (CertificateSetting::File(_), None) => Vec::new(),
+            (CertificateSetting::List(list), _) => list.clone(),
+        }
+    }
+
+    /// The single certificate and key (what `dev-cert` writes), if the section names one.
+    pub fn single(&self) -> Option<(&Path, &Path)> {
+        match (&self.certificate, &self.private_key) {
+            (CertificateSetting::File(chain), Some(key)) => Some((chain, key)),
+            _ => None,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match (&self.certificate, &self.private_key) {
+            (CertificateSetting::File(_), None) => {
+                Err("[tls] certificate needs private_key".into())
+            }
+            (CertificateSetting::List(_), Some(_)) => Err(
+                "[tls] private_key goes inside each [[tls.certificate]] when there are several"
+                    .into(),
+            ),
+            (CertificateSetting::List(list), None) if list.is_empty() => {
+                Err("[tls] names no certificate".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_ticket_key_rotation_secs() -> u64 {
+    6 * 3600
+}
+
+fn default_reload_check_secs() -> u64 {
+    10
 }
 
 /// `[auth]`: how logins are decided.
@@ -739,6 +811,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.tls.check()?;
         if self.listeners.is_empty() && self.auth_server.is_none() {
             return Err("no [[listener]] and no [auth_server] is configured".into());
         }

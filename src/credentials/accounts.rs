@@ -420,6 +420,11 @@ impl AccountService {
         self
     }
 
+    /// The deployment's secret key, if configured (TLS ticket keys are sealed with it too).
+    pub fn secret_keys(&self) -> Option<Arc<Keys>> {
+        self.keys.clone()
+    }
+
     fn keys(&self) -> Result<&Keys, AccountError> {
         self.keys.as_deref().ok_or(AccountError::NoKey)
     }

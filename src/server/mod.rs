@@ -131,11 +131,31 @@ impl Gateway {
         let accounts = AccountService::configured(store.clone(), index.hasher(), &config)
             .map_err(StartError::Backend)?
             .with_index(index.clone());
-        let tls = crate::tls::server_config(
-            &config.tls.certificate,
-            &config.tls.private_key,
-            config.tls.session_tickets,
-        )?;
+        let certificates = crate::tls::certificates::Certificates::load(config.tls.certificates())?;
+        let tickets: Option<Arc<dyn rustls::server::ProducesTickets>> =
+            match (config.tls.session_tickets, accounts.secret_keys()) {
+                (false, _) => None,
+                (true, Some(secret)) => {
+                    let rotation = crate::tls::tickets::Rotation::new(
+                        store.clone(),
+                        secret,
+                        Duration::from_secs(config.tls.ticket_key_rotation_secs),
+                    );
+                    rotation
+                        .refresh(crate::credentials::model::now_ms())
+                        .await?;
+                    let tickets = rotation.tickets();
+                    tokio::spawn(rotation.run(shutdown.clone()));
+                    Some(tickets)
+                }
+                (true, None) => Some(crate::tls::local_tickets()?),
+            };
+        let tls = crate::tls::server_config(certificates.clone(), tickets)?;
+        tokio::spawn(crate::tls::certificates::watch(
+            certificates,
+            Duration::from_secs(config.tls.reload_check_secs),
+            shutdown.clone(),
+        ));
         let shared = Arc::new(Shared {
             index: index.clone(),
             accounts,

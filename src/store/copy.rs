@@ -28,6 +28,7 @@ const TABLES: &[&str] = &[
     "audit_log",
     "tickets",
     "bans",
+    "tls_ticket_keys",
 ];
 
 /// Tables whose `id` the database assigns (identity columns on PostgreSQL).
@@ -41,6 +42,7 @@ const WITH_IDS: &[&str] = &[
     "domains",
     "domain_tokens",
     "audit_log",
+    "tls_ticket_keys",
 ];
 
 /// What was copied: rows per table.

@@ -170,6 +170,15 @@ pub struct Ban {
     pub created_at: i64,
 }
 
+/// A TLS session-ticket key as the store holds it: sealed with the deployment's secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedTicketKey {
+    pub id: i64,
+    /// Unix ms from which nodes encrypt new tickets with it.
+    pub not_before: i64,
+    pub sealed: String,
+}
+
 /// How a revocation went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
@@ -343,6 +352,22 @@ pub trait AccountStore: DomainStore + Send + Sync {
 
     /// Lifts the ban of `address`; false if there was none.
     async fn lift_ban(&self, address: &str) -> Result<bool, StoreError>;
+
+    // ----- TLS session-ticket keys shared by the nodes -----
+
+    /// Every ticket key, oldest first.
+    async fn ticket_keys(&self) -> Result<Vec<SealedTicketKey>, StoreError>;
+
+    /// Adds a key taking effect at `not_before` unless a key already takes effect after
+    /// `unless_after` (another node was first); then deletes keys that took effect before
+    /// `prune_before`. Two nodes adding at once is harmless: every node learns both.
+    async fn add_ticket_key(
+        &self,
+        not_before: i64,
+        sealed: &str,
+        unless_after: i64,
+        prune_before: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Where the feed can listen for committed changes instead of only polling: the URL of a
     /// PostgreSQL store (notified on [`dialect::CHANGES_CHANNEL`]); `None` for SQLite.
@@ -1023,6 +1048,50 @@ impl AccountStore for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn ticket_keys(&self) -> Result<Vec<SealedTicketKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, not_before, sealed FROM tls_ticket_keys ORDER BY not_before, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SealedTicketKey {
+                    id: row.try_get("id")?,
+                    not_before: row.try_get("not_before")?,
+                    sealed: row.try_get("sealed")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_ticket_key(
+        &self,
+        not_before: i64,
+        sealed: &str,
+        unless_after: i64,
+        prune_before: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let added = sqlx::query(
+            "INSERT INTO tls_ticket_keys (not_before, sealed) SELECT $1, $2 \
+             WHERE NOT EXISTS (SELECT 1 FROM tls_ticket_keys WHERE not_before > $3)",
+        )
+        .bind(not_before)
+        .bind(sealed)
+        .bind(unless_after)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        sqlx::query("DELETE FROM tls_ticket_keys WHERE not_before < $1")
+            .bind(prune_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(added)
     }
 
     fn notifications_url(&self) -> Option<&str> {

@@ -497,6 +497,10 @@ pub struct Options {
     pub store: Option<String>,
     /// Use this node's certificate and key (nodes behind one load balancer share them).
     pub certs_from: Option<PathBuf>,
+    /// More `[tls]` keys, and `[[tls.certificate]]` tables after them; `{dir}` is replaced by
+    /// the gateway's folder. The development certificate stays the single one unless this
+    /// names `certificate`.
+    pub tls: String,
 }
 
 impl Default for Options {
@@ -514,6 +518,7 @@ impl Default for Options {
             open_files: None,
             store: None,
             certs_from: None,
+            tls: String::new(),
         }
     }
 }
@@ -565,8 +570,7 @@ feed_interval_ms = 50
 secret_key_file = "{root}/portal.secret"
 
 [tls]
-certificate = "{root}/certs/localhost.crt"
-private_key = "{root}/certs/localhost.key"
+{tls}
 
 [auth]
 failure_delay_ms = {delay}
@@ -629,6 +633,15 @@ timeout_secs = {backend_timeout}
                     .tail
                     .replace("{http}", &ports.http.to_string())
                     .replace("{dir}", &root.display().to_string()),
+                tls = if options.tls.contains("certificate") {
+                    options.tls.replace("{dir}", &root.display().to_string())
+                } else {
+                    format!(
+                        "certificate = \"{root}/certs/localhost.crt\"\nprivate_key = \"{root}/certs/localhost.key\"\n{}",
+                        options.tls,
+                        root = root.display()
+                    )
+                },
                 limits = options.limits,
                 auth = options.auth,
                 root = root.display(),
@@ -659,7 +672,7 @@ timeout_secs = {backend_timeout}
             for file in ["localhost.crt", "localhost.key"] {
                 std::fs::copy(from.join(file), certs.join(file)).expect("copy cert");
             }
-        } else {
+        } else if !options.tls.contains("certificate") {
             let out = gateway.cli(&["dev-cert"], None);
             assert!(
                 out.status.success(),

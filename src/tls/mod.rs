@@ -1,13 +1,19 @@
-//! TLS: the server configuration clients see, the client configuration for backends, and the
+//! TLS: the server configuration clients see ([`certificates`] chosen by SNI and reloaded,
+//! [`tickets`] shared by the nodes), the client configuration for backends, and the
 //! development certificate.
 //!
 //! One crypto provider (ring) for the whole build, so no code path can pick a different one.
+//! rustls speaks only TLS 1.2 and 1.3, and its cipher suites are all ECDHE with AEAD ciphers
+//! (AES-GCM, ChaCha20-Poly1305): there is no legacy suite to switch off.
+
+pub mod certificates;
+pub mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Why a TLS configuration could not be built.
@@ -28,11 +34,11 @@ pub enum TlsError {
     Generate(String),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::Certificate {
         path: path.display().to_string(),
         message,
@@ -47,33 +53,34 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The server configuration: the certificate chain and key from the `[tls]` section.
+/// The server configuration: certificates chosen per handshake by `certificates`, and
+/// resumption tickets from `tickets` (none issued without).
 ///
-/// Without `session_tickets`, TLS 1.3 handshakes issue no resumption tickets: mail clients
-/// hold their connections for long, and issuing tickets costs every handshake (measured by the
-/// login_load bench: about a third of the login rate on this machine). With it, one stateless
-/// ticket per handshake, encrypted under a key that rotates and never leaves the process.
+/// A TLS 1.3 handshake sends one ticket; each resumption sends a fresh one, so a client that
+/// reconnects all day always holds one. TLS 1.2 clients resume with tickets too, or with a
+/// session id from rustls's in-memory cache.
 pub fn server_config(
-    certificate: &Path,
-    private_key: &Path,
-    session_tickets: bool,
+    certificates: Arc<certificates::Certificates>,
+    tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(certificate)?;
-    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| TlsError::PrivateKey {
-        path: private_key.display().to_string(),
-        message: e.to_string(),
-    })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    if session_tickets {
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        config.send_tls13_tickets = 1;
-    } else {
-        config.send_tls13_tickets = 0;
+        .with_cert_resolver(certificates);
+    match tickets {
+        Some(tickets) => {
+            config.ticketer = tickets;
+            config.send_tls13_tickets = 1;
+        }
+        None => config.send_tls13_tickets = 0,
     }
     Ok(Arc::new(config))
+}
+
+/// Tickets under keys that rotate and never leave this process: resumption for a gateway
+/// without a deployment secret key to share keys with other nodes.
+pub fn local_tickets() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    Ok(rustls::crypto::ring::Ticketer::new()?)
 }
 
 /// The configuration for connecting to a backend: its CA file, or the web's roots.
@@ -171,8 +178,16 @@ mod tests {
         let cert = dir.path().join("c/localhost.crt");
         let key = dir.path().join("c/localhost.key");
         write_dev_certificate(&cert, &key).unwrap();
-        server_config(&cert, &key, false).unwrap();
-        server_config(&cert, &key, true).unwrap();
+        let entry = certificates::CertificateEntry {
+            chain: cert.clone(),
+            private_key: key.clone(),
+            names: vec![],
+            default: false,
+        };
+        let certs = certificates::Certificates::load(vec![entry.clone()]).unwrap();
+        assert!(certs.current()[0].names.contains(&"localhost".to_owned()));
+        server_config(certs.clone(), None).unwrap();
+        server_config(certs, Some(local_tickets().unwrap())).unwrap();
         backend_client_config(Some(&cert)).unwrap();
         backend_client_config(None).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -180,7 +195,11 @@ mod tests {
             std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let missing = server_config(&dir.path().join("nope"), &key, false).unwrap_err();
+        let missing = certificates::Certificates::load(vec![certificates::CertificateEntry {
+            chain: dir.path().join("nope"),
+            ..entry
+        }])
+        .unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
 }
