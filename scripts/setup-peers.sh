@@ -2,6 +2,7 @@
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
 # Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
 # Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, fail2ban,
+# Prometheus (promtool), systemd (systemd-analyze),
 # nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
 # vdirsyncer, slixmpp, selenium and dnslib.
 set -euo pipefail
@@ -29,6 +30,9 @@ command -v chromedriver >/dev/null 2>&1 || missing_debs+=(chromium-driver)
 command -v haproxy >/dev/null 2>&1 || missing_debs+=(haproxy)
 # fail2ban-regex checks the shipped fail2ban filter against the gateway's real log.
 command -v fail2ban-regex >/dev/null 2>&1 || missing_debs+=(fail2ban)
+# promtool checks the gateway's Prometheus metrics; systemd-analyze its systemd unit.
+command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing_debs+=(systemd)
 # PostgreSQL server binaries: the tests start private clusters of their own (initdb, postgres).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing_debs+=(postgresql)
 

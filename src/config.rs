@@ -25,6 +25,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub tls: TlsConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -335,6 +337,15 @@ pub struct TlsConfig {
     /// SIGHUP).
     #[serde(default = "default_reload_check_secs")]
     pub reload_check_secs: u64,
+}
+
+/// `[metrics]`: Prometheus metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is answered, in plain HTTP (none by default). Bind it where only
+    /// the monitoring system reaches it.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[tls] certificate`: a file, or a list of `[[tls.certificate]]` tables.

@@ -36,5 +36,6 @@ pub mod portal;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -190,12 +190,14 @@ impl PasswordHasher {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let _queued = Queued::enter(&self.queued, self.max_queued).ok_or(HashError::Busy)?;
+        let waiting = crate::telemetry::HashWaiting::enter();
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HashError::TaskLost)?;
+        waiting.turn();
         // The permit goes with the work: if this future is dropped (its login was abandoned),
         // the hash already running keeps its slot until it ends, so no more than `concurrency`
         // ever run at once.

@@ -437,6 +437,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, portal: Arc<Portal>, admitt
             return;
         }
     };
+    crate::telemetry::tls_handshake(tls.get_ref().1);
+    let _live = crate::telemetry::SessionGauge::new("portal");
     let connection = Connection { peer, admitted };
     let app = router(portal.clone()).layer(axum::Extension(connection));
     let service = TowerToHyperService::new(app);

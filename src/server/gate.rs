@@ -124,6 +124,9 @@ impl<'a> Gate<'a> {
                 Err(AuthError::Rejected)
             }
         };
+        if outcome.is_ok() {
+            crate::telemetry::login(labels, "ok");
+        }
         match &outcome {
             Ok(_) if self.client_known => throttle.succeeded(ip, &account_key),
             Ok(_) => {}
@@ -147,6 +150,7 @@ impl<'a> Gate<'a> {
                 if self.client_known {
                     throttle.undecided(ip);
                 }
+                crate::telemetry::login(labels, "unavailable");
                 tracing::warn!(%reason, "credential check unavailable");
             }
         }
@@ -158,7 +162,13 @@ impl<'a> Gate<'a> {
     /// other. `reason` is one word: `wrong-credentials` (a new guess), `repeated` (a secret this
     /// address already failed with: a stale device, not counted against it), `throttled`,
     /// `banned`, `malformed`, `ticket`.
-    pub async fn refuse(&self, login: &str, service: Service, protocol: Protocol, reason: &str) {
+    pub async fn refuse(
+        &self,
+        login: &str,
+        service: Service,
+        protocol: Protocol,
+        reason: &'static str,
+    ) {
         let labels = Labels {
             protocol: protocol.as_str(),
             service: service.as_str(),
@@ -166,7 +176,8 @@ impl<'a> Gate<'a> {
         self.refuse_as(labels, login, reason).await;
     }
 
-    async fn refuse_as(&self, labels: Labels, login: &str, reason: &str) {
+    async fn refuse_as(&self, labels: Labels, login: &str, reason: &'static str) {
+        crate::telemetry::login(labels, reason);
         let address = if self.client_known {
             self.origin.ip.to_string()
         } else {

@@ -190,6 +190,8 @@ pub async fn serve(
             return;
         }
     };
+    crate::telemetry::tls_handshake(tls.get_ref().1);
+    let _live = crate::telemetry::SessionGauge::new("http");
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let sniffer = (!h2).then(|| {
         Arc::new(Mutex::new(FramingSniffer::new(

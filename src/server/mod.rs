@@ -204,6 +204,15 @@ impl Gateway {
             }
         }
 
+        if let Some(address) = config.metrics.listen {
+            let handle = crate::telemetry::install().map_err(StartError::Backend)?;
+            let socket = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            tracing::info!(%address, "metrics at http://{address}/metrics");
+            tokio::spawn(crate::telemetry::serve(socket, handle, shutdown.clone()));
+        }
+
         let mut bound = Vec::new();
         for listener in &config.listeners {
             let socket = TcpListener::bind(listener.address)
@@ -380,6 +389,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(3);
 impl Shared {
     /// A ban the gate just made: logged, and written to the store so every node holds it.
     pub fn record_ban(&self, ban: throttle::NewBan) {
+        crate::telemetry::banned();
         tracing::warn!(
             target: gate::LOGIN_LOG_TARGET,
             "address banned: address={} failures={} until_ms={}",
@@ -412,10 +422,13 @@ async fn follow_bans(shared: Arc<Shared>) {
             .bans(crate::credentials::model::now_ms())
             .await
         {
-            Ok(bans) => shared.throttle.replace_bans(
-                bans.iter()
-                    .filter_map(|b| Some((b.address.parse().ok()?, b.until))),
-            ),
+            Ok(bans) => {
+                crate::telemetry::bans_active(bans.len());
+                shared.throttle.replace_bans(
+                    bans.iter()
+                        .filter_map(|b| Some((b.address.parse().ok()?, b.until))),
+                );
+            }
             Err(e) => tracing::debug!(error = %e, "could not read bans; keeping the last list"),
         }
         tokio::select! {

@@ -43,6 +43,8 @@ pub struct Session<'a> {
     pub deadline: Instant,
     /// The connection's place in the limits; it stops counting as pre-login once logged in.
     admitted: &'a Admitted,
+    /// Counts the session among the live ones while it exists.
+    live: crate::telemetry::SessionGauge,
 }
 
 impl<'a> Session<'a> {
@@ -53,6 +55,7 @@ impl<'a> Session<'a> {
         admitted: &'a Admitted,
     ) -> Self {
         Self {
+            live: crate::telemetry::SessionGauge::new(protocol.as_str()),
             deadline: Instant::now() + context.shared.limits.login_timeout(),
             context,
             client,
@@ -72,7 +75,10 @@ impl<'a> Session<'a> {
     async fn handshake(&self, tcp: TcpStream) -> Option<Stream> {
         let timeout = self.context.shared.limits.handshake_timeout();
         match tokio::time::timeout(timeout, self.context.shared.tls.accept(tcp)).await {
-            Ok(Ok(tls)) => Some(Stream::Server(Box::new(tls))),
+            Ok(Ok(tls)) => {
+                crate::telemetry::tls_handshake(tls.get_ref().1);
+                Some(Stream::Server(Box::new(tls)))
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 None
@@ -259,6 +265,9 @@ impl Session<'_> {
             &self.context.shared.shutdown,
         )
         .await;
+        if matches!(end, crate::upstream::relay::RelayEnd::Revoked { .. }) {
+            self.live.cut();
+        }
         tracing::info!(?end, login = %grant.login, "session ended");
         let _ = backend.shutdown().await;
     }

@@ -167,7 +167,8 @@ pub async fn poll_once(
     let count = i64::try_from(changes.len()).unwrap_or(BATCH);
     let mut next = cursor;
     let mut seen = std::collections::HashSet::new();
-    for (id, account) in changes {
+    let newest = changes.last().map(|&(_, _, at)| at);
+    for (id, account, _) in changes {
         if seen.insert(account) && index.knows(account) {
             // A failed reload leaves the cursor before this change, so the next poll retries it.
             index.refresh_account(account).await?;
@@ -178,6 +179,10 @@ pub async fn poll_once(
             );
         }
         next = id;
+    }
+    if let Some(at) = newest {
+        let lag = crate::credentials::model::now_ms().saturating_sub(at);
+        crate::telemetry::feed_lag(Duration::from_millis(u64::try_from(lag).unwrap_or(0)));
     }
     Ok((next, count))
 }

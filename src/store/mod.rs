@@ -340,7 +340,7 @@ pub trait AccountStore: DomainStore + Send + Sync {
         &self,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<(i64, AccountId)>, StoreError>;
+    ) -> Result<Vec<(i64, AccountId, i64)>, StoreError>;
 
     // ----- bans of the login gate -----
 
@@ -990,15 +990,22 @@ impl AccountStore for SqlStore {
         &self,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<(i64, AccountId)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, account_id FROM changes WHERE id > $1 ORDER BY id LIMIT $2")
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+    ) -> Result<Vec<(i64, AccountId, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, at FROM changes WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("id")?, AccountId(row.try_get("account_id")?))))
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    AccountId(row.try_get("account_id")?),
+                    row.try_get("at")?,
+                ))
+            })
             .collect()
     }
 

@@ -180,7 +180,7 @@ async fn every_write_appends_to_the_change_feed_and_bumps_the_revision() {
         .unwrap();
     let changes = store.changes_since(start, 100).await.unwrap();
     assert_eq!(changes.len(), 3);
-    assert!(changes.iter().all(|(_, a)| *a == account));
+    assert!(changes.iter().all(|(_, a, _)| *a == account));
     assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
     assert_eq!(state(&store).await.revision, r1 + 2);
     assert_eq!(
@@ -276,7 +276,13 @@ async fn an_installation_is_copied_from_sqlite_to_postgresql_with_every_row() {
     let bob_id = target.create_account(&bob, "h").await.unwrap();
     assert!(bob_id.0 > id.0);
     assert_eq!(
-        target.changes_since(cursor, 10).await.unwrap(),
+        target
+            .changes_since(cursor, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, account, _)| (id, account))
+            .collect::<Vec<_>>(),
         vec![(cursor + 1, bob_id)]
     );
     // A store that holds accounts is not a target.

@@ -31,7 +31,7 @@ pub async fn login(
     client: ClientInfo,
 ) -> Result<Session, BackendError> {
     backend
-        .within_timeout(login_inner(backend, login, client))
+        .login_within_timeout(login_inner(backend, login, client))
         .await
 }
 

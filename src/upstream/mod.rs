@@ -86,12 +86,31 @@ impl Backend {
             })?
     }
 
+    /// A login to the backend for a client (connect, greeting, login), under the timeout and
+    /// timed for the metrics.
+    pub async fn login_within_timeout<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let started = std::time::Instant::now();
+        let result = self.within_timeout(work).await;
+        crate::telemetry::backend_login(&self.name, result.is_ok(), started.elapsed());
+        result
+    }
+
     fn address(&self) -> String {
         self.config.address().to_owned()
     }
 
     /// Opens TCP, and TLS at once when `tls = "implicit"`.
     pub async fn connect(&self) -> Result<Stream, BackendError> {
+        let started = std::time::Instant::now();
+        let stream = self.connect_untimed().await?;
+        crate::telemetry::backend_connect(&self.name, started.elapsed());
+        Ok(stream)
+    }
+
+    async fn connect_untimed(&self) -> Result<Stream, BackendError> {
         let tcp = TcpStream::connect(self.config.address())
             .await
             .map_err(|e| BackendError::Connect {

@@ -34,7 +34,7 @@ pub async fn login(
     helo: &str,
 ) -> Result<Session, BackendError> {
     backend
-        .within_timeout(login_inner(backend, login, client, helo))
+        .login_within_timeout(login_inner(backend, login, client, helo))
         .await
 }
 

@@ -30,7 +30,7 @@ pub async fn login(
     ticket: &Secret,
 ) -> Result<Session, BackendError> {
     backend
-        .within_timeout(login_inner(backend, user, ticket))
+        .login_within_timeout(login_inner(backend, user, ticket))
         .await
 }
 
