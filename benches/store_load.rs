@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::credentials::hashing::{app_password_digest, generate_app_password};
 use portcullis::credentials::index::IndexSettings;
+use portcullis::credentials::model::PasswordLimits;
 use portcullis::credentials::{CredentialIndex, Credentials, Login, Protocol, Service};
 use portcullis::store::testing::PgCluster;
 use portcullis::store::{Store, open};
@@ -139,6 +140,7 @@ async fn populate(store: &Store, from: usize, to: usize) -> Arc<Vec<Credentials>
                         Service::Mail,
                         "bench",
                         &app_password_digest(&secret),
+                        &PasswordLimits::default(),
                     )
                     .await
                     .expect("app password");
@@ -253,6 +255,7 @@ async fn feed_cost(pg: &PgCluster, url: &str, followers: usize, window: Duration
                 Service::Mail,
                 "feed",
                 &app_password_digest(&generate_app_password()),
+                &PasswordLimits::default(),
             )
             .await
             .expect("change");

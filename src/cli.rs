@@ -15,7 +15,7 @@ mod domains;
 use crate::config::Config;
 use crate::credentials::accounts::{AccountService, Outcome};
 use crate::credentials::hashing::PasswordHasher;
-use crate::credentials::model::GenerationBump;
+use crate::credentials::model::{GenerationBump, PasswordLimits, now_ms};
 use crate::credentials::{Secret, Service};
 
 /// portcullis: a protocol gateway with per-service app passwords.
@@ -152,6 +152,13 @@ pub enum AppPasswordCommand {
         service: String,
         #[arg(long)]
         name: String,
+        /// Refuse it from this moment on: `YYYY-MM-DD` (through the end of that day, UTC) or
+        /// `YYYY-MM-DDTHH:MM:SSZ`; its live sessions are cut then.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Accept it only from this client network (CIDR or an address); repeat for several.
+        #[arg(long = "network", value_name = "CIDR")]
+        networks: Vec<String>,
     },
     /// List an account's app passwords (never the secrets).
     List {
@@ -513,10 +520,16 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
             login,
             service: kind,
             name,
+            expires,
+            networks,
         } => {
             let login = service.login(&login)?;
             let kind: Service = kind.parse()?;
-            let made = service.create_app_password(&login, kind, &name).await?;
+            let networks: Vec<&str> = networks.iter().map(String::as_str).collect();
+            let limits = PasswordLimits::parse(expires.as_deref(), &networks, now_ms())?;
+            let made = service
+                .create_limited_app_password(&login, kind, &name, &limits)
+                .await?;
             let text = std::str::from_utf8(made.secret.expose())
                 .map_err(|_| CliError("internal: non-ASCII secret".into()))?;
             println!("{text}");
@@ -538,6 +551,7 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                     "STATE".to_owned(),
                     "CREATED".to_owned(),
                     "LAST USED".to_owned(),
+                    "LIMITS".to_owned(),
                     "NAME".to_owned(),
                 ]];
                 for p in &passwords {
@@ -545,6 +559,20 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         (true, _) => "alive",
                         (false, Some(_)) => "revoked",
                         (false, None) => "expired",
+                    };
+                    let mut limits = Vec::new();
+                    if let Some(at) = p.limits.expires_at {
+                        limits.push(format!("until {}", crate::clock::expiry(at)));
+                    }
+                    if !p.limits.networks.is_empty() {
+                        let networks: Vec<String> =
+                            p.limits.networks.iter().map(ToString::to_string).collect();
+                        limits.push(format!("from {}", networks.join(",")));
+                    }
+                    let limits = if limits.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        limits.join(" ")
                     };
                     let last = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
                         (Some(at), Some(ip), Some(proto)) => match &p.last_used_reporter {
@@ -562,6 +590,7 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         state.to_owned(),
                         timestamp(p.created_at),
                         last,
+                        limits,
                         p.name.clone(),
                     ]);
                 }

@@ -137,6 +137,50 @@ fn the_auth_protocol_checks_scope_and_answers_pipelined_requests_in_any_order() 
         plain("", "alice", &mail)
     ));
     assert_eq!(c.line(), "FAIL\t7\treason=Unknown service");
+    // A password limited to 192.0.2.0/24: from there, yes; from elsewhere, or from an address
+    // the daemon does not give, no.
+    let limited = gateway
+        .cli_ok(
+            &[
+                "app-password",
+                "create",
+                "alice",
+                "--service",
+                "mail",
+                "--name",
+                "Office relay",
+                "--network",
+                "192.0.2.0/24",
+            ],
+            None,
+        )
+        .trim()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        c.send(&format!(
+            "AUTH\t20\tPLAIN\tservice=smtp\trip=192.0.2.99\tresp={}\n",
+            plain("", "alice", &limited)
+        ));
+        // The CLI's change reaches the gateway through the feed.
+        if c.line() == "OK\t20\tuser=alice" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "limited password refused from its network"
+        );
+    }
+    c.send(&format!(
+        "AUTH\t21\tPLAIN\tservice=smtp\trip=198.51.100.1\tresp={}\n",
+        plain("", "alice", &limited)
+    ));
+    assert_eq!(c.line(), "FAIL\t21");
+    c.send(&format!(
+        "AUTH\t22\tPLAIN\tservice=smtp\tresp={}\n",
+        plain("", "alice", &limited)
+    ));
+    assert_eq!(c.line(), "FAIL\t22");
     c.send("NONSENSE\n");
     assert_eq!(c.line(), "", "the connection should be closed");
 

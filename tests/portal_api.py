@@ -106,6 +106,24 @@ status, _, _ = alice.call("DELETE", f"/app-passwords/{made['id']}")
 assert status == 204
 assert imap_refused(made["secret"])
 problem(alice.call("DELETE", f"/app-passwords/{made['id'] + 1000}"), 404)
+# Limits: loopback only and an expiry, both in the answer and the list; refused inputs say why.
+status, _, limited = alice.call(
+    "POST",
+    "/app-passwords",
+    {"service": "mail", "name": "API limited", "expires": "2099-12-31", "networks": ["127.0.0.0/8", "::1"]},
+)
+assert status == 201, limited
+assert limited["networks"] == ["127.0.0.0/8", "::1/128"], limited
+assert limited["expires_at"] == 4102444800000, limited
+assert not imap_refused(limited["secret"])
+status, _, listed = alice.call("GET", "/app-passwords")
+[entry] = [p for p in listed["app_passwords"] if p["name"] == "API limited"]
+assert entry["networks"] == ["127.0.0.0/8", "::1/128"] and entry["expires_at"] == 4102444800000, entry
+for bad in ({"networks": ["10.0.0.0/99"]}, {"expires": "2001-01-01"}, {"expires": "soon"}):
+    refused = alice.call("POST", "/app-passwords", {"service": "mail", "name": "x", **bad})
+    assert refused[0] == 422, (bad, refused)
+status, _, _ = alice.call("DELETE", f"/app-passwords/{limited['id']}")
+assert status == 204
 print("APP-PASSWORD", flush=True)
 
 # Profile and the question.

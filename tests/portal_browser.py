@@ -97,6 +97,29 @@ def main_flow():
         print("IMAP-CUT", line.decode().strip(), flush=True)
         assert imap_refused(secret)
 
+        # Limits: this one works only from 192.0.2.0/24, and until the end of 2099.
+        driver.find_element(By.CSS_SELECTOR, "#limits summary").click()
+        driver.find_element(By.ID, "service").send_keys("Mail")
+        driver.find_element(By.ID, "name").send_keys("Office PC")
+        # The date picker's typed format follows the browser's locale; its value does not.
+        driver.execute_script("arguments[0].value = '2099-12-31'", driver.find_element(By.ID, "expires"))
+        driver.find_element(By.ID, "networks").send_keys("192.0.2.0/24")
+        submit(driver, driver.find_element(By.ID, "create"))
+        office = wait_for(driver, "secret").text.strip()
+        assert imap_refused(office), "opened IMAP from outside its network"
+        driver.refresh()
+        limits = driver.find_element(By.CSS_SELECTOR, "#passwords tr[data-id] td.limits").text
+        assert limits == "until 2099-12-31; only from 192.0.2.0/24", limits
+        driver.find_element(By.CSS_SELECTOR, "#limits summary").click()
+        driver.find_element(By.ID, "name").send_keys("Broken")
+        driver.find_element(By.ID, "networks").send_keys("192.0.2.0/33")
+        submit(driver, driver.find_element(By.ID, "create"))
+        error = wait_for(driver, "error").text
+        assert "network" in error and "192.0.2.0/33" in error, error
+        submit(driver, driver.find_element(By.CSS_SELECTOR, "#passwords button.danger"))
+        wait_for(driver, "no-passwords")
+        print("LIMITS", flush=True)
+
         # Switching: a second account, then back, then "Log out" makes the next one current.
         sign_in(driver, "bob", add=True)
         wait_current(driver, "bob@example.org")

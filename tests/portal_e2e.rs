@@ -110,6 +110,7 @@ fn sign_in_create_use_delete_switch_and_log_out_in_a_real_browser() {
         "CREATED",
         "IMAP-LOGIN OK",
         "IMAP-CUT * BYE",
+        "LIMITS",
         "SWITCHED",
         "SIXTH-REFUSED",
         "LOGGED-OUT-ALL",

@@ -23,7 +23,7 @@ use super::index::CredentialIndex;
 use super::keys::Keys;
 use super::model::{
     AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login, LoginError,
-    Service,
+    PasswordLimits, Service, now_ms,
 };
 use super::secret::Secret;
 use crate::store::{AccountChange, NewWebSession, Revocation, Store, StoreError, WebSession};
@@ -663,7 +663,25 @@ impl AccountService {
         service: Service,
         name: &str,
     ) -> Result<NewAppPassword, AccountError> {
+        self.create_limited_app_password(login, service, name, &PasswordLimits::default())
+            .await
+    }
+
+    /// A new app password that works only until `limits.expires_at` and from
+    /// `limits.networks` (made with [`PasswordLimits::parse`]).
+    pub async fn create_limited_app_password(
+        &self,
+        login: &Login,
+        service: Service,
+        name: &str,
+        limits: &PasswordLimits,
+    ) -> Result<NewAppPassword, AccountError> {
         let name = check_name(name)?;
+        if limits.expired(now_ms()) {
+            return Err(AccountError::BadInput(
+                "the expiry is not in the future".into(),
+            ));
+        }
         let secret = generate_app_password();
         let digest = app_password_digest(&secret);
         for _ in 0..CONFLICT_RETRIES {
@@ -673,7 +691,7 @@ impl AccountService {
             }
             match self
                 .store
-                .create_app_password(&account, service, name, &digest)
+                .create_app_password(&account, service, name, &digest, limits)
                 .await
             {
                 Ok(id) => {

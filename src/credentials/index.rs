@@ -9,7 +9,7 @@
 //! within the feed interval when another process does (see [`crate::store::feed`]); the same
 //! state wakes relayed sessions whose credential just died.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use super::hashing::{HashError, PasswordHasher, app_password_digest, normalize_app_password};
 use super::model::{
     AccountId, AccountState, AppPasswordId, Credentials, Generation, IdentityError, Login, Network,
-    Origin, Protocol, Service,
+    Origin, PasswordLimits, Protocol, Service, now_ms,
 };
 use super::secret::Secret;
 use crate::store::{Store, StoreError, Use};
@@ -74,18 +74,22 @@ pub enum Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub state: AccountState,
-    /// App passwords alive right now: not revoked, made under the current generation.
-    pub live_app_passwords: HashSet<AppPasswordId>,
+    /// App passwords not revoked and made under the current generation, with the limits
+    /// their owner set (an expired one is here until the next reload, and refused by time).
+    pub live_app_passwords: HashMap<AppPasswordId, PasswordLimits>,
 }
 
 impl Snapshot {
-    /// Whether `credential` still opens `service` for this account.
-    pub fn allows(&self, credential: &Credential) -> bool {
+    /// Whether `credential` still opens its service for this account at `now`.
+    pub fn allows(&self, credential: &Credential, now: i64) -> bool {
         match *credential {
             Credential::AppPassword { id, generation } => {
                 !self.state.blocked
                     && generation == self.state.generation
-                    && self.live_app_passwords.contains(&id)
+                    && self
+                        .live_app_passwords
+                        .get(&id)
+                        .is_some_and(|limits| !limits.expired(now))
             }
             Credential::MainPassword {
                 generation,
@@ -136,21 +140,71 @@ pub struct Grant {
 impl Grant {
     /// Whether the credential is still alive.
     pub fn is_alive(&self) -> bool {
-        self.live.snapshot.borrow().allows(&self.credential)
+        self.live
+            .snapshot
+            .borrow()
+            .allows(&self.credential, now_ms())
     }
 
-    /// Resolves once the credential dies (revoked, generation bumped, password changed, policy
-    /// no longer accepting it). Cancel-safe: drop it and call again.
+    /// Whether a login from `origin` may use the credential now: an app password's owner may
+    /// have limited it to some networks.
+    fn permits(&self, origin: &Origin) -> bool {
+        let Credential::AppPassword { id, .. } = self.credential else {
+            return true;
+        };
+        let client = origin.ip_known.then_some(origin.ip);
+        self.live
+            .snapshot
+            .borrow()
+            .live_app_passwords
+            .get(&id)
+            .is_some_and(|limits| limits.permit(client, now_ms()))
+    }
+
+    /// When the credential expires, if its owner gave it an end.
+    fn expires_at(&self, snapshot: &Snapshot) -> Option<i64> {
+        match self.credential {
+            Credential::AppPassword { id, .. } => snapshot
+                .live_app_passwords
+                .get(&id)
+                .and_then(|limits| limits.expires_at),
+            Credential::MainPassword { .. } => None,
+        }
+    }
+
+    /// Resolves once the credential dies (revoked, expired, generation bumped, password
+    /// changed, policy no longer accepting it). Cancel-safe: drop it and call again.
     pub async fn dead(&self) {
         let mut rx = self.live.snapshot.subscribe();
         loop {
-            if !rx.borrow_and_update().allows(&self.credential) {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                // The account left the index; nothing can revoke through it any more, so hold
-                // still (the index never drops an account while it runs).
-                std::future::pending::<()>().await;
+            let expires_at = {
+                let snapshot = rx.borrow_and_update();
+                if !snapshot.allows(&self.credential, now_ms()) {
+                    return;
+                }
+                self.expires_at(&snapshot)
+            };
+            let expiry = async {
+                match expires_at {
+                    Some(at) => {
+                        let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    // The account left the index; nothing can revoke through it any more, so
+                    // only the expiry is left (the index never drops an account while it runs).
+                    if let Some(at) = expires_at {
+                        let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                        return;
+                    }
+                    std::future::pending::<()>().await;
+                },
+                () = expiry => {}
             }
         }
     }
@@ -314,6 +368,9 @@ impl CredentialIndex {
                 live,
             };
             if grant.is_alive() {
+                if !grant.permits(origin) {
+                    return Err(AuthError::Rejected);
+                }
                 self.record_use(&grant, origin, protocol);
                 return Ok(grant);
             }
@@ -327,6 +384,9 @@ impl CredentialIndex {
                 (grant.live.clone(), grant.credential, grant.login.clone()),
             )
             .await;
+        if !grant.permits(origin) {
+            return Err(AuthError::Rejected);
+        }
         self.record_use(&grant, origin, protocol);
         Ok(grant)
     }
@@ -366,7 +426,7 @@ impl CredentialIndex {
                 id: record.id,
                 generation: record.generation,
             };
-            return if snapshot.allows(&credential) {
+            return if snapshot.allows(&credential, now_ms()) {
                 Ok(grant(credential))
             } else {
                 Err(AuthError::Rejected)
@@ -395,7 +455,7 @@ impl CredentialIndex {
             generation: account.generation,
             password_version: account.password_version,
         };
-        if matches && snapshot.allows(&credential) {
+        if matches && snapshot.allows(&credential, now_ms()) {
             Ok(grant(credential))
         } else {
             Err(AuthError::Rejected)

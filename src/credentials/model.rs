@@ -258,6 +258,9 @@ pub struct Origin {
     pub ip: std::net::IpAddr,
     /// Who told us `ip`, when it was not the connection the gateway itself accepted.
     pub reported_by: Option<String>,
+    /// False when `ip` is not the end user's but the reporter's own (a daemon that did not
+    /// say whose login it asks about): limits by network then refuse.
+    pub ip_known: bool,
 }
 
 impl From<std::net::IpAddr> for Origin {
@@ -266,6 +269,7 @@ impl From<std::net::IpAddr> for Origin {
         Self {
             ip,
             reported_by: None,
+            ip_known: true,
         }
     }
 }
@@ -333,6 +337,124 @@ impl AccountState {
     }
 }
 
+/// Most networks one app password may be limited to.
+pub const MAX_NETWORKS: usize = 32;
+
+/// What its owner limited one app password to, at its creation: a moment it stops working,
+/// and the client networks it works from (none listed: any).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PasswordLimits {
+    /// Unix ms from which it is refused, and its live sessions are cut.
+    pub expires_at: Option<i64>,
+    #[serde(serialize_with = "networks_as_text")]
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+fn networks_as_text<S: serde::Serializer>(
+    networks: &[ipnet::IpNet],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(networks.iter().map(ToString::to_string))
+}
+
+impl PasswordLimits {
+    /// Reads what a person typed: `expires` as `YYYY-MM-DD` (through the end of that day,
+    /// UTC) or `YYYY-MM-DDTHH:MM:SSZ`, in the future at `now`; `networks` as CIDR blocks or
+    /// single addresses, separated by commas, spaces or new lines.
+    pub fn parse(expires: Option<&str>, networks: &[&str], now: i64) -> Result<Self, String> {
+        let expires_at = match expires.map(str::trim).filter(|e| !e.is_empty()) {
+            None => None,
+            Some(text) => {
+                let at = crate::clock::parse_expiry(text).ok_or_else(|| {
+                    format!("expiry {text:?}: give a date (2026-12-31) or a UTC time (2026-12-31T18:00:00Z)")
+                })?;
+                if at <= now {
+                    return Err(format!("expiry {text:?} is not in the future"));
+                }
+                Some(at)
+            }
+        };
+        let mut parsed: Vec<ipnet::IpNet> = Vec::new();
+        for text in networks
+            .iter()
+            .flat_map(|n| n.split(|c: char| c == ',' || c.is_whitespace()))
+            .filter(|n| !n.is_empty())
+        {
+            let network = match text.parse::<ipnet::IpNet>() {
+                Ok(network) => network.trunc(),
+                Err(_) => match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) => ipnet::IpNet::from(ip),
+                    Err(_) => {
+                        return Err(format!(
+                            "network {:?}: give a CIDR block (192.0.2.0/24, 2001:db8::/48) or an address",
+                            crate::protocol::printable(text)
+                        ));
+                    }
+                },
+            };
+            if !parsed.contains(&network) {
+                parsed.push(network);
+            }
+        }
+        if parsed.len() > MAX_NETWORKS {
+            return Err(format!("at most {MAX_NETWORKS} networks"));
+        }
+        Ok(PasswordLimits {
+            expires_at,
+            networks: parsed,
+        })
+    }
+
+    /// As the store keeps the networks: comma-separated, `None` for any.
+    pub fn stored_networks(&self) -> Option<String> {
+        (!self.networks.is_empty()).then(|| {
+            self.networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// From the store's columns; a network that no longer parses limits to nothing rather
+    /// than to anything.
+    pub fn from_stored(expires_at: Option<i64>, networks: Option<&str>) -> Self {
+        let networks = networks
+            .unwrap_or("")
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                n.parse().unwrap_or_else(|_| {
+                    ipnet::IpNet::from(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+                })
+            })
+            .collect();
+        PasswordLimits {
+            expires_at,
+            networks,
+        }
+    }
+
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Whether a login from `client` (`None`: an address the gateway does not know, as from
+    /// a daemon that did not say) may use it at `now`.
+    pub fn permit(&self, client: Option<std::net::IpAddr>, now: i64) -> bool {
+        if self.expired(now) {
+            return false;
+        }
+        if self.networks.is_empty() {
+            return true;
+        }
+        let Some(ip) = client.map(|ip| ip.to_canonical()) else {
+            return false;
+        };
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// An app password as listed to its owner: everything but the secret, which is never stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AppPasswordInfo {
@@ -348,8 +470,11 @@ pub struct AppPasswordInfo {
     /// Who reported `last_used_ip` when the gateway did not see the client itself: the auth
     /// server's daemon (`auth server 127.0.0.1`, `auth server unix socket`).
     pub last_used_reporter: Option<String>,
-    /// Alive: not revoked and made under the account's current generation.
+    /// Alive: not revoked, not expired, and made under the account's current generation.
     pub alive: bool,
+    /// Its expiry and networks.
+    #[serde(flatten)]
+    pub limits: PasswordLimits,
 }
 
 /// The protocol a login arrived over, recorded as an app password's last use.
@@ -513,5 +638,83 @@ mod tests {
         state.app_passwords_only = false;
         state.two_factor = true;
         assert!(!state.main_password_allowed());
+    }
+
+    #[test]
+    fn password_limits_read_what_people_type_and_refuse_the_rest() {
+        let now = 1_700_000_000_000;
+        let limits = PasswordLimits::parse(
+            Some(" 2030-01-31 "),
+            &[
+                "192.0.2.77/24, 2001:db8::1/48",
+                "198.51.100.7\n192.0.2.0/24",
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(limits.expires_at, crate::clock::parse_expiry("2030-01-31"));
+        let shown: Vec<String> = limits.networks.iter().map(ToString::to_string).collect();
+        // Host bits cleared, single addresses as /32, duplicates once.
+        assert_eq!(shown, ["192.0.2.0/24", "2001:db8::/48", "198.51.100.7/32"]);
+        assert_eq!(
+            limits.stored_networks().as_deref(),
+            Some("192.0.2.0/24,2001:db8::/48,198.51.100.7/32")
+        );
+        assert_eq!(
+            PasswordLimits::from_stored(limits.expires_at, limits.stored_networks().as_deref()),
+            limits
+        );
+        assert_eq!(
+            PasswordLimits::parse(Some(""), &[" "], now).unwrap(),
+            PasswordLimits::default()
+        );
+
+        for (expires, networks) in [
+            (Some("2001-01-01"), vec![]),
+            (Some("next week"), vec![]),
+            (None, vec!["192.0.2.0/33"]),
+            (None, vec!["example.org"]),
+            (None, vec!["10.0.0.0/8 ; 10.1.0.0/16"]),
+        ] {
+            let refused = PasswordLimits::parse(expires, &networks, now);
+            assert!(refused.is_err(), "{expires:?} {networks:?}");
+        }
+        let many: Vec<String> = (0..33).map(|i| format!("10.0.{i}.0/24")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(PasswordLimits::parse(None, &many, now).is_err());
+    }
+
+    #[test]
+    fn password_limits_permit_by_time_and_network() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let now = 1_700_000_000_000;
+        let open = PasswordLimits::default();
+        assert!(open.permit(ip("203.0.113.9"), now));
+        assert!(
+            open.permit(None, now),
+            "no networks: the address does not matter"
+        );
+
+        let limited = PasswordLimits::parse(None, &["192.0.2.0/24", "2001:db8::/32"], now).unwrap();
+        assert!(limited.permit(ip("192.0.2.200"), now));
+        assert!(limited.permit(ip("::ffff:192.0.2.1"), now), "IPv4-mapped");
+        assert!(limited.permit(ip("2001:db8:ffff::1"), now));
+        assert!(!limited.permit(ip("192.0.3.1"), now));
+        assert!(!limited.permit(ip("2001:db9::1"), now));
+        assert!(
+            !limited.permit(None, now),
+            "an unknown address is outside every network"
+        );
+
+        let expiring = PasswordLimits {
+            expires_at: Some(now + 1),
+            networks: Vec::new(),
+        };
+        assert!(expiring.permit(None, now));
+        assert!(!expiring.permit(None, now + 1));
+        assert!(expiring.expired(now + 1) && !expiring.expired(now));
+        // A stored network that no longer parses limits to nothing.
+        let broken = PasswordLimits::from_stored(None, Some("not-a-network"));
+        assert!(!broken.permit(ip("192.0.2.1"), now));
     }
 }

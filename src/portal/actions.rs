@@ -11,7 +11,9 @@ use super::pages::{Browser, Page, Signed, failure_delay, page_error, reconfirmed
 use super::{Connection, Portal, Setting};
 use crate::credentials::Service;
 use crate::credentials::accounts::{AccountError, Channel, Enrolment, Proof, TwoFactorOn};
-use crate::credentials::model::{AccountState, AppPasswordId, GenerationBump};
+use crate::credentials::model::{
+    AccountState, AppPasswordId, GenerationBump, PasswordLimits, now_ms,
+};
 use crate::credentials::{AuthError, Secret};
 use crate::server::gate::{Gate, Labels};
 
@@ -209,29 +211,31 @@ pub struct Created {
     pub service: Service,
     pub secret: Secret,
     pub settings: Vec<Setting>,
+    pub limits: PasswordLimits,
 }
 
 /// Makes an app password, after the main password again if the sign-in is not recent.
 pub async fn create_app_password(
     page: &Page,
-    service: &str,
-    name: &str,
-    password: Option<&str>,
+    request: &NewAppPassword<'_>,
 ) -> Result<Created, Refusal> {
     let Page(Browser(portal, _, headers, _), account, _) = page;
-    if !reconfirmed(page, password).await {
+    if !reconfirmed(page, request.password).await {
         return Err(Refusal::new(StatusCode::UNAUTHORIZED, "Wrong password."));
     }
-    let Ok(service) = service.parse::<Service>() else {
+    let Ok(service) = request.service.parse::<Service>() else {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Choose a service.",
         ));
     };
+    let limits = PasswordLimits::parse(request.expires, &request.networks, now_ms())
+        .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}.")))?;
+    let name = request.name;
     let made = portal
         .shared
         .accounts
-        .create_app_password(&account.login, service, name)
+        .create_limited_app_password(&account.login, service, name, &limits)
         .await
         .map_err(|e| Refusal::from_error(&e))?;
     tracing::info!(login = %account.login, id = made.id.0, %service, "app password created in the portal");
@@ -241,7 +245,20 @@ pub async fn create_app_password(
         service,
         secret: made.secret,
         settings: super::pages::settings(portal, service, headers),
+        limits,
     })
+}
+
+/// What a person asked for in the portal's form or the API.
+pub struct NewAppPassword<'a> {
+    pub service: &'a str,
+    pub name: &'a str,
+    /// The main password again, when the sign-in is not recent.
+    pub password: Option<&'a str>,
+    /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`; empty or none: never.
+    pub expires: Option<&'a str>,
+    /// CIDR blocks or addresses; none: any network.
+    pub networks: Vec<&'a str>,
 }
 
 /// The first step of "Can't sign in?": a code goes out when the address is the account's, or

@@ -231,6 +231,8 @@ pub async fn app_passwords(Signed(page): Signed) -> Response {
                         "name": p.name,
                         "service": p.service.as_str(),
                         "created_at": p.created_at,
+                        "expires_at": p.limits.expires_at,
+                        "networks": p.limits.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "last_used": p.last_used_at.map(|at| json!({
                             "at": at,
                             "ip": p.last_used_ip,
@@ -250,13 +252,23 @@ pub struct CreateBody {
     service: String,
     name: String,
     password: Option<String>,
+    /// `YYYY-MM-DD` (through that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
+    expires: Option<String>,
+    /// CIDR blocks or addresses the password works from.
+    #[serde(default)]
+    networks: Vec<String>,
 }
 
 /// `POST /app-passwords`: 201 with the secret, in this response only.
 pub async fn create(Signed(page): Signed, Body(body): Body<CreateBody>) -> Response {
-    match actions::create_app_password(&page, &body.service, &body.name, body.password.as_deref())
-        .await
-    {
+    let request = actions::NewAppPassword {
+        service: &body.service,
+        name: &body.name,
+        password: body.password.as_deref(),
+        expires: body.expires.as_deref(),
+        networks: body.networks.iter().map(String::as_str).collect(),
+    };
+    match actions::create_app_password(&page, &request).await {
         Ok(made) => (
             StatusCode::CREATED,
             Json(json!({
@@ -265,6 +277,8 @@ pub async fn create(Signed(page): Signed, Body(body): Body<CreateBody>) -> Respo
                 "service": made.service.as_str(),
                 "secret": text(&made.secret),
                 "settings": made.settings,
+                "expires_at": made.limits.expires_at,
+                "networks": made.limits.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })),
         )
             .into_response(),

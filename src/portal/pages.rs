@@ -427,12 +427,22 @@ async fn access_page(page: &Page, error: Option<String>) -> Response {
                 }
                 _ => "never".to_owned(),
             };
+            let mut limits = Vec::new();
+            if let Some(at) = p.limits.expires_at {
+                limits.push(format!("until {}", crate::clock::expiry(at)));
+            }
+            if !p.limits.networks.is_empty() {
+                let networks: Vec<String> =
+                    p.limits.networks.iter().map(ToString::to_string).collect();
+                limits.push(format!("only from {}", networks.join(", ")));
+            }
             context! {
                 id => p.id.0,
                 name => p.name.clone(),
                 service => p.service.as_str(),
                 created => time(p.created_at),
                 last_used => last_used,
+                limits => if limits.is_empty() { "none".to_owned() } else { limits.join("; ") },
             }
         })
         .collect();
@@ -476,14 +486,21 @@ pub struct CreateForm {
     service: String,
     name: String,
     password: Option<String>,
+    expires: Option<String>,
+    networks: Option<String>,
 }
 
 /// Makes an app password; the next page view shows it once (POST, redirect, GET: reloading or
 /// going back never shows it again).
 pub async fn create(page: Page, Form(form): Form<CreateForm>) -> Response {
-    match actions::create_app_password(&page, &form.service, &form.name, form.password.as_deref())
-        .await
-    {
+    let request = actions::NewAppPassword {
+        service: &form.service,
+        name: &form.name,
+        password: form.password.as_deref(),
+        expires: form.expires.as_deref(),
+        networks: form.networks.as_deref().into_iter().collect(),
+    };
+    match actions::create_app_password(&page, &request).await {
         Ok(made) => {
             let portal = &page.0.0;
             portal

@@ -274,6 +274,7 @@ async fn verify(
             .or(peer)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         reported_by: Some(format!("auth server {daemon}")),
+        ip_known: request.remote_ip.is_some(),
     };
     let gate = Gate::arrived(shared, origin);
     // Without rip= the address is the daemon's, shared by all its users: throttling or banning

@@ -14,7 +14,7 @@ use crate::upstream::relay::{Goodbyes, ImapBoundary};
 use crate::upstream::{ClientInfo, imap as backend_imap};
 
 const GOODBYES: Goodbyes = Goodbyes {
-    revoked: b"* BYE Session ended: the credential was revoked\r\n",
+    revoked: b"* BYE Session ended: the credential was revoked or has expired\r\n",
     shutdown: b"* BYE Server shutting down\r\n",
 };
 

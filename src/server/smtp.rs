@@ -14,7 +14,7 @@ use crate::upstream::relay::{Goodbyes, LineBoundary};
 use crate::upstream::{ClientInfo, smtp as backend_smtp};
 
 const GOODBYES: Goodbyes = Goodbyes {
-    revoked: b"421 4.7.0 Session ended: the credential was revoked\r\n",
+    revoked: b"421 4.7.0 Session ended: the credential was revoked or has expired\r\n",
     shutdown: b"421 4.3.2 Server shutting down\r\n",
 };
 

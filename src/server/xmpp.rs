@@ -16,7 +16,7 @@ use crate::upstream::relay::{Goodbyes, XmlBoundary};
 use crate::upstream::{ClientInfo, xmpp as backend_xmpp};
 
 const GOODBYES: Goodbyes = Goodbyes {
-    revoked: b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Session ended: the credentials were revoked</text></stream:error></stream:stream>",
+    revoked: b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Session ended: the credentials were revoked or have expired</text></stream:error></stream:stream>",
     shutdown: b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
 };
 

@@ -36,6 +36,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_change_counter.sql")),
     (8, include_str!("migrations/0008_bans.sql")),
     (9, include_str!("migrations/0009_tls_ticket_keys.sql")),
+    (10, include_str!("migrations/0010_app_password_limits.sql")),
 ];
 
 /// The channel a PostgreSQL store notifies on when a change commits.

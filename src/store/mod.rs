@@ -32,7 +32,7 @@ use dialect::{begin_write, locking};
 
 use crate::credentials::model::{
     AccountId, AccountState, AppPasswordId, AppPasswordInfo, Generation, GenerationBump, Login,
-    Service, now_ms,
+    PasswordLimits, Service, now_ms,
 };
 
 /// Changes older than this are deleted from the feed by the next writer. A gateway that was
@@ -210,7 +210,7 @@ pub trait AccountStore: DomainStore + Send + Sync {
     async fn account_snapshot(
         &self,
         id: AccountId,
-    ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError>;
+    ) -> Result<Option<(AccountState, Vec<(AppPasswordId, PasswordLimits)>)>, StoreError>;
 
     /// Records last uses, one transaction for the batch.
     async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
@@ -241,6 +241,7 @@ pub trait AccountStore: DomainStore + Send + Sync {
         service: Service,
         name: &str,
         digest: &str,
+        limits: &PasswordLimits,
     ) -> Result<AppPasswordId, StoreError>;
 
     /// Every app password of the account, newest first, revoked and dead ones included.
@@ -480,7 +481,7 @@ impl AccountStore for SqlStore {
     async fn account_snapshot(
         &self,
         id: AccountId,
-    ) -> Result<Option<(AccountState, Vec<AppPasswordId>)>, StoreError> {
+    ) -> Result<Option<(AccountState, Vec<(AppPasswordId, PasswordLimits)>)>, StoreError> {
         // One statement, so one snapshot on either database and one round trip: a row per live
         // app password (or one row with a NULL id when there is none).
         let rows = sqlx::query(ACCOUNT_WITH_LIVE_APP_PASSWORDS)
@@ -494,7 +495,12 @@ impl AccountStore for SqlStore {
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
             if let Some(live) = row.try_get::<Option<i64>, _>("live_id")? {
-                ids.push(AppPasswordId(live));
+                let networks: Option<String> = row.try_get("live_networks")?;
+                let limits = PasswordLimits::from_stored(
+                    row.try_get("live_expires_at")?,
+                    networks.as_deref(),
+                );
+                ids.push((AppPasswordId(live), limits));
             }
         }
         Ok(Some((account, ids)))
@@ -621,11 +627,12 @@ impl AccountStore for SqlStore {
         service: Service,
         name: &str,
         digest: &str,
+        limits: &PasswordLimits,
     ) -> Result<AppPasswordId, StoreError> {
         let mut tx = self.begin_write().await?;
         let current = locked_account(&mut tx, account).await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO app_passwords (account_id, service, name, digest, generation, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO app_passwords (account_id, service, name, digest, generation, created_at, expires_at, networks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(current.id.0)
         .bind(service.as_str())
@@ -633,6 +640,8 @@ impl AccountStore for SqlStore {
         .bind(digest)
         .bind(current.generation.0)
         .bind(now_ms())
+        .bind(limits.expires_at)
+        .bind(limits.stored_networks())
         .fetch_one(&mut *tx)
         .await?;
         append_change(&mut tx, current.id, "app-password-created").await?;
@@ -655,7 +664,7 @@ impl AccountStore for SqlStore {
             generation.ok_or_else(|| StoreError::UnknownAccount(account.login.to_string()))?,
         );
         let rows = sqlx::query(
-            "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol, last_used_reporter FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
+            "SELECT id, service, name, generation, created_at, revoked_at, last_used_at, last_used_ip, last_used_protocol, last_used_reporter, expires_at, networks FROM app_passwords WHERE account_id = $1 ORDER BY id DESC",
         )
         .bind(account.id.0)
         .fetch_all(&mut *tx)
@@ -666,6 +675,9 @@ impl AccountStore for SqlStore {
                 let service: String = row.try_get("service")?;
                 let made_under = Generation(row.try_get("generation")?);
                 let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+                let networks: Option<String> = row.try_get("networks")?;
+                let limits =
+                    PasswordLimits::from_stored(row.try_get("expires_at")?, networks.as_deref());
                 Ok(AppPasswordInfo {
                     id: AppPasswordId(row.try_get("id")?),
                     service: service
@@ -679,7 +691,10 @@ impl AccountStore for SqlStore {
                     last_used_ip: row.try_get("last_used_ip")?,
                     last_used_protocol: row.try_get("last_used_protocol")?,
                     last_used_reporter: row.try_get("last_used_reporter")?,
-                    alive: revoked_at.is_none() && made_under == generation,
+                    alive: revoked_at.is_none()
+                        && made_under == generation
+                        && !limits.expired(now_ms()),
+                    limits,
                 })
             })
             .collect()
@@ -1115,7 +1130,7 @@ macro_rules! account_columns {
     };
 }
 const ACCOUNT_COLUMNS_BY_LOGIN: &str = account_columns!("login = $1");
-const ACCOUNT_WITH_LIVE_APP_PASSWORDS: &str = "SELECT a.id, a.login, a.password_hash, a.password_version, a.two_factor, a.app_passwords_only, a.generation, a.revision, a.blocked, a.domain_id, p.id AS live_id FROM accounts a LEFT JOIN app_passwords p ON p.account_id = a.id AND p.generation = a.generation AND p.revoked_at IS NULL WHERE a.id = $1";
+const ACCOUNT_WITH_LIVE_APP_PASSWORDS: &str = "SELECT a.id, a.login, a.password_hash, a.password_version, a.two_factor, a.app_passwords_only, a.generation, a.revision, a.blocked, a.domain_id, p.id AS live_id, p.expires_at AS live_expires_at, p.networks AS live_networks FROM accounts a LEFT JOIN app_passwords p ON p.account_id = a.id AND p.generation = a.generation AND p.revoked_at IS NULL WHERE a.id = $1";
 const ACCOUNT_BY_ID_LOCKING: dialect::Locking = locking!(account_columns!("id = $1"));
 
 const WEB_SESSION_BY_DIGEST: &str = "SELECT s.id, s.account_id, a.login, s.created_at, s.signed_in_at, s.last_seen_at, s.remember, s.ip, s.user_agent FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.digest = $1";

@@ -68,7 +68,7 @@ async fn a_change_applies_whole_and_only_to_the_state_it_was_decided_on() {
     assert_eq!(state(&store).await.generation, Generation(2));
     assert!(matches!(
         store
-            .create_app_password(&before, Service::Mail, "x", "digest")
+            .create_app_password(&before, Service::Mail, "x", "digest", &PasswordLimits::default())
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -81,7 +81,7 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
     let secret = generate_app_password();
     let digest = app_password_digest(&secret);
     let id = store
-        .create_app_password(&state(&store).await, Service::Mail, "Thunderbird", &digest)
+        .create_app_password(&state(&store).await, Service::Mail, "Thunderbird", &digest, &PasswordLimits::default())
         .await
         .unwrap();
     let other = store
@@ -89,7 +89,7 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
             &state(&store).await,
             Service::Disk,
             "Files",
-            &app_password_digest(&generate_app_password()),
+            &app_password_digest(&generate_app_password()), &PasswordLimits::default(),
         )
         .await
         .unwrap();
@@ -123,7 +123,7 @@ async fn app_passwords_are_stored_as_digests_and_die_with_their_generation() {
         Revocation::Unknown
     );
     let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
-    assert_eq!(live, vec![other]);
+    assert_eq!(live, vec![(other, PasswordLimits::default())]);
 
     // A bump kills the rest.
     let change = AccountChange {
@@ -165,7 +165,7 @@ async fn every_write_appends_to_the_change_feed_and_bumps_the_revision() {
             &state(&store).await,
             Service::Mail,
             "x",
-            &app_password_digest(&generate_app_password()),
+            &app_password_digest(&generate_app_password()), &PasswordLimits::default(),
         )
         .await
         .unwrap();
@@ -225,6 +225,7 @@ async fn an_installation_is_copied_from_sqlite_to_postgresql_with_every_row() {
             Service::Mail,
             "phone",
             &app_password_digest(&secret),
+            &PasswordLimits::default(),
         )
         .await
         .unwrap();
@@ -236,6 +237,7 @@ async fn an_installation_is_copied_from_sqlite_to_postgresql_with_every_row() {
             Service::Disk,
             "laptop",
             &app_password_digest(&second),
+            &PasswordLimits::default(),
         )
         .await
         .unwrap();
@@ -291,3 +293,50 @@ async fn an_installation_is_copied_from_sqlite_to_postgresql_with_every_row() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+store_test! {
+async fn an_app_password_keeps_its_expiry_and_networks() {
+    let store = store().await;
+    let account = store.create_account(&alice(), "h").await.unwrap();
+    let limits = PasswordLimits::parse(
+        Some("2099-12-31T23:00:00Z"),
+        &["192.0.2.0/24", "2001:db8::/48"],
+        now_ms(),
+    )
+    .unwrap();
+    let id = store
+        .create_app_password(
+            &state(&store).await,
+            Service::Mail,
+            "office",
+            &app_password_digest(&generate_app_password()),
+            &limits,
+        )
+        .await
+        .unwrap();
+    let (_, live) = store.account_snapshot(account).await.unwrap().unwrap();
+    assert_eq!(live, vec![(id, limits.clone())]);
+    let listed = store.list_app_passwords(&state(&store).await).await.unwrap();
+    assert_eq!(listed[0].limits, limits);
+    assert!(listed[0].alive);
+
+    // Listed as dead once past its expiry.
+    let soon = PasswordLimits {
+        expires_at: Some(now_ms() + 50),
+        networks: Vec::new(),
+    };
+    store
+        .create_app_password(
+            &state(&store).await,
+            Service::Mail,
+            "brief",
+            &app_password_digest(&generate_app_password()),
+            &soon,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let listed = store.list_app_passwords(&state(&store).await).await.unwrap();
+    assert_eq!(listed[0].name, "brief");
+    assert!(!listed[0].alive);
+}}

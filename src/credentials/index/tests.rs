@@ -434,3 +434,66 @@ async fn a_feed_that_reconnected_is_not_trusted_until_it_has_read_again() {
     assert!(!f.accepted(Service::Mail, &secret).await, "cache trusted while resyncing");
     assert!(f.accepted(Service::Mail, &other).await, "a live password still works");
 }}
+
+store_test! {
+async fn a_limited_app_password_opens_only_from_its_networks_and_until_its_expiry() {
+    let f = fixture().await;
+    let limits = PasswordLimits {
+        expires_at: Some(now_ms() + 400),
+        networks: vec!["127.0.0.0/8".parse().unwrap()],
+    };
+    let made = f
+        .accounts
+        .create_limited_app_password(&login(), Service::Mail, "office", &limits)
+        .await
+        .unwrap();
+    f.index.refresh_account(f.account).await.unwrap();
+    let from = |ip: &str| -> Origin { ip.parse::<IpAddr>().unwrap().into() };
+    let attempt = |origin: Origin| {
+        let secret = made.secret.clone();
+        let index = &f.index;
+        async move {
+            index
+                .authenticate(
+                    Service::Mail,
+                    Protocol::Imap,
+                    &Credentials::new("alice".to_owned(), secret),
+                    &origin,
+                )
+                .await
+        }
+    };
+    let grant = attempt(from("127.0.0.9")).await.unwrap();
+    // Outside its networks, also once the login is cached.
+    assert!(matches!(attempt(from("192.0.2.1")).await, Err(AuthError::Rejected)));
+    // A daemon that did not say whose address: refused.
+    let mut unknown = from("127.0.0.1");
+    unknown.ip_known = false;
+    assert!(matches!(attempt(unknown).await, Err(AuthError::Rejected)));
+
+    // A live session ends at the expiry, without any change in the store.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), grant.dead())
+        .await
+        .expect("the session outlived its password's expiry");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(!grant.is_alive());
+    assert!(matches!(attempt(from("127.0.0.9")).await, Err(AuthError::Rejected)));
+}}
+
+#[tokio::test]
+async fn an_expiry_in_the_past_is_refused() {
+    let f = fixture().await;
+    let limits = PasswordLimits {
+        expires_at: Some(now_ms() - 1),
+        networks: Vec::new(),
+    };
+    let refused = f
+        .accounts
+        .create_limited_app_password(&login(), Service::Mail, "late", &limits)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(crate::credentials::accounts::AccountError::BadInput(_))
+    ));
+}
