@@ -101,6 +101,16 @@ impl AuthServer {
     }
 
     /// Whether the client has finished its half of the handshake.
+    /// Bytes held of a line not yet complete (bounded by [`MAX_LINE`]).
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Requests in flight (bounded by [`MAX_PENDING`]).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn handshaken(&self) -> bool {
         self.handshaken
     }

@@ -5,6 +5,8 @@
 //! owns the grammar and the replies.
 
 pub mod dovecot_auth;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod imap;
 pub mod sasl;

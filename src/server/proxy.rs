@@ -100,38 +100,59 @@ pub async fn read_header(
 }
 
 async fn read(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyError> {
+    let mut head = Vec::with_capacity(64);
+    while let Some(n) = more_needed(&head)? {
+        let start = head.len();
+        head.resize(start + n, 0);
+        tcp.read_exact(&mut head[start..]).await?;
+    }
+    parse(&head)
+}
+
+/// The longest header read: a v2 header with the largest address block accepted.
+pub const MAX_HEADER: usize = 16 + V2_MAX_BODY;
+
+/// How many more bytes the header that begins with `head` needs before it can be parsed;
+/// `None` once it is whole. The framing only (the signature, the v2 length, the v1 CRLF), so
+/// the reader takes exactly the header and nothing of what follows it.
+pub fn more_needed(head: &[u8]) -> Result<Option<usize>, ProxyError> {
     // Twelve bytes are in every header of either version ("PROXY UNKNOWN\r\n" is 15).
-    let mut head = vec![0u8; 12];
-    tcp.read_exact(&mut head).await?;
-    if head.as_slice() == V2_SIGNATURE {
-        let mut rest = [0u8; 4];
-        tcp.read_exact(&mut rest).await?;
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+    if head.len() < 12 {
+        return Ok(Some(12 - head.len()));
+    }
+    if head[..12] == *V2_SIGNATURE {
+        if head.len() < 16 {
+            return Ok(Some(16 - head.len()));
+        }
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
         if len > V2_MAX_BODY {
             return Err(ProxyError::Malformed(format!(
                 "{len}-byte v2 address block"
             )));
         }
-        head.extend_from_slice(&rest);
-        let mut body = vec![0u8; len];
-        tcp.read_exact(&mut body).await?;
-        head.extend_from_slice(&body);
-        return parse_v2(&head);
+        return Ok((head.len() < 16 + len).then(|| 16 + len - head.len()));
     }
     if !head.starts_with(b"PROXY ") {
         return Err(ProxyError::NotProxy);
     }
-    while !head.ends_with(b"\r\n") {
-        if head.len() >= V1_MAX {
-            return Err(ProxyError::Malformed(
-                "v1 header longer than 107 bytes".into(),
-            ));
-        }
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await?;
-        head.push(byte[0]);
+    if head.ends_with(b"\r\n") {
+        return Ok(None);
     }
-    parse_v1(&head)
+    if head.len() >= V1_MAX {
+        return Err(ProxyError::Malformed(
+            "v1 header longer than 107 bytes".into(),
+        ));
+    }
+    Ok(Some(1))
+}
+
+/// The client address in a whole header (as [`more_needed`] framed it).
+pub fn parse(head: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+    if head.starts_with(V2_SIGNATURE) {
+        parse_v2(head)
+    } else {
+        parse_v1(head)
+    }
 }
 
 fn parse_v1(bytes: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {

@@ -83,6 +83,11 @@ impl FramingSniffer {
         }
     }
 
+    /// Bytes held of a head or line not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Bytes as read from the client.
     pub fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
