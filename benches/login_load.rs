@@ -1,20 +1,24 @@
-//! End-to-end load harness: full IMAP login cycles over TLS (connect, handshake, greeting,
-//! LOGIN, LOGOUT), as many as a fixed set of concurrent clients can do in a fixed time, with
-//! latency percentiles, in one run:
+//! End-to-end load harness: IMAP login cycles over TLS (connect, handshake, greeting, LOGIN,
+//! LOGOUT), as many as 64 concurrent clients can do in a fixed time, with latency
+//! percentiles, in one run:
 //!
-//! 1. Dovecot, logged in to directly (its own TLS and passwords);
-//! 2. portcullis in front of the same Dovecot (app password, master-user login behind it);
-//! 3. nginx's mail proxy in front of a trivially fast IMAP backend, with an `auth_http`
-//!    callback that approves everything without checking;
-//! 4. portcullis in front of the same trivial backend, doing its real credential check.
+//! 1. nginx's mail proxy in front of a trivially fast IMAP backend (its `auth_http` callback
+//!    approves everything without checking), against portcullis in front of the same backend
+//!    doing its real credential check: with an ECDSA P-256 and an RSA-2048 certificate, and
+//!    with full and with resumed handshakes. Each simulated client keeps a TLS session cache
+//!    of its own, as a real mail client does (a cache shared by all clients would hand one
+//!    client's ticket to another and measure nothing real); the share of handshakes that were
+//!    resumptions is reported for both sides.
+//! 2. Dovecot logged in to directly (its own TLS and passwords) against portcullis in front of
+//!    the same Dovecot (an app password, a master-user login behind it), full and resumed.
 //!
-//! The trivial backend answers OK to every command, so rows 3 and 4 measure the front door
-//! rather than Dovecot (which forks a process per login). Every TLS handshake is a full one:
-//! the clients never resume sessions. Figures are reported as ratios of rows measured in the
+//! The trivial backend answers OK to every command, so part 1 measures the front door rather
+//! than Dovecot (which forks a process per login). Figures are ratios of rows measured in the
 //! same run, because these machines are shared and noisy.
 //!
 //! `cargo bench --bench login_load` (LOAD_SECS and LOAD_CLIENTS override the defaults, 5 s and
-//! 64 clients). Needs Dovecot, nginx with its mail module and aiosmtpd: scripts/setup-peers.sh.
+//! 64 clients). Needs Dovecot, nginx with its mail module, openssl and aiosmtpd:
+//! scripts/setup-peers.sh.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,12 +27,13 @@ mod support;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use support::{LoadResult, closed_loop, knob};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use support::{LoadResult, closed_loop_each, knob};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +42,7 @@ fn main() {
             .get(pos + 1)
             .and_then(|p| p.parse().ok())
             .expect("--trivial-backend PORT");
-        trivial_backend(port);
+        support::trivial_backend(port);
         return;
     }
     // `cargo test --benches` runs bench binaries with no `--bench`: nothing to measure then.
@@ -47,25 +52,45 @@ fn main() {
     let secs = knob("LOAD_SECS", 5);
     let clients = knob("LOAD_CLIENTS", 64) as usize;
     require("nginx", "apt-get install nginx libnginx-mod-mail");
+    require("openssl", "apt-get install openssl");
 
+    // One certificate of each kind for localhost: ECDSA P-256, and RSA-2048 (what many
+    // providers still serve).
     let dir = open_tempdir();
-    let cert = dir.path().join("localhost.crt");
-    let key = dir.path().join("localhost.key");
-    portcullis::tls::write_dev_certificate(&cert, &key).expect("certificate");
+    let ecdsa = dir.path().join("ecdsa");
+    let rsa = dir.path().join("rsa");
+    portcullis::tls::write_dev_certificate(
+        &ecdsa.join("localhost.crt"),
+        &ecdsa.join("localhost.key"),
+    )
+    .expect("ECDSA certificate");
+    rsa_certificate(&rsa);
 
     let sink = SmtpSink::start();
-    let dovecot = Dovecot::start_with_tls(sink.port, &["alice@example.org"], Some((&cert, &key)));
+    let dovecot = Dovecot::start_with_tls(
+        sink.port,
+        &["alice@example.org"],
+        Some((&ecdsa.join("localhost.crt"), &ecdsa.join("localhost.key"))),
+    );
     // Every simulated client comes from 127.0.0.1: lift the per-address share of pre-login
     // connections, which would otherwise cap the load at 32 clients logging in at once.
-    let quiet = || Options {
-        log_filter: "warn",
-        max_connections: 10_000,
-        limits: "max_pre_login_per_address = 10000".to_owned(),
-        ..Options::default()
+    let gateway = |backend: u16, certs: &Path| {
+        let gateway = Gateway::start(
+            backend,
+            backend,
+            Options {
+                log_filter: "warn",
+                max_connections: 10_000,
+                limits: "max_pre_login_per_address = 10000".to_owned(),
+                certs_from: Some(certs.to_owned()),
+                ..Options::default()
+            },
+        );
+        gateway.create_account("alice", "main password");
+        let secret = gateway.app_password("alice", "mail", "load");
+        (gateway, secret)
     };
-    let through_dovecot = Gateway::start(dovecot.imap_port, dovecot.submission_port, quiet());
-    through_dovecot.create_account("alice", "main password");
-    let secret_dovecot = through_dovecot.app_password("alice", "mail", "load");
+    let (through_dovecot, secret_dovecot) = gateway(dovecot.imap_port, &ecdsa);
 
     let trivial_port = free_port();
     let mut trivial = Command::new(std::env::current_exe().expect("exe"))
@@ -75,119 +100,212 @@ fn main() {
         .expect("trivial backend");
     let log = dir.path().join("trivial.log");
     wait_for_port(trivial_port, "trivial backend", &mut trivial, &log);
-    let through_trivial = Gateway::start(trivial_port, trivial_port, quiet());
-    through_trivial.create_account("alice", "main password");
-    let secret_trivial = through_trivial.app_password("alice", "mail", "load");
-    let nginx_port = free_port();
-    let mut nginx = start_nginx(dir.path(), &cert, &key, nginx_port, trivial_port);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let duration = Duration::from_secs(secs);
-    // Each front door has its own certificate (the same kind: ECDSA P-256 from rcgen).
-    let client_config = |ca: &Path| {
-        let mut config = (*tls_client_config(ca)).clone();
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
-    };
-    let scenarios = [
-        (
-            "Dovecot direct",
-            dovecot.imaps_port.expect("imaps"),
-            "alice@example.org",
-            USER_PASSWORD.to_owned(),
-            client_config(&cert),
-        ),
-        (
-            "portcullis -> Dovecot",
-            through_dovecot.ports.imaps,
-            "alice",
-            secret_dovecot,
-            client_config(&through_dovecot.ca),
-        ),
-        (
-            "nginx mail proxy -> trivial backend",
-            nginx_port,
-            "alice",
-            "anything".to_owned(),
-            client_config(&cert),
-        ),
-        (
-            "portcullis -> trivial backend",
-            through_trivial.ports.imaps,
-            "alice",
-            secret_trivial,
-            client_config(&through_trivial.ca),
-        ),
-    ];
     println!(
-        "{clients} concurrent clients, {secs} s per row, full TLS handshakes, {} cores",
+        "{clients} concurrent clients, {secs} s per row, {} cores; each client keeps its own TLS session cache",
         num_cpus()
     );
     println!();
-    println!("| front door | logins/s | p50 ms | p90 ms | p99 ms | failed |");
-    println!("|---|---|---|---|---|---|");
-    let mut rates = Vec::new();
-    for (name, port, user, password, config) in &scenarios {
-        let result = runtime.block_on(load(
-            *port,
-            user,
-            password,
-            clients,
-            duration,
-            config.clone(),
-        ));
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            result.rate,
-            result.percentile(50.0),
-            result.percentile(90.0),
-            result.percentile(99.0),
-            result.failed
-        );
-        rates.push(result.rate);
-    }
+    println!(
+        "Front door in front of a trivial IMAP backend (login cycles: connect, TLS, LOGIN, LOGOUT):"
+    );
     println!();
     println!(
-        "portcullis -> Dovecot vs Dovecot direct: {:.2}x (target >= 0.95x)",
-        rates[1] / rates[0]
+        "| certificate | handshakes | nginx mail proxy logins/s | portcullis logins/s | portcullis / nginx | goal | resumed (nginx / portcullis) | p99 ms (nginx / portcullis) | failed |"
     );
-    println!(
-        "portcullis vs nginx mail proxy (trivial backend): {:.2}x (target >= 1.5x)",
-        rates[3] / rates[2]
-    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut children = Vec::new();
+    for (kind, certs) in [("ECDSA P-256", &ecdsa), ("RSA-2048", &rsa)] {
+        let (cert, key) = (certs.join("localhost.crt"), certs.join("localhost.key"));
+        let nginx_port = free_port();
+        let nginx_dir = dir.path().join(format!("nginx-{}", &kind[..3]));
+        let nginx = start_nginx(&nginx_dir, &cert, &key, nginx_port, trivial_port);
+        let (ours, secret) = gateway(trivial_port, certs);
+        for resumed in [false, true] {
+            let theirs = runtime.block_on(load(
+                nginx_port, "alice", "anything", &cert, resumed, clients, duration,
+            ));
+            let mine = runtime.block_on(load(
+                ours.ports.imaps,
+                "alice",
+                &secret,
+                &cert,
+                resumed,
+                clients,
+                duration,
+            ));
+            let goal = match (kind, resumed) {
+                ("RSA-2048", false) => 1.3,
+                _ => 1.5,
+            };
+            println!(
+                "| {kind} | {} | {:.0} | {:.0} | {:.2}x | >= {goal}x | {:.0}% / {:.0}% | {:.1} / {:.1} | {} / {} |",
+                if resumed { "resumed" } else { "full" },
+                theirs.result.rate,
+                mine.result.rate,
+                mine.result.rate / theirs.result.rate,
+                theirs.resumed_percent(),
+                mine.resumed_percent(),
+                theirs.result.percentile(99.0),
+                mine.result.percentile(99.0),
+                theirs.result.failed,
+                mine.result.failed,
+            );
+        }
+        children.push((nginx, ours));
+    }
 
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    println!();
+    println!(
+        "portcullis in front of Dovecot vs Dovecot direct (ECDSA, Dovecot's own passwords when direct):"
+    );
+    println!();
+    println!(
+        "| handshakes | Dovecot direct logins/s | portcullis -> Dovecot logins/s | ratio | goal | p99 ms (direct / portcullis) | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let cert = ecdsa.join("localhost.crt");
+    for resumed in [false, true] {
+        let direct = runtime.block_on(load(
+            dovecot.imaps_port.expect("imaps"),
+            "alice@example.org",
+            USER_PASSWORD,
+            &cert,
+            resumed,
+            clients,
+            duration,
+        ));
+        let through = runtime.block_on(load(
+            through_dovecot.ports.imaps,
+            "alice",
+            &secret_dovecot,
+            &cert,
+            resumed,
+            clients,
+            duration,
+        ));
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}x | >= 0.95x | {:.1} / {:.1} | {} / {} |",
+            if resumed { "resumed" } else { "full" },
+            direct.result.rate,
+            through.result.rate,
+            through.result.rate / direct.result.rate,
+            direct.result.percentile(99.0),
+            through.result.percentile(99.0),
+            direct.result.failed,
+            through.result.failed,
+        );
+    }
+
+    for (mut nginx, _) in children {
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+    }
     let _ = trivial.kill();
     let _ = trivial.wait();
+}
+
+/// A self-signed RSA-2048 certificate for localhost in `dir` (`localhost.crt`, `.key`): the
+/// key from openssl (ring cannot generate RSA keys), the certificate signed with it by rcgen.
+fn rsa_certificate(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let key_path = dir.join("localhost.key");
+    let status = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key_path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl genpkey");
+    assert!(status.success());
+    let pem = std::fs::read_to_string(&key_path).expect("key");
+    let key = rcgen::KeyPair::from_pem(&pem).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    std::fs::write(dir.join("localhost.crt"), cert.pem()).expect("write");
 }
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// `clients` loops of full login cycles until `duration` has passed.
+/// A row's figures, and how many of its handshakes were resumptions.
+struct Measured {
+    result: LoadResult,
+    handshakes: u64,
+    resumed: u64,
+}
+
+impl Measured {
+    fn resumed_percent(&self) -> f64 {
+        100.0 * self.resumed as f64 / self.handshakes.max(1) as f64
+    }
+}
+
+/// `clients` simulated clients doing login cycles back to back until `duration` has passed.
+/// With `resumed`, each keeps a session cache of its own, as a mail client does, and resumes
+/// whenever the server lets it; without, every handshake is a full one.
 async fn load(
     port: u16,
     user: &str,
     password: &str,
+    ca: &Path,
+    resumed: bool,
     clients: usize,
     duration: Duration,
-    config: Arc<rustls::ClientConfig>,
-) -> LoadResult {
+) -> Measured {
     let login = Arc::new(format!("a1 LOGIN {user} {password}\r\n"));
-    closed_loop(clients, duration, move || {
-        let (login, config) = (login.clone(), config.clone());
-        async move { cycle(port, &login, config).await.map_err(|e| e.to_string()) }
+    let base = (*tls_client_config(ca)).clone();
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let resumptions = Arc::new(AtomicU64::new(0));
+    let result = closed_loop_each(clients, duration, || {
+        let mut config = base.clone();
+        config.resumption = if resumed {
+            rustls::client::Resumption::in_memory_sessions(8)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
+        let config = Arc::new(config);
+        let (login, handshakes, resumptions) =
+            (login.clone(), handshakes.clone(), resumptions.clone());
+        move || {
+            let (login, config) = (login.clone(), config.clone());
+            let (handshakes, resumptions) = (handshakes.clone(), resumptions.clone());
+            async move {
+                let was_resumed = cycle(port, &login, config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                if was_resumed {
+                    resumptions.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        }
     })
-    .await
+    .await;
+    Measured {
+        result,
+        handshakes: handshakes.load(Ordering::Relaxed),
+        resumed: resumptions.load(Ordering::Relaxed),
+    }
 }
 
-/// One full login cycle.
-async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<()> {
+/// One login cycle; whether its handshake was a resumption.
+async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<bool> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
     let name =
@@ -195,6 +313,7 @@ async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let mut stream = BufReader::new(tls);
     let mut line = String::new();
     stream.read_line(&mut line).await?;
@@ -220,7 +339,8 @@ async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 || line.starts_with("a2 ") {
-            return Ok(());
+            // Reading to the end lets a TLS 1.3 server's ticket arrive before the next cycle.
+            return Ok(resumed);
         }
     }
 }
@@ -258,8 +378,9 @@ mail {{
   auth_http 127.0.0.1:{auth_port}/auth;
   ssl_certificate {cert};
   ssl_certificate_key {key};
-  ssl_session_cache off;
-  ssl_session_tickets off;
+  # Resumption as a provider would run it: a shared session cache and tickets.
+  ssl_session_cache shared:MAIL:10m;
+  ssl_session_tickets on;
   server {{
     listen 127.0.0.1:{port} ssl;
     protocol imap;
@@ -285,82 +406,4 @@ mail {{
         .expect("start nginx");
     wait_for_port(port, "nginx", &mut child, &log);
     child
-}
-
-/// An IMAP server that says OK to everything: it parses just enough (lines, literals) to
-/// answer each command once. Runs until killed.
-fn trivial_backend(port: u16) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = trivial_session(socket).await;
-            });
-        }
-    });
-}
-
-async fn trivial_session(socket: TcpStream) -> std::io::Result<()> {
-    socket.set_nodelay(true)?;
-    let mut stream = BufReader::new(socket);
-    stream
-        .get_mut()
-        .write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] trivial ready\r\n")
-        .await?;
-    let mut line = Vec::new();
-    loop {
-        // One command: a line, plus literals it announces (answered with "+").
-        let mut command = Vec::new();
-        loop {
-            line.clear();
-            if stream.read_until(b'\n', &mut line).await? == 0 {
-                return Ok(());
-            }
-            command.extend_from_slice(&line);
-            let trimmed = line.strip_suffix(b"\r\n").unwrap_or(&line);
-            let literal = trimmed
-                .strip_suffix(b"}")
-                .and_then(|t| t.iter().rposition(|&b| b == b'{').map(|i| &t[i + 1..]))
-                .and_then(|n| {
-                    std::str::from_utf8(n.strip_suffix(b"+").unwrap_or(n))
-                        .ok()?
-                        .parse::<usize>()
-                        .ok()
-                });
-            match literal {
-                Some(n) => {
-                    stream.get_mut().write_all(b"+ go ahead\r\n").await?;
-                    let mut data = vec![0u8; n];
-                    stream.read_exact(&mut data).await?;
-                }
-                None => break,
-            }
-        }
-        let text = String::from_utf8_lossy(&command);
-        let mut words = text.split_whitespace();
-        let tag = words.next().unwrap_or("*").to_owned();
-        let verb = words.next().unwrap_or("").to_ascii_uppercase();
-        let reply = match verb.as_str() {
-            "LOGOUT" => {
-                stream
-                    .get_mut()
-                    .write_all(format!("* BYE bye\r\n{tag} OK LOGOUT done\r\n").as_bytes())
-                    .await?;
-                return Ok(());
-            }
-            "CAPABILITY" => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n"),
-            "LOGIN" | "AUTHENTICATE" => {
-                format!("{tag} OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
-            }
-            _ => format!("{tag} OK done\r\n"),
-        };
-        stream.get_mut().write_all(reply.as_bytes()).await?;
-    }
 }

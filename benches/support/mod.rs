@@ -1,8 +1,14 @@
 //! What the load harnesses share: their knobs, the closed-loop driver, and the latency
 //! statistics of a run.
 
+// Each harness is compiled on its own and uses a part of this.
+#![allow(dead_code)]
+
 use std::future::Future;
+
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -82,11 +88,23 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
+    closed_loop_each(clients, duration, || operation.clone()).await
+}
+
+/// [`closed_loop`] with an operation of each worker's own, made by `make` (a simulated client
+/// with state of its own, such as its TLS session cache).
+#[allow(dead_code)]
+pub async fn closed_loop_each<M, F, Fut>(clients: usize, duration: Duration, make: M) -> LoadResult
+where
+    M: Fn() -> F,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let operation = operation.clone();
+        let operation = make();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failed = 0usize;
@@ -113,4 +131,84 @@ where
         }
     }
     LoadResult::gather(parts, started.elapsed().as_secs_f64())
+}
+
+/// An IMAP server that says OK to everything: it parses just enough (lines, literals) to
+/// answer each command once. Runs until killed.
+#[allow(dead_code)]
+pub fn trivial_backend(port: u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = trivial_session(socket).await;
+            });
+        }
+    });
+}
+
+#[allow(dead_code)]
+async fn trivial_session(socket: TcpStream) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let mut stream = BufReader::new(socket);
+    stream
+        .get_mut()
+        .write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN] trivial ready\r\n")
+        .await?;
+    let mut line = Vec::new();
+    loop {
+        // One command: a line, plus literals it announces (answered with "+").
+        let mut command = Vec::new();
+        loop {
+            line.clear();
+            if stream.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(());
+            }
+            command.extend_from_slice(&line);
+            let trimmed = line.strip_suffix(b"\r\n").unwrap_or(&line);
+            let literal = trimmed
+                .strip_suffix(b"}")
+                .and_then(|t| t.iter().rposition(|&b| b == b'{').map(|i| &t[i + 1..]))
+                .and_then(|n| {
+                    std::str::from_utf8(n.strip_suffix(b"+").unwrap_or(n))
+                        .ok()?
+                        .parse::<usize>()
+                        .ok()
+                });
+            match literal {
+                Some(n) => {
+                    stream.get_mut().write_all(b"+ go ahead\r\n").await?;
+                    let mut data = vec![0u8; n];
+                    stream.read_exact(&mut data).await?;
+                }
+                None => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&command);
+        let mut words = text.split_whitespace();
+        let tag = words.next().unwrap_or("*").to_owned();
+        let verb = words.next().unwrap_or("").to_ascii_uppercase();
+        let reply = match verb.as_str() {
+            "LOGOUT" => {
+                stream
+                    .get_mut()
+                    .write_all(format!("* BYE bye\r\n{tag} OK LOGOUT done\r\n").as_bytes())
+                    .await?;
+                return Ok(());
+            }
+            "CAPABILITY" => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n"),
+            "LOGIN" | "AUTHENTICATE" => {
+                format!("{tag} OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+            }
+            _ => format!("{tag} OK done\r\n"),
+        };
+        stream.get_mut().write_all(reply.as_bytes()).await?;
+    }
 }

@@ -120,13 +120,21 @@ fn drive(
                     if secret.len() >= 4 && secret.iter().copied().any(is_marker) {
                         secrets.push(secret.to_vec());
                     }
-                    let reply = if shape.unavailable && !refuse_next {
+                    let unavailable = shape.unavailable && !refuse_next;
+                    let reply = if unavailable {
                         machine.login_unavailable(&request.tag)
                     } else {
                         machine.login_rejected(&request.tag)
                     };
                     refuse_next = !refuse_next;
                     match reply {
+                        // "Try later" is the gateway's failure, not the client's: no limit
+                        // counts it (each costs the client a whole new login, and the output
+                        // stays linear in the input).
+                        Action::Write(bytes) if unavailable => {
+                            assert!(bytes.len() <= MAX_REPLY);
+                            run.written.extend_from_slice(&bytes);
+                        }
                         Action::Write(bytes) => write(&mut run, &bytes),
                         Action::Close(bytes) => {
                             write(&mut run, &bytes);

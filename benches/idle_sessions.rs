@@ -1,0 +1,156 @@
+//! Memory per idle relayed IMAP session: the gateway's resident memory grows by how much when
+//! 10 000 clients are logged in over TLS and relayed to a backend, and then sit idle (as mail
+//! clients in IDLE do all day)?
+//!
+//! The gateway is the real binary in front of a trivial IMAP backend (in this process); the
+//! clients are rustls connections from this process, each logged in with the same app password
+//! (a cached check, so the figure is the sessions', not the hashes'). Resident memory (VmRSS)
+//! of the gateway is read after a warm-up of 200 sessions that are then closed, and again with
+//! all sessions open and idle; the difference over the number of sessions is the figure. The
+//! per-session figure includes the client's TLS state, the backend connection, the relay's
+//! buffers and the tasks.
+//!
+//! `cargo bench --bench idle_sessions` (SESSIONS overrides 10 000). Needs Dovecot and aiosmtpd
+//! only for the harness's set-up: scripts/setup-peers.sh.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use support::knob;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+type Session = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn open(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    login: &str,
+) -> std::io::Result<Session> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let mut stream = BufReader::new(tls);
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    stream.get_mut().write_all(login.as_bytes()).await?;
+    stream.get_mut().flush().await?;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::other("closed during login"));
+        }
+        if line.starts_with("a1 ") {
+            break;
+        }
+    }
+    if !line.starts_with("a1 OK") {
+        return Err(std::io::Error::other(format!("login refused: {line:?}")));
+    }
+    Ok(stream)
+}
+
+async fn open_many(
+    count: usize,
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    login: Arc<String>,
+) -> Vec<Session> {
+    let mut sessions = Vec::with_capacity(count);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut started = 0;
+    // At most 64 logins in flight, as a crowd of clients arriving would be.
+    while sessions.len() < count {
+        while started < count && pending.len() < 64 {
+            let (config, login) = (config.clone(), login.clone());
+            pending.spawn(async move { open(port, config, &login).await });
+            started += 1;
+        }
+        match pending.join_next().await {
+            Some(Ok(Ok(session))) => sessions.push(session),
+            Some(Ok(Err(e))) => panic!("session {} failed: {e}", sessions.len()),
+            Some(Err(e)) => panic!("task: {e}"),
+            None => break,
+        }
+    }
+    sessions
+}
+
+fn raise_open_files(limit: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit");
+    assert!(
+        status.success(),
+        "cannot raise the open-file limit to {limit}"
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let count = knob("SESSIONS", 10_000) as usize;
+    require("prlimit", "apt-get install util-linux");
+    // Each session is two sockets here (client, backend) and two in the gateway.
+    raise_open_files(4 * count as u64 + 1024);
+
+    let backend_port = free_port();
+    std::thread::spawn(move || support::trivial_backend(backend_port));
+    std::thread::sleep(Duration::from_millis(200));
+    let limit = format!("{}:{}", 4 * count + 1024, 4 * count + 1024);
+    let gateway = Gateway::start(
+        backend_port,
+        backend_port,
+        Options {
+            log_filter: "warn",
+            max_connections: 2 * count + 100,
+            limits: "max_pre_login_per_address = 100000".to_owned(),
+            open_files: Some(Box::leak(limit.into_boxed_str())),
+            ..Options::default()
+        },
+    );
+    gateway.create_account("alice", "main password");
+    let secret = gateway.app_password("alice", "mail", "idle");
+    let login = Arc::new(format!("a1 LOGIN alice {secret}\r\n"));
+    let mut config = (*tls_client_config(&gateway.ca)).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = gateway.ports.imaps;
+    // Warm-up: the allocator's arenas, the credential cache, the runtime's workers.
+    let warm = runtime.block_on(open_many(200, port, config.clone(), login.clone()));
+    drop(warm);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rss_kib(gateway.pid());
+
+    let started = Instant::now();
+    let sessions = runtime.block_on(open_many(count, port, config, login));
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(gateway.pid());
+    let per_session = (during.saturating_sub(before)) as f64 / count as f64;
+    println!(
+        "{count} idle relayed IMAP sessions over TLS (opened in {:.1} s): gateway RSS {before} KiB before, {during} KiB with them open: {per_session:.1} KiB per session (goal <= 32 KiB)",
+        took.as_secs_f64()
+    );
+    drop(sessions);
+}
