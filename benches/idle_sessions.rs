@@ -22,40 +22,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use support::knob;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-type Session = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn open(
     port: u16,
     config: Arc<rustls::ClientConfig>,
     login: &str,
-) -> std::io::Result<Session> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    let name =
-        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
-    let mut stream = BufReader::new(tls);
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    stream.get_mut().write_all(login.as_bytes()).await?;
-    stream.get_mut().flush().await?;
-    loop {
-        line.clear();
-        if stream.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::other("closed during login"));
-        }
-        if line.starts_with("a1 ") {
-            break;
-        }
-    }
-    if !line.starts_with("a1 OK") {
-        return Err(std::io::Error::other(format!("login refused: {line:?}")));
-    }
-    Ok(stream)
+) -> std::io::Result<support::ImapSession> {
+    Ok(support::imap_tls_login(port, config, login).await?.0)
 }
 
 async fn open_many(
@@ -63,7 +36,7 @@ async fn open_many(
     port: u16,
     config: Arc<rustls::ClientConfig>,
     login: Arc<String>,
-) -> Vec<Session> {
+) -> Vec<support::ImapSession> {
     let mut sessions = Vec::with_capacity(count);
     let mut pending = tokio::task::JoinSet::new();
     let mut started = 0;

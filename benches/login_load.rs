@@ -32,8 +32,7 @@ use std::time::Duration;
 
 use common::*;
 use support::{LoadResult, closed_loop_each, knob};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -306,34 +305,8 @@ async fn load(
 
 /// One login cycle; whether its handshake was a resumption.
 async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<bool> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.set_nodelay(true)?;
-    let name =
-        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
-    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let mut stream = BufReader::new(tls);
+    let (mut stream, resumed) = support::imap_tls_login(port, config, login).await?;
     let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    if !line.starts_with("* OK") {
-        return Err(std::io::Error::other(format!("greeting {line:?}")));
-    }
-    stream.get_mut().write_all(login.as_bytes()).await?;
-    stream.get_mut().flush().await?;
-    loop {
-        line.clear();
-        if stream.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::other("closed during login"));
-        }
-        if line.starts_with("a1 ") {
-            break;
-        }
-    }
-    if !line.starts_with("a1 OK") {
-        return Err(std::io::Error::other(format!("login refused: {line:?}")));
-    }
     stream.get_mut().write_all(b"a2 LOGOUT\r\n").await?;
     stream.get_mut().flush().await?;
     loop {

@@ -560,20 +560,7 @@ async fn app_password(config: &Config, command: AppPasswordCommand) -> Result<()
                         (false, Some(_)) => "revoked",
                         (false, None) => "expired",
                     };
-                    let mut limits = Vec::new();
-                    if let Some(at) = p.limits.expires_at {
-                        limits.push(format!("until {}", crate::clock::expiry(at)));
-                    }
-                    if !p.limits.networks.is_empty() {
-                        let networks: Vec<String> =
-                            p.limits.networks.iter().map(ToString::to_string).collect();
-                        limits.push(format!("from {}", networks.join(",")));
-                    }
-                    let limits = if limits.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        limits.join(" ")
-                    };
+                    let limits = p.limits.summary().unwrap_or_else(|| "-".to_owned());
                     let last = match (&p.last_used_at, &p.last_used_ip, &p.last_used_protocol) {
                         (Some(at), Some(ip), Some(proto)) => match &p.last_used_reporter {
                             // An address a daemon reported, not one the gateway saw.

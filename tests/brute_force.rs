@@ -12,21 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn login_from(gateway: &Gateway, source: &str, password: &str) -> String {
-    python_ok(
-        IMAP_FROM,
-        &[
-            source,
-            "127.0.0.1",
-            &gateway.ports.imaps.to_string(),
-            &gateway.ca.to_string_lossy(),
-            "alice",
-            password,
-            "",
-        ],
-    )
-}
-
 #[test]
 fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
     require("fail2ban-regex", "apt-get install fail2ban");
@@ -50,15 +35,19 @@ fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
     // A phone with an old password, from 127.0.0.5, twenty times: refused every time, never
     // slowed, never banned; the owner's right password from there still works.
     for _ in 0..20 {
-        let out = login_from(&gateway, "127.0.0.5", "an old app password");
+        let out = gateway.imap_from("127.0.0.5", "alice", "an old app password");
         assert!(out.contains("FAILED"), "{out}");
     }
-    assert!(login_from(&gateway, "127.0.0.5", &secret).contains("LOGIN OK"));
+    assert!(
+        gateway
+            .imap_from("127.0.0.5", "alice", &secret)
+            .contains("LOGIN OK")
+    );
     assert_eq!(gateway.log().matches("reason=repeated").count(), 19);
 
     // Distinct guesses from 127.0.0.3: the sixth bans it.
     for n in 0..6 {
-        let out = login_from(&gateway, "127.0.0.3", &format!("guess number {n}"));
+        let out = gateway.imap_from("127.0.0.3", "alice", &format!("guess number {n}"));
         assert!(out.contains("FAILED"), "{out}");
     }
     assert!(
@@ -68,7 +57,11 @@ fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
     );
     // Banned: even the right password is refused from there (unchecked), on IMAP and in the
     // portal; the owner elsewhere is not locked out.
-    assert!(login_from(&gateway, "127.0.0.3", &secret).contains("FAILED"));
+    assert!(
+        gateway
+            .imap_from("127.0.0.3", "alice", &secret)
+            .contains("FAILED")
+    );
     let portal = |source: &str| {
         let out = Command::new("curl")
             .args([
@@ -105,7 +98,11 @@ fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
     };
     assert_eq!(portal("127.0.0.3"), "401");
     assert_eq!(portal("127.0.0.4"), "200");
-    assert!(login_from(&gateway, "127.0.0.4", &secret).contains("LOGIN OK"));
+    assert!(
+        gateway
+            .imap_from("127.0.0.4", "alice", &secret)
+            .contains("LOGIN OK")
+    );
     let log = gateway.log();
     assert!(
         log.contains("login failed: address=127.0.0.3 login=\"alice\" protocol=portal service=account reason=banned"),
@@ -124,7 +121,7 @@ fn guessing_gets_an_address_banned_but_a_stale_password_never_does() {
     gateway.cli_ok(&["bans", "lift", "127.0.0.3"], None);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = login_from(&gateway, "127.0.0.3", &secret);
+        let out = gateway.imap_from("127.0.0.3", "alice", &secret);
         if out.contains("LOGIN OK") {
             break;
         }

@@ -94,20 +94,7 @@ fn metrics_count_logins_sessions_handshakes_and_revocations_and_pass_promtool() 
     // Bob is in legacy mode: his main password opens IMAP, so his login is an argon2 check.
     gateway.cli_ok(&["account", "app-passwords", "bob", "off"], None);
     let secret = gateway.app_password("alice", "mail", "phone");
-    let imap = |user: &str, password: &str| {
-        python_ok(
-            IMAP_FROM,
-            &[
-                "127.0.0.1",
-                "127.0.0.1",
-                &gateway.ports.imaps.to_string(),
-                &gateway.ca.to_string_lossy(),
-                user,
-                password,
-                "",
-            ],
-        )
-    };
+    let imap = |user: &str, password: &str| gateway.imap_from("127.0.0.1", user, password);
     assert!(imap("alice", &secret).contains("LOGIN OK"));
     assert!(imap("alice", "not the password").contains("FAILED"));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -212,3 +212,45 @@ async fn trivial_session(socket: TcpStream) -> std::io::Result<()> {
         stream.get_mut().write_all(reply.as_bytes()).await?;
     }
 }
+
+/// A client's TLS session to an IMAP server.
+pub type ImapSession = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Connects to `port` with implicit TLS (server name `localhost`), reads the greeting and sends
+/// `login` (an `a1 LOGIN ...` line); the logged-in session, and whether the handshake was a
+/// resumption.
+pub async fn imap_tls_login(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    login: &str,
+) -> std::io::Result<(ImapSession, bool)> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let mut stream = BufReader::new(tls);
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    if !line.starts_with("* OK") {
+        return Err(std::io::Error::other(format!("greeting {line:?}")));
+    }
+    stream.get_mut().write_all(login.as_bytes()).await?;
+    stream.get_mut().flush().await?;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::other("closed during login"));
+        }
+        if line.starts_with("a1 ") {
+            break;
+        }
+    }
+    if !line.starts_with("a1 OK") {
+        return Err(std::io::Error::other(format!("login refused: {line:?}")));
+    }
+    Ok((stream, resumed))
+}

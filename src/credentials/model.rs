@@ -435,6 +435,20 @@ impl PasswordLimits {
         }
     }
 
+    /// The limits as their owner reads them: `until 2026-12-31; only from 192.0.2.0/24,
+    /// 2001:db8::/48`; `None` without any.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(at) = self.expires_at {
+            parts.push(format!("until {}", crate::clock::expiry(at)));
+        }
+        if !self.networks.is_empty() {
+            let networks: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
+            parts.push(format!("only from {}", networks.join(", ")));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     pub fn expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }

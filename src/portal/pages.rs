@@ -427,22 +427,13 @@ async fn access_page(page: &Page, error: Option<String>) -> Response {
                 }
                 _ => "never".to_owned(),
             };
-            let mut limits = Vec::new();
-            if let Some(at) = p.limits.expires_at {
-                limits.push(format!("until {}", crate::clock::expiry(at)));
-            }
-            if !p.limits.networks.is_empty() {
-                let networks: Vec<String> =
-                    p.limits.networks.iter().map(ToString::to_string).collect();
-                limits.push(format!("only from {}", networks.join(", ")));
-            }
             context! {
                 id => p.id.0,
                 name => p.name.clone(),
                 service => p.service.as_str(),
                 created => time(p.created_at),
                 last_used => last_used,
-                limits => if limits.is_empty() { "none".to_owned() } else { limits.join("; ") },
+                limits => p.limits.summary().unwrap_or_else(|| "none".to_owned()),
             }
         })
         .collect();

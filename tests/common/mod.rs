@@ -724,6 +724,23 @@ timeout_secs = {backend_timeout}
         self.child = Some(child);
     }
 
+    /// An imaplib login (and SELECT, LOGOUT) on the implicit-TLS listener from the loopback
+    /// address `source`: `LOGIN OK`, or `FAILED` and why.
+    pub fn imap_from(&self, source: &str, user: &str, password: &str) -> String {
+        python_ok(
+            IMAP_FROM,
+            &[
+                source,
+                "127.0.0.1",
+                &self.ports.imaps.to_string(),
+                &self.ca.to_string_lossy(),
+                user,
+                password,
+                "",
+            ],
+        )
+    }
+
     /// The gateway's log so far.
     pub fn log(&self) -> String {
         read_log(&self.log)
