@@ -150,9 +150,18 @@ impl PreAuth {
         )
     }
 
+    /// A failed authentication exchange of any kind (a refused login, a mechanism or encoding
+    /// the client got wrong, an abort): after `max_failures` of them the stream closes, so no
+    /// client can go on failing on one connection.
     fn sasl_failure(&mut self, condition: &str) -> Action {
+        self.failures += 1;
+        let reply = format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>");
+        if self.failures >= self.settings.max_failures {
+            self.state = State::Closed;
+            return Action::Close(format!("{reply}</stream:stream>").into_bytes());
+        }
         self.state = State::Elements;
-        Action::Write(format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>").into_bytes())
+        Action::Write(reply.into_bytes())
     }
 
     fn element_done(&mut self, element: Element) -> Action {
@@ -385,18 +394,15 @@ impl super::PreAuth for PreAuth {
     }
 
     fn login_rejected(&mut self, _tag: &str) -> Action {
-        self.failures += 1;
-        let reply = format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>");
-        if self.failures >= self.settings.max_failures {
-            self.state = State::Closed;
-            return Action::Close(format!("{reply}</stream:stream>").into_bytes());
-        }
-        self.state = State::Elements;
-        Action::Write(reply.into_bytes())
+        self.sasl_failure("not-authorized")
     }
 
     fn login_unavailable(&mut self, _tag: &str) -> Action {
-        self.sasl_failure("temporary-auth-failure")
+        // The gateway's failure, not the client's: not counted.
+        self.state = State::Elements;
+        Action::Write(
+            format!("<failure xmlns='{NS_SASL}'><temporary-auth-failure/></failure>").into_bytes(),
+        )
     }
 
     fn timeout_goodbye(&self) -> &'static [u8] {

@@ -221,7 +221,11 @@ fn failures_are_not_authorized_and_close_after_the_limit() {
         ));
         assert_eq!(matches!(reply, Action::Close(_)), i == 2);
     }
-    let mut m = PreAuth::new(settings(true));
+    // Every kind of failure (under a higher limit, so all are seen on one stream).
+    let mut m = PreAuth::new(Settings {
+        max_failures: 10,
+        ..settings(true)
+    });
     feed(&mut m, HEADER.as_bytes());
     let out = written(&feed(
         &mut m,
@@ -324,4 +328,20 @@ fn hostile_xml_gets_a_stream_error() {
         // A stream error before our header still comes with a header (RFC 6120 4.9.1.1).
         assert!(out.contains("<stream:stream"), "{out}");
     }
+}
+
+#[test]
+fn failures_of_any_kind_count_toward_the_limit() {
+    // Found by the fuzzer: mechanisms it does not offer, answered with a failure each, went
+    // on forever on one stream.
+    let mut m = PreAuth::new(settings(true));
+    m.greeting();
+    let bad = "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NONE'/>";
+    let first = written(&feed(&mut m, format!("{HEADER}{bad}").as_bytes()));
+    assert!(first.contains("<invalid-mechanism/>"), "{first}");
+    let actions = feed(&mut m, bad.as_bytes());
+    assert!(
+        matches!(actions.last(), Some(Action::Close(bytes)) if String::from_utf8_lossy(bytes).contains("</stream:stream>")),
+        "{actions:?}"
+    );
 }
