@@ -215,8 +215,17 @@ impl Throttle {
         let max = Duration::from_secs(self.config.max_delay_secs);
         // Over either budget, the attempt takes a slot of each it is over; the later decides.
         let mut at: Option<Instant> = None;
+        // Attempts not yet decided count against the budget once the address has failed: a
+        // guesser's burst cannot slip through while its first checks run. From an address with
+        // no failure they count for nothing, so a crowd behind one NAT that logs in at once
+        // (an office after a network blip) is never refused.
+        let in_flight = if address.failures.is_empty() {
+            0
+        } else {
+            address.pending
+        };
         let over_address = count(address.failures.len())
-            .saturating_add(address.pending)
+            .saturating_add(in_flight)
             .saturating_sub(self.config.free_failures_per_address);
         if over_address > 0 {
             match address
@@ -507,22 +516,33 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_counts_its_undecided_attempts_against_the_budget() {
+    fn a_burst_counts_its_undecided_attempts_once_the_address_has_failed() {
         let t = throttle();
         let now = Instant::now();
-        // Thirty connections at once, none decided yet: as many go now as could fail without
-        // slowing the address (four, and the fifth, which the fourth failure would not slow),
-        // then one takes the first slot and one waits for the next; the rest are refused
-        // unchecked.
-        let admitted: Vec<Admission> = (0..30)
+        // Thirty clients behind one address log in at once: none is refused or slowed.
+        for n in 0..30 {
+            assert_eq!(
+                t.admit(ATTACKER, &format!("user{n}"), now, 0),
+                Admission::Now
+            );
+        }
+        for _ in 0..30 {
+            t.succeeded(ATTACKER, "user0");
+        }
+        // Once it has failed, undecided attempts count: of thirty at once, as many go now as
+        // could fail without slowing the address (three more, and the fourth, which the third
+        // failure would not slow), then one takes the first slot and one waits for the next;
+        // the rest are refused unchecked.
+        assert_eq!(t.admit(ATTACKER, "user0", now, 0), Admission::Now);
+        t.failed(ATTACKER, "user0", &guess(0), now, 0);
+        let admitted: Vec<Admission> = (1..31)
             .map(|n| t.admit(ATTACKER, &format!("user{n}"), now, 0))
             .filter(|a| *a != Admission::Throttled)
             .collect();
-        assert_eq!(admitted.len(), 7, "{admitted:?}");
-        for n in 0..7 {
+        assert_eq!(admitted.len(), 6, "{admitted:?}");
+        for n in 1..7 {
             t.failed(ATTACKER, &format!("user{n}"), &guess(n), now, 0);
         }
-        t.undecided(ATTACKER);
     }
 
     #[test]
