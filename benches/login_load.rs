@@ -17,7 +17,8 @@
 //! same run, because these machines are shared and noisy.
 //!
 //! `cargo bench --bench login_load` (LOAD_SECS and LOAD_CLIENTS override the defaults, 5 s and
-//! 64 clients). Needs Dovecot, nginx with its mail module, openssl and aiosmtpd:
+//! 64 clients; LOAD_ROWS=ecdsa-resumed,rsa-full,... measures only those rows, for profiling one
+//! of them with `perf record -p`). Needs Dovecot, nginx with its mail module, openssl and aiosmtpd:
 //! scripts/setup-peers.sh.
 
 #[path = "../tests/common/mod.rs"]
@@ -115,9 +116,9 @@ fn main() {
     );
     println!();
     println!(
-        "| certificate | handshakes | nginx mail proxy logins/s | portcullis logins/s | portcullis / nginx | goal | resumed (nginx / portcullis) | p99 ms (nginx / portcullis) | failed |"
+        "| certificate | client speaks | handshakes | nginx mail proxy logins/s | portcullis logins/s | portcullis / nginx | goal | resumed (nginx / portcullis) | p99 ms (nginx / portcullis) | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut children = Vec::new();
     for (kind, certs) in [("ECDSA P-256", &ecdsa), ("RSA-2048", &rsa)] {
         let (cert, key) = (certs.join("localhost.crt"), certs.join("localhost.key"));
@@ -125,36 +126,59 @@ fn main() {
         let nginx_dir = dir.path().join(format!("nginx-{}", &kind[..3]));
         let nginx = start_nginx(&nginx_dir, &cert, &key, nginx_port, trivial_port);
         let (ours, secret) = gateway(trivial_port, certs);
-        for resumed in [false, true] {
-            let theirs = runtime.block_on(load(
-                nginx_port, "alice", "anything", &cert, resumed, clients, duration,
-            ));
-            let mine = runtime.block_on(load(
-                ours.ports.imaps,
-                "alice",
-                &secret,
-                &cert,
-                resumed,
-                clients,
-                duration,
-            ));
-            let goal = match (kind, resumed) {
-                ("RSA-2048", false) => 1.3,
-                _ => 1.5,
-            };
-            println!(
-                "| {kind} | {} | {:.0} | {:.0} | {:.2}x | >= {goal}x | {:.0}% / {:.0}% | {:.1} / {:.1} | {} / {} |",
-                if resumed { "resumed" } else { "full" },
-                theirs.result.rate,
-                mine.result.rate,
-                mine.result.rate / theirs.result.rate,
-                theirs.resumed_percent(),
-                mine.resumed_percent(),
-                theirs.result.percentile(99.0),
-                mine.result.percentile(99.0),
-                theirs.result.failed,
-                mine.result.failed,
-            );
+        // Clients of today offer TLS 1.3 and get it from both; the goals are for them.
+        // Clients that speak only TLS 1.2 (older phones and Outlooks) are measured too:
+        // their resumption skips the key exchange on both sides.
+        for (version, tls12_only) in [("TLS 1.3", false), ("TLS 1.2 only", true)] {
+            for resumed in [false, true] {
+                let row = format!(
+                    "{}-{}{}",
+                    if kind.starts_with("RSA") {
+                        "rsa"
+                    } else {
+                        "ecdsa"
+                    },
+                    if resumed { "resumed" } else { "full" },
+                    if tls12_only { "-tls12" } else { "" }
+                );
+                if !wanted(&row) {
+                    continue;
+                }
+                let client = Client {
+                    ca: &cert,
+                    resumed,
+                    tls12_only,
+                    clients,
+                    duration,
+                };
+                let theirs = runtime.block_on(load(nginx_port, "alice", "anything", &client));
+                let mine = runtime.block_on(load(ours.ports.imaps, "alice", &secret, &client));
+                let expected = if tls12_only { "TLS 1.2" } else { "TLS 1.3" };
+                for (side, m) in [("nginx", &theirs), ("portcullis", &mine)] {
+                    assert!(
+                        m.result.failed > 0 || m.version_share(!tls12_only) == 100.0,
+                        "{side} did not negotiate {expected} on every handshake of {row}"
+                    );
+                }
+                let goal = match (tls12_only, kind, resumed) {
+                    (true, ..) => "(none)".to_owned(),
+                    (false, "RSA-2048", false) => ">= 1.3x".to_owned(),
+                    _ => ">= 1.5x".to_owned(),
+                };
+                println!(
+                    "| {kind} | {version} | {} | {:.0} | {:.0} | {:.2}x | {goal} | {:.0}% / {:.0}% | {:.1} / {:.1} | {} / {} |",
+                    if resumed { "resumed" } else { "full" },
+                    theirs.result.rate,
+                    mine.result.rate,
+                    mine.result.rate / theirs.result.rate,
+                    theirs.resumed_percent(),
+                    mine.resumed_percent(),
+                    theirs.result.percentile(99.0),
+                    mine.result.percentile(99.0),
+                    theirs.result.failed,
+                    mine.result.failed,
+                );
+            }
         }
         children.push((nginx, ours));
     }
@@ -170,23 +194,31 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let cert = ecdsa.join("localhost.crt");
     for resumed in [false, true] {
+        if !wanted(if resumed {
+            "dovecot-resumed"
+        } else {
+            "dovecot-full"
+        }) {
+            continue;
+        }
+        let client = Client {
+            ca: &cert,
+            resumed,
+            tls12_only: false,
+            clients,
+            duration,
+        };
         let direct = runtime.block_on(load(
             dovecot.imaps_port.expect("imaps"),
             "alice@example.org",
             USER_PASSWORD,
-            &cert,
-            resumed,
-            clients,
-            duration,
+            &client,
         ));
         let through = runtime.block_on(load(
             through_dovecot.ports.imaps,
             "alice",
             &secret_dovecot,
-            &cert,
-            resumed,
-            clients,
-            duration,
+            &client,
         ));
         println!(
             "| {} | {:.0} | {:.0} | {:.2}x | >= 0.95x | {:.1} / {:.1} | {} / {} |",
@@ -237,6 +269,11 @@ fn rsa_certificate(dir: &Path) {
     std::fs::write(dir.join("localhost.crt"), cert.pem()).expect("write");
 }
 
+/// Whether LOAD_ROWS (a comma-separated list; all rows when unset) names `row`.
+fn wanted(row: &str) -> bool {
+    std::env::var("LOAD_ROWS").map_or(true, |rows| rows.split(',').any(|r| r.trim() == row))
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
@@ -246,30 +283,56 @@ struct Measured {
     result: LoadResult,
     handshakes: u64,
     resumed: u64,
+    tls13: u64,
 }
 
 impl Measured {
     fn resumed_percent(&self) -> f64 {
         100.0 * self.resumed as f64 / self.handshakes.max(1) as f64
     }
+
+    /// The share of handshakes that were TLS 1.3 (`tls13`) or TLS 1.2, in percent.
+    fn version_share(&self, tls13: bool) -> f64 {
+        let of = if tls13 {
+            self.tls13
+        } else {
+            self.handshakes - self.tls13
+        };
+        100.0 * of as f64 / self.handshakes.max(1) as f64
+    }
 }
 
-/// `clients` simulated clients doing login cycles back to back until `duration` has passed.
-/// With `resumed`, each keeps a session cache of its own, as a mail client does, and resumes
-/// whenever the server lets it; without, every handshake is a full one.
-async fn load(
-    port: u16,
-    user: &str,
-    password: &str,
-    ca: &Path,
+/// How the simulated clients of a row behave.
+struct Client<'a> {
+    /// The CA that signed the server's certificate.
+    ca: &'a Path,
+    /// Each client keeps a session cache of its own, as a mail client does, and resumes
+    /// whenever the server lets it; otherwise every handshake is a full one.
     resumed: bool,
+    /// The clients offer TLS 1.2 only.
+    tls12_only: bool,
     clients: usize,
     duration: Duration,
-) -> Measured {
+}
+
+/// `client.clients` simulated clients doing login cycles back to back until
+/// `client.duration` has passed.
+async fn load(port: u16, user: &str, password: &str, client: &Client<'_>) -> Measured {
     let login = Arc::new(format!("a1 LOGIN {user} {password}\r\n"));
-    let base = (*tls_client_config(ca)).clone();
+    let base = (*tls_client_config(client.ca)).clone();
+    let base = if client.tls12_only {
+        rustls::ClientConfig::builder_with_provider(base.crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("TLS 1.2")
+            .with_root_certificates(tls_roots(client.ca))
+            .with_no_client_auth()
+    } else {
+        base
+    };
+    let (resumed, clients, duration) = (client.resumed, client.clients, client.duration);
     let handshakes = Arc::new(AtomicU64::new(0));
     let resumptions = Arc::new(AtomicU64::new(0));
+    let tls13 = Arc::new(AtomicU64::new(0));
     let result = closed_loop_each(clients, duration, || {
         let mut config = base.clone();
         config.resumption = if resumed {
@@ -278,18 +341,26 @@ async fn load(
             rustls::client::Resumption::disabled()
         };
         let config = Arc::new(config);
-        let (login, handshakes, resumptions) =
-            (login.clone(), handshakes.clone(), resumptions.clone());
+        let (login, handshakes, resumptions, tls13) = (
+            login.clone(),
+            handshakes.clone(),
+            resumptions.clone(),
+            tls13.clone(),
+        );
         move || {
             let (login, config) = (login.clone(), config.clone());
-            let (handshakes, resumptions) = (handshakes.clone(), resumptions.clone());
+            let (handshakes, resumptions, tls13) =
+                (handshakes.clone(), resumptions.clone(), tls13.clone());
             async move {
-                let was_resumed = cycle(port, &login, config)
+                let (was_resumed, was_tls13) = cycle(port, &login, config)
                     .await
                     .map_err(|e| e.to_string())?;
                 handshakes.fetch_add(1, Ordering::Relaxed);
                 if was_resumed {
                     resumptions.fetch_add(1, Ordering::Relaxed);
+                }
+                if was_tls13 {
+                    tls13.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -300,12 +371,19 @@ async fn load(
         result,
         handshakes: handshakes.load(Ordering::Relaxed),
         resumed: resumptions.load(Ordering::Relaxed),
+        tls13: tls13.load(Ordering::Relaxed),
     }
 }
 
-/// One login cycle; whether its handshake was a resumption.
-async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std::io::Result<bool> {
+/// One login cycle; whether its handshake was a resumption, and whether it was TLS 1.3.
+async fn cycle(
+    port: u16,
+    login: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<(bool, bool)> {
     let (mut stream, resumed) = support::imap_tls_login(port, config, login).await?;
+    let tls13 =
+        stream.get_ref().get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     let mut line = String::new();
     stream.get_mut().write_all(b"a2 LOGOUT\r\n").await?;
     stream.get_mut().flush().await?;
@@ -313,7 +391,7 @@ async fn cycle(port: u16, login: &str, config: Arc<rustls::ClientConfig>) -> std
         line.clear();
         if stream.read_line(&mut line).await? == 0 || line.starts_with("a2 ") {
             // Reading to the end lets a TLS 1.3 server's ticket arrive before the next cycle.
-            return Ok(resumed);
+            return Ok((resumed, tls13));
         }
     }
 }
@@ -354,6 +432,9 @@ mail {{
   # Resumption as a provider would run it: a shared session cache and tickets.
   ssl_session_cache shared:MAIL:10m;
   ssl_session_tickets on;
+  # Debian's nginx 1.22 speaks TLS 1.0 to 1.2 unless told; a provider serves 1.2 and 1.3
+  # (Mozilla's intermediate profile), as portcullis does.
+  ssl_protocols TLSv1.2 TLSv1.3;
   server {{
     listen 127.0.0.1:{port} ssl;
     protocol imap;

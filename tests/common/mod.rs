@@ -908,16 +908,22 @@ pub struct TlsRaw {
     stream: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
 }
 
-pub fn tls_client_config(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+/// The certificates of the PEM file `ca`, as trust roots.
+pub fn tls_roots(ca: &Path) -> rustls::RootCertStore {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("cert")).expect("add");
     }
+    roots
+}
+
+pub fn tls_client_config(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    let roots = tls_roots(ca);
     std::sync::Arc::new(
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("versions")
