@@ -102,8 +102,8 @@ fn main() {
     }
     let hard = hard_open_files();
     // The gateway holds two sockets per session (client, backend): a machine whose hard limit
-    // is 20 000 open files fits 9 000 with room to spare.
-    let count = knob("SESSIONS", 10_000).min(hard.saturating_sub(1_000) / 2) as usize;
+    // is 20 000 open files fits 9 900, with room for the listeners and the store.
+    let count = knob("SESSIONS", 10_000).min(hard.saturating_sub(200) / 2) as usize;
     require("prlimit", "apt-get install util-linux");
     raise_open_files(hard);
 

@@ -7,8 +7,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// How much a plain socket is read at once.
+const CHUNK: usize = 16 * 1024;
 
 /// A connection, plain or TLS.
 pub enum Stream {
@@ -22,6 +25,37 @@ pub enum Stream {
 impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
+    }
+
+    /// Waits for data and returns what has arrived (empty at the end of the stream), without
+    /// holding a buffer while it waits: an idle relayed session, the common case by far, then
+    /// costs no buffer. A TLS stream hands out the plaintext rustls already holds; a plain
+    /// socket is read into `scratch`, which is allocated only once data is there and freed by
+    /// [`Stream::consume`].
+    pub async fn next_chunk<'a>(&'a mut self, scratch: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+        match self {
+            Stream::Plain(tcp) => loop {
+                tcp.readable().await?;
+                scratch.reserve(CHUNK);
+                match tcp.try_read_buf(scratch) {
+                    Ok(_) => return Ok(scratch.as_slice()),
+                    // A false alarm: wait again without the buffer.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => *scratch = Vec::new(),
+                    Err(e) => return Err(e),
+                }
+            },
+            Stream::Server(tls) => tls.fill_buf().await,
+            Stream::Client(tls) => tls.fill_buf().await,
+        }
+    }
+
+    /// Marks the `n` bytes [`Stream::next_chunk`] returned as used.
+    pub fn consume(&mut self, scratch: &mut Vec<u8>, n: usize) {
+        match self {
+            Stream::Plain(_) => *scratch = Vec::new(),
+            Stream::Server(tls) => Pin::new(tls.as_mut()).consume(n),
+            Stream::Client(tls) => Pin::new(tls.as_mut()).consume(n),
+        }
     }
 
     /// The TCP socket under the stream, for the plain→TLS upgrade.

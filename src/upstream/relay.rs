@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -179,8 +179,9 @@ pub async fn relay(
     idle: Duration,
     shutdown: &CancellationToken,
 ) -> RelayEnd {
-    let mut from_client = vec![0u8; 16 * 1024];
-    let mut from_backend = vec![0u8; 16 * 1024];
+    // No buffer is held while a direction waits (see `Stream::next_chunk`): most relayed
+    // sessions sit idle in IDLE or between a client's polls all day.
+    let (mut client_scratch, mut backend_scratch) = (Vec::new(), Vec::new());
     let dead = grant.dead();
     tokio::pin!(dead);
     let cancelled = shutdown.cancelled();
@@ -189,30 +190,33 @@ pub async fn relay(
 
     loop {
         tokio::select! {
-            read = client.read(&mut from_client) => match read {
-                Ok(0) => return RelayEnd::ClientClosed,
-                Ok(n) => {
+            read = client.next_chunk(&mut client_scratch) => match read {
+                Ok([]) => return RelayEnd::ClientClosed,
+                Ok(chunk) => {
                     // A peer that stops reading must not hold off revocation or shutdown, and a
                     // write blocked for the idle time counts as idle.
+                    let n = chunk.len();
                     tokio::select! {
-                        written = backend.write_all(&from_client[..n]) => if written.is_err() {
+                        written = backend.write_all(chunk) => if written.is_err() {
                             return RelayEnd::BackendError;
                         },
                         () = &mut dead => return RelayEnd::Revoked { said_goodbye: false },
                         () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
                         () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
                     }
+                    client.consume(&mut client_scratch, n);
                     deadline = Instant::now() + idle;
                 }
                 Err(e) if gone(&e) => return RelayEnd::ClientClosed,
                 Err(_) => return RelayEnd::ClientError,
             },
-            read = backend.read(&mut from_backend) => match read {
-                Ok(0) => return RelayEnd::BackendClosed,
-                Ok(n) => {
-                    boundary.observe(&from_backend[..n]);
+            read = backend.next_chunk(&mut backend_scratch) => match read {
+                Ok([]) => return RelayEnd::BackendClosed,
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    boundary.observe(chunk);
                     tokio::select! {
-                        written = client.write_all(&from_backend[..n]) => match written {
+                        written = client.write_all(chunk) => match written {
                             Ok(()) => {}
                             Err(e) if gone(&e) => return RelayEnd::ClientClosed,
                             Err(_) => return RelayEnd::ClientError,
@@ -221,6 +225,7 @@ pub async fn relay(
                         () = &mut cancelled => return RelayEnd::Shutdown { said_goodbye: false },
                         () = tokio::time::sleep_until(deadline) => return RelayEnd::IdleTimeout,
                     }
+                    backend.consume(&mut backend_scratch, n);
                     deadline = Instant::now() + idle;
                 }
                 Err(_) => return RelayEnd::BackendError,
