@@ -3,10 +3,14 @@
 //! - small GETs and PROPFINDs (Depth 0) with Basic auth: requests per second and latency
 //!   percentiles, keep-alive connections, through portcullis vs directly against wsgidav
 //!   (directly over HTTPS too, so that TLS is on both sides of the comparison);
-//! - a large GET and a large PUT with curl: throughput through portcullis vs direct.
+//! - a large GET and a large PUT (1 GiB) with curl: throughput through portcullis against
+//!   wsgidav direct and against nginx as an HTTPS reverse proxy in front of the same wsgidav
+//!   (`proxy_pass`, `proxy_buffering off`, `proxy_request_buffering off`: streaming both
+//!   ways, as the gateway does), with the growth of each proxy's resident memory during the
+//!   transfer (sampled every 20 ms), which must stay flat.
 //!
 //! `cargo bench --bench dav_load` (LOAD_SECS, LOAD_CLIENTS and LOAD_MIB override 5 s,
-//! 16 clients and 256 MiB). Needs wsgidav and curl: scripts/setup-peers.sh.
+//! 16 clients and 1024 MiB). Needs wsgidav, curl and nginx: scripts/setup-peers.sh.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -27,7 +31,7 @@ fn main() {
     }
     let secs = knob("LOAD_SECS", 5);
     let clients = knob("LOAD_CLIENTS", 16) as usize;
-    let mib = knob("LOAD_MIB", 256);
+    let mib = knob("LOAD_MIB", 1024);
 
     // One folder for everyone: the direct runs name no user (the gateway's runs would get a
     // folder per user otherwise, at no measurable cost).
@@ -133,48 +137,157 @@ fn main() {
     assert!(status.success());
     let ca = gateway.ca.to_string_lossy().into_owned();
     let user = format!("alice:{secret}");
+    let nginx_port = free_port();
+    let nginx_prefix = dir.path().join("nginx");
+    let nginx = start_reverse_proxy(&nginx_prefix, &gateway.ca, &key, nginx_port, plain.port);
+    let nginx_pid = nginx.pid();
+    let large_targets = targets.iter().cloned().chain([(
+        "nginx -> wsgidav",
+        format!("https://127.0.0.1:{nginx_port}"),
+    )]);
     println!();
-    println!("| {mib} MiB with curl | target | MiB/s |");
-    println!("|---|---|---|");
+    println!("| {mib} MiB with curl | target | MiB/s | proxy memory growth during the transfer |");
+    println!("|---|---|---|---|");
     let mut speeds = std::collections::HashMap::new();
-    for (name, base) in &targets {
+    for (name, base) in large_targets {
+        let proxy = match name {
+            "portcullis -> wsgidav" => Some(gateway.pid()),
+            "nginx -> wsgidav" => Some(nginx_pid),
+            _ => None,
+        };
         let url = format!("{base}/large.bin");
-        let put = curl_speed(&[
-            "--cacert",
-            &ca,
-            "-u",
-            &user,
-            "-T",
-            &file.to_string_lossy(),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{speed_upload}",
-            &url,
-        ]);
-        let get = curl_speed(&[
-            "--cacert",
-            &ca,
-            "-u",
-            &user,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{speed_download}",
-            &url,
-        ]);
-        println!("| PUT | {name} | {:.0} |", put / 1048576.0);
-        println!("| GET | {name} | {:.0} |", get / 1048576.0);
-        speeds.insert(*name, (put, get));
+        let (put, put_growth) = while_sampling(proxy, || {
+            curl_speed(&[
+                "--cacert",
+                &ca,
+                "-u",
+                &user,
+                "-T",
+                &file.to_string_lossy(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{speed_upload}",
+                &url,
+            ])
+        });
+        let (get, get_growth) = while_sampling(proxy, || {
+            curl_speed(&[
+                "--cacert",
+                &ca,
+                "-u",
+                &user,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{speed_download}",
+                &url,
+            ])
+        });
+        let growth = |g: Option<u64>| g.map_or("-".to_owned(), |kib| format!("{kib} KiB"));
+        println!(
+            "| PUT | {name} | {:.0} | {} |",
+            put / 1048576.0,
+            growth(put_growth)
+        );
+        println!(
+            "| GET | {name} | {:.0} | {} |",
+            get / 1048576.0,
+            growth(get_growth)
+        );
+        speeds.insert(name, (put, get));
     }
+    drop(nginx);
     let (gput, gget) = speeds["portcullis -> wsgidav"];
     let (dput, dget) = speeds["wsgidav direct (HTTPS)"];
+    let (nput, nget) = speeds["nginx -> wsgidav"];
     println!();
     println!(
         "large PUT: portcullis / direct HTTPS = {:.2}x; large GET: {:.2}x",
         gput / dput,
         gget / dget
     );
+    println!(
+        "large PUT: portcullis / nginx = {:.2}x (goal >= 0.9x); large GET: {:.2}x (goal >= 0.9x)",
+        gput / nput,
+        gget / nget
+    );
+}
+
+/// nginx as an HTTPS reverse proxy in front of `backend`, streaming both ways.
+fn start_reverse_proxy(
+    prefix: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    port: u16,
+    backend: u16,
+) -> support::Nginx {
+    let p = prefix.display();
+    let conf = format!(
+        r#"worker_processes 2;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log error;
+events {{ worker_connections 1024; }}
+http {{
+  {paths}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size 0;
+    location / {{
+      proxy_pass http://127.0.0.1:{backend};
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+"#,
+        paths = support::nginx_http_paths(prefix),
+        cert = cert.display(),
+        key = key.display()
+    );
+    support::start_nginx(prefix, &conf, port)
+}
+
+/// Runs `work`, sampling the resident memory of `pid` (and its children, for nginx's workers)
+/// every 20 ms meanwhile; `work`'s result and the largest growth over the start, in KiB.
+fn while_sampling<T>(pid: Option<u32>, work: impl FnOnce() -> T) -> (T, Option<u64>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(pid) = pid else {
+        return (work(), None);
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let start = tree_rss_kib(pid);
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = start;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(tree_rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let result = work();
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    (result, Some(peak.saturating_sub(start)))
+}
+
+/// The resident memory of `pid` and its direct children, in KiB.
+fn tree_rss_kib(pid: u32) -> u64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    rss_kib(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .map(rss_kib)
+            .sum::<u64>()
 }
 
 fn curl_speed(args: &[&str]) -> f64 {

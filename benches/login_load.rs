@@ -26,7 +26,7 @@ mod common;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -233,16 +233,13 @@ fn main() {
         );
     }
 
-    for (mut nginx, _) in children {
-        let _ = nginx.kill();
-        let _ = nginx.wait();
-    }
+    drop(children);
     let _ = trivial.kill();
     let _ = trivial.wait();
 }
 
 /// A self-signed RSA-2048 certificate for localhost in `dir` (`localhost.crt`, `.key`): the
-/// key from openssl (ring cannot generate RSA keys), the certificate signed with it by rcgen.
+/// key from openssl (faster than generating one here), the certificate signed with it by rcgen.
 fn rsa_certificate(dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
     let key_path = dir.join("localhost.key");
@@ -396,9 +393,8 @@ async fn cycle(
     }
 }
 
-fn start_nginx(dir: &Path, cert: &Path, key: &Path, port: u16, backend: u16) -> Child {
+fn start_nginx(dir: &Path, cert: &Path, key: &Path, port: u16, backend: u16) -> support::Nginx {
     let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs")).expect("mkdir");
     let auth_port = free_port();
     let p = prefix.display();
     let conf = format!(
@@ -408,12 +404,7 @@ pid {p}/nginx.pid;
 error_log {p}/logs/error.log error;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off;
-  client_body_temp_path {p}/client_body;
-  proxy_temp_path {p}/proxy;
-  fastcgi_temp_path {p}/fastcgi;
-  uwsgi_temp_path {p}/uwsgi;
-  scgi_temp_path {p}/scgi;
+  {paths}
   server {{
     listen 127.0.0.1:{auth_port};
     location = /auth {{
@@ -442,22 +433,9 @@ mail {{
   }}
 }}
 "#,
+        paths = support::nginx_http_paths(&prefix),
         cert = cert.display(),
         key = key.display()
     );
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("nginx.conf");
-    let log = prefix.join("logs/error.log");
-    let mut child = Command::new("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    wait_for_port(port, "nginx", &mut child, &log);
-    child
+    support::start_nginx(&prefix, &conf, port)
 }

@@ -184,29 +184,27 @@ impl Grant {
                 }
                 self.expires_at(&snapshot)
             };
-            let expiry = async {
-                match expires_at {
-                    Some(at) => {
-                        let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() {
                     // The account left the index; nothing can revoke through it any more, so
                     // only the expiry is left (the index never drops an account while it runs).
-                    if let Some(at) = expires_at {
-                        let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                        return;
-                    }
-                    std::future::pending::<()>().await;
+                    until(expires_at).await;
+                    return;
                 },
-                () = expiry => {}
+                () = until(expires_at) => {}
             }
         }
+    }
+}
+
+/// Resolves at `at` (milliseconds since the epoch), or never.
+async fn until(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
