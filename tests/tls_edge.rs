@@ -222,6 +222,36 @@ fn certificates_by_name_modern_protocols_shared_resumption_and_reload() {
         );
     }
 
+    // The server picks AES-128-GCM with SHA-256 even from a client that lists AES-256 first
+    // (its key schedule is the cheaper one), on TLS 1.3 and 1.2 alike.
+    let preferred = s_client(
+        port,
+        &[
+            "-servername",
+            "mail.shop.example",
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ],
+    );
+    assert!(
+        preferred.contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "{preferred}"
+    );
+    let preferred12 = s_client(
+        port,
+        &[
+            "-servername",
+            "mail.shop.example",
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256",
+        ],
+    );
+    assert!(
+        preferred12.contains("Cipher is ECDHE-RSA-AES128-GCM-SHA256"),
+        "{preferred12}"
+    );
+
     // TLS 1.0 and 1.1 are refused, and so are suites without forward secrecy or an AEAD.
     for args in [
         &["-tls1"][..],
