@@ -1,4 +1,5 @@
-//! SASL PLAIN (RFC 4616) and LOGIN, shared by IMAP and SMTP.
+//! SASL PLAIN (RFC 4616) and LOGIN: the field parsers, and the one exchange ([`Exchange`])
+//! that IMAP, submission, POP3 and XMPP run, each in its own framing.
 //!
 //! Only what a gateway needs: turn the client's bytes into a login, an optional authorization
 //! identity and a secret, refusing anything malformed (NUL inside a field, an identity that is
@@ -26,6 +27,103 @@ pub enum SaslError {
     NotUtf8,
     #[error("field too long")]
     TooLong,
+}
+
+/// The mechanisms a client may use, as they are offered.
+pub const MECHANISMS: [&str; 2] = ["PLAIN", "LOGIN"];
+
+/// Why an exchange ended without credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("unrecognized mechanism")]
+    UnknownMechanism,
+    #[error("authentication cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Invalid(#[from] SaslError),
+}
+
+/// What the protocol does next in an exchange.
+#[derive(Debug)]
+pub enum Next {
+    /// Send the challenge (raw; the protocol encodes it in base64 in its own framing) and pass
+    /// the client's reply to the exchange's [`Exchange::respond`].
+    Challenge(Exchange, &'static [u8]),
+    /// The exchange is complete.
+    Done(Credentials),
+}
+
+/// One SASL exchange, PLAIN or LOGIN: the mechanism named, an optional initial response, then
+/// challenges and responses until the credentials are complete. Pure: the protocol frames the
+/// challenges (IMAP and POP3 `+ `, submission `334 `, XMPP `<challenge/>`) and decodes the
+/// responses (see [`decode_response`]); the steps and the checks of each field are here, once.
+#[derive(Debug)]
+pub struct Exchange {
+    step: Step,
+}
+
+#[derive(Debug)]
+enum Step {
+    Plain,
+    LoginUser,
+    LoginPassword(String),
+}
+
+/// LOGIN's challenges, as every client expects them (draft-murchison-sasl-login).
+const USERNAME: &[u8] = b"Username:";
+const PASSWORD: &[u8] = b"Password:";
+
+impl Exchange {
+    /// Starts an exchange for `mechanism` (any case). `initial` is the decoded initial response
+    /// when the client sent one (RFC 4422 section 4: an empty one is `Some(&[])`).
+    pub fn start(mechanism: &str, initial: Option<&[u8]>) -> Result<Next, ExchangeError> {
+        let step = if mechanism.eq_ignore_ascii_case("PLAIN") {
+            Step::Plain
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            Step::LoginUser
+        } else {
+            return Err(ExchangeError::UnknownMechanism);
+        };
+        let exchange = Self { step };
+        match initial {
+            Some(response) => exchange.respond(response),
+            None => Ok(exchange.challenge()),
+        }
+    }
+
+    /// The client's decoded response to the last challenge.
+    pub fn respond(self, response: &[u8]) -> Result<Next, ExchangeError> {
+        match self.step {
+            Step::Plain => Ok(Next::Done(parse_plain(response)?)),
+            Step::LoginUser => Ok(Self {
+                step: Step::LoginPassword(parse_login_field(response)?),
+            }
+            .challenge()),
+            Step::LoginPassword(login) => Ok(Next::Done(Credentials::new(
+                login,
+                parse_password_field(response)?,
+            ))),
+        }
+    }
+
+    fn challenge(self) -> Next {
+        let challenge: &'static [u8] = match self.step {
+            Step::Plain => b"",
+            Step::LoginUser => USERNAME,
+            Step::LoginPassword(_) => PASSWORD,
+        };
+        Next::Challenge(self, challenge)
+    }
+}
+
+/// Decodes a response line of the text protocols (IMAP, submission, POP3): `*` cancels
+/// (RFC 4422 section 3.5), `=` is an empty initial response (RFC 4954), anything else is base64.
+pub fn decode_response(line: &[u8]) -> Result<Vec<u8>, ExchangeError> {
+    match line.trim_ascii_end() {
+        b"*" => Err(ExchangeError::Cancelled),
+        b"=" => Ok(Vec::new()),
+        text => Ok(decode_base64(text)?),
+    }
 }
 
 /// Decodes base64 as SASL sends it (RFC 4648, padding required, no line breaks).
@@ -102,6 +200,74 @@ pub fn plain_message(authzid: &str, authcid: &str, password: &Secret) -> Secret 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done(next: Result<Next, ExchangeError>) -> Credentials {
+        match next.unwrap() {
+            Next::Done(credentials) => credentials,
+            Next::Challenge(_, c) => panic!("challenge {c:?}, not credentials"),
+        }
+    }
+
+    fn challenged(next: Result<Next, ExchangeError>, expected: &[u8]) -> Exchange {
+        match next.unwrap() {
+            Next::Challenge(exchange, c) if c == expected => exchange,
+            other => panic!("{other:?}, not the challenge {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn exchanges_plain_and_login_with_and_without_initial_responses() {
+        let plain = b"\0alice\0secret pass";
+        let c = done(Exchange::start("plain", Some(plain)));
+        assert_eq!(
+            (c.login.as_str(), c.secret.expose()),
+            ("alice", &b"secret pass"[..])
+        );
+
+        let e = challenged(Exchange::start("PLAIN", None), b"");
+        assert_eq!(done(e.respond(plain)).login, "alice");
+
+        let e = challenged(Exchange::start("LOGIN", None), b"Username:");
+        let e = challenged(e.respond(b"alice"), b"Password:");
+        let c = done(e.respond(b"pw"));
+        assert_eq!(
+            (c.login.as_str(), c.secret.expose(), c.authzid),
+            ("alice", &b"pw"[..], None)
+        );
+
+        let e = challenged(Exchange::start("login", Some(b"bob")), b"Password:");
+        assert_eq!(done(e.respond(b"pw")).login, "bob");
+    }
+
+    #[test]
+    fn exchanges_refuse_what_they_should() {
+        assert_eq!(
+            Exchange::start("CRAM-MD5", None).unwrap_err(),
+            ExchangeError::UnknownMechanism
+        );
+        // An empty initial response is a response, and an empty PLAIN message is malformed.
+        assert_eq!(
+            Exchange::start("PLAIN", Some(b"")).unwrap_err(),
+            ExchangeError::Invalid(SaslError::Malformed)
+        );
+        let e = challenged(Exchange::start("LOGIN", None), b"Username:");
+        assert_eq!(
+            e.respond(b"al\0ice").unwrap_err(),
+            ExchangeError::Invalid(SaslError::Malformed)
+        );
+        let e = challenged(Exchange::start("LOGIN", Some(b"alice")), b"Password:");
+        assert_eq!(
+            e.respond(b"").unwrap_err(),
+            ExchangeError::Invalid(SaslError::Malformed)
+        );
+        assert_eq!(decode_response(b"*").unwrap_err(), ExchangeError::Cancelled);
+        assert_eq!(decode_response(b"=").unwrap(), b"");
+        assert_eq!(decode_response(b"YWxpY2U=\r").unwrap(), b"alice");
+        assert_eq!(
+            decode_response(b"not base64!").unwrap_err(),
+            ExchangeError::Invalid(SaslError::Base64)
+        );
+    }
 
     #[test]
     fn rfc4616_examples() {

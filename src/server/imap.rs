@@ -1,83 +1,73 @@
-//! An IMAP session: pre-auth through the shared driver, then backend login and the relay.
+//! IMAP as the post-login driver runs it: the pre-auth machine, a master-user login to the
+//! backend, the tagged OK with the backend's capabilities, and the response boundaries.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use super::ListenerContext;
-use super::admission::Admitted;
-use super::session::{PreAuthEnd, Session};
-use crate::credentials::Protocol;
+use super::relayed::{HandOver, Relayed};
+use super::session::Session;
+use crate::config::Limits;
+use crate::credentials::{Grant, Protocol};
+use crate::io::Stream;
 use crate::protocol::imap::{PreAuth, Settings};
-use crate::upstream::relay::{Goodbyes, ImapBoundary};
-use crate::upstream::{ClientInfo, imap as backend_imap};
+use crate::upstream::relay::{Boundary, Goodbyes, ImapBoundary};
+use crate::upstream::{BackendError, ClientInfo, imap as backend_imap};
 
-const GOODBYES: Goodbyes = Goodbyes {
-    revoked: b"* BYE Session ended: the credential was revoked or has expired\r\n",
-    shutdown: b"* BYE Server shutting down\r\n",
-};
+pub struct Imap;
 
-pub async fn serve(
-    tcp: TcpStream,
-    client: ClientInfo,
-    context: &Arc<ListenerContext>,
-    admitted: &Admitted,
-) {
-    let session = Session::new(context, client, Protocol::Imap, admitted);
-    let Some(mut stream) = session.open(tcp).await else {
-        return;
+impl Relayed for Imap {
+    type Machine = PreAuth;
+    type Backend = backend_imap::Session;
+    const PROTOCOL: Protocol = Protocol::Imap;
+    const GOODBYES: Goodbyes = Goodbyes {
+        revoked: b"* BYE Session ended: the credential was revoked or has expired\r\n",
+        shutdown: b"* BYE Server shutting down\r\n",
     };
-    let shared = &context.shared;
-    let mut machine = PreAuth::new(Settings {
-        max_line: shared.limits.max_line,
-        max_literal: shared.limits.max_literal,
-        max_failures: shared.auth.max_failures,
-        max_bad_commands: shared.limits.max_bad_commands,
-        tls: stream.is_tls(),
-        starttls: !stream.is_tls(),
-        plaintext_auth: context.config.allow_plaintext_auth_on_loopback,
-    });
-    let mut greet = true;
-    // Each turn is one login that passed the credential check; a backend failure answers it
-    // with a temporary error and lets the client try again on the same connection.
-    let (stream, backend, tag, grant) = loop {
-        let PreAuthEnd::LoggedIn {
-            stream: mut client_stream,
-            tag,
-            grant,
-        } = session.pre_auth(stream, &mut machine, greet).await
-        else {
-            return;
-        };
-        greet = false;
-        match backend_imap::login(context.backend_for(&grant.login), &grant.login, client).await {
-            Ok(backend) => break (client_stream, backend, tag, grant),
-            Err(e) => {
-                if !session
-                    .backend_failed(&mut client_stream, &mut machine, &tag, e)
-                    .await
-                {
-                    return;
-                }
-                stream = client_stream;
-            }
-        }
-    };
-    let (reply, pipelined) = machine.login_accepted(&tag, &backend.capabilities);
-    let mut to_client = reply;
-    to_client.extend_from_slice(&backend.leftover);
-    let idle = Duration::from_secs(shared.limits.imap_idle_timeout_secs);
-    session
-        .relay(
-            stream,
-            backend.stream,
-            &grant,
+
+    fn machine(context: &ListenerContext, tls: bool) -> PreAuth {
+        let shared = &context.shared;
+        PreAuth::new(Settings {
+            max_line: shared.limits.max_line,
+            max_literal: shared.limits.max_literal,
+            max_failures: shared.auth.max_failures,
+            max_bad_commands: shared.limits.max_bad_commands,
+            tls,
+            starttls: !tls,
+            plaintext_auth: context.config.allow_plaintext_auth_on_loopback,
+        })
+    }
+
+    async fn login(
+        context: &Arc<ListenerContext>,
+        grant: &Grant,
+        client: ClientInfo,
+        _machine: &PreAuth,
+    ) -> Result<backend_imap::Session, BackendError> {
+        backend_imap::login(context.backend_for(&grant.login), &grant.login, client).await
+    }
+
+    async fn hand_over(
+        _session: &Session<'_>,
+        _client: &mut Stream,
+        machine: PreAuth,
+        tag: &str,
+        backend: backend_imap::Session,
+    ) -> Option<HandOver> {
+        let (mut to_client, to_backend) = machine.login_accepted(tag, &backend.capabilities);
+        to_client.extend_from_slice(&backend.leftover);
+        Some(HandOver {
+            backend: backend.stream,
             to_client,
-            pipelined,
-            &mut ImapBoundary::default(),
-            &GOODBYES,
-            idle,
-        )
-        .await;
+            to_backend,
+        })
+    }
+
+    fn boundary() -> Box<dyn Boundary + Send> {
+        Box::new(ImapBoundary::default())
+    }
+
+    fn idle(limits: &Limits) -> Duration {
+        Duration::from_secs(limits.imap_idle_timeout_secs)
+    }
 }

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod http;
 pub mod imap;
 pub mod proxy;
+pub mod relayed;
 pub mod session;
 pub mod smtp;
 pub mod throttle;
@@ -628,10 +629,14 @@ async fn handle_mail(
     };
     let client = crate::upstream::ClientInfo { peer, local };
     match context.config.protocol {
-        ListenerProtocol::Submission => smtp::serve(tcp, client, &context, admitted).await,
-        ListenerProtocol::Xmpp => xmpp::serve(tcp, client, &context, admitted).await,
+        ListenerProtocol::Submission => {
+            relayed::serve::<smtp::Submission>(tcp, client, &context, admitted).await;
+        }
+        ListenerProtocol::Xmpp => {
+            relayed::serve::<xmpp::Xmpp>(tcp, client, &context, admitted).await
+        }
         ListenerProtocol::Imap | ListenerProtocol::Http | ListenerProtocol::Portal => {
-            imap::serve(tcp, client, &context, admitted).await
+            relayed::serve::<imap::Imap>(tcp, client, &context, admitted).await
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! It runs a [`PreAuth`] machine against a client socket: greeting, reads bounded by the login
 //! deadline, STARTTLS, the credential check with its failure delay, and goodbyes on timeout and
-//! shutdown. It returns once a login passed the credential check; the protocol's own code then
-//! logs in to the backend and relays.
+//! shutdown. It returns once a login passed the credential check; the post-login driver
+//! ([`super::relayed`]) then logs in to the backend and relays.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +15,13 @@ use tokio::time::Instant;
 use super::ListenerContext;
 use super::admission::Admitted;
 use super::gate::Gate;
+use super::relayed::HandOver;
 use crate::config::ListenerTls;
 use crate::credentials::{AuthError, Grant, Protocol};
 use crate::io::Stream;
 use crate::protocol::{Action, LoginRequest, PreAuth};
+use crate::upstream::ClientInfo;
 use crate::upstream::relay::{Boundary, Goodbyes, relay};
-use crate::upstream::{BackendError, ClientInfo};
 
 /// How a pre-auth phase ended.
 pub enum PreAuthEnd {
@@ -218,36 +219,23 @@ impl<'a> Session<'a> {
 }
 
 impl Session<'_> {
-    /// The backend could not be logged in to: tell the client it is temporary. False when the
-    /// client is gone.
-    pub async fn backend_failed(
-        &self,
-        stream: &mut Stream,
-        machine: &mut dyn PreAuth,
-        tag: &str,
-        error: BackendError,
-    ) -> bool {
-        tracing::warn!(error = %error, "backend login failed");
-        match machine.login_unavailable(tag) {
-            Action::Write(reply) => self.write(stream, &reply).await,
-            _ => false,
-        }
-    }
-
     /// Hands the session over: the login reply (and anything the backend sent past its own
-    /// login) to the client, anything the client pipelined to the backend, then the relay.
-    #[allow(clippy::too_many_arguments)]
+    /// login) to the client, anything the client sent past its login to the backend, then
+    /// the relay.
     pub async fn relay(
         &self,
         mut client: Stream,
-        mut backend: Stream,
+        hand_over: HandOver,
         grant: &Grant,
-        to_client: Vec<u8>,
-        to_backend: Vec<u8>,
         boundary: &mut dyn Boundary,
         goodbyes: &Goodbyes,
         idle: Duration,
     ) {
+        let HandOver {
+            mut backend,
+            to_client,
+            to_backend,
+        } = hand_over;
         boundary.observe(&to_client);
         if !write(&mut client, &to_client).await {
             return;

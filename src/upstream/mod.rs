@@ -31,6 +31,8 @@ pub enum BackendError {
     Protocol { address: String, reason: String },
     #[error("backend {address} refused the gateway's login: {reply}")]
     Refused { address: String, reply: String },
+    #[error("cannot mint a login ticket for the backend: {0}")]
+    Ticket(String),
 }
 
 /// A configured backend, ready to connect.

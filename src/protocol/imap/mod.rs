@@ -10,12 +10,12 @@ use imap_codec::fragmentizer::{
     DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
 };
 use imap_codec::imap_types::IntoStatic;
-use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
 
-use crate::protocol::sasl::{self, Credentials};
+use crate::protocol::sasl::{self, Credentials, ExchangeError};
 use crate::protocol::{Action, LoginRequest};
 
 /// How the machine is set up for one connection.
@@ -39,8 +39,8 @@ pub struct Settings {
 
 enum State {
     Command,
-    /// `AUTHENTICATE PLAIN` without an initial response: the next line is the response.
-    AuthenticatePlain(Tag<'static>),
+    /// `AUTHENTICATE` sent a challenge: the next line is the client's response.
+    Authenticate(Tag<'static>, sasl::Exchange),
     /// A login is being decided: no input is processed until the driver reports back.
     Deciding,
     Closed,
@@ -73,7 +73,10 @@ impl PreAuth {
             caps.push_str(" STARTTLS");
         }
         if self.auth_allowed() {
-            caps.push_str(" AUTH=PLAIN");
+            for mechanism in sasl::MECHANISMS {
+                caps.push_str(" AUTH=");
+                caps.push_str(mechanism);
+            }
         } else {
             caps.push_str(" LOGINDISABLED");
         }
@@ -85,7 +88,7 @@ impl PreAuth {
     }
 
     fn literal_announced(&mut self, mode: LiteralMode, length: u32) -> Option<Action> {
-        if matches!(self.state, State::AuthenticatePlain(_)) {
+        if matches!(self.state, State::Authenticate(..)) {
             // A SASL response is one base64 line; a literal here is a confused or hostile
             // client, and its data would follow without our consent.
             return Some(self.close(b"* BYE Unexpected literal in SASL response\r\n"));
@@ -120,41 +123,48 @@ impl PreAuth {
 
     fn message_complete(&mut self) -> Option<Action> {
         match std::mem::replace(&mut self.state, State::Command) {
-            State::AuthenticatePlain(tag) => Some(self.sasl_response(tag)),
+            State::Authenticate(tag, exchange) => Some(self.sasl_response(tag, exchange)),
             State::Command => self.command(),
             State::Deciding | State::Closed => None,
         }
     }
 
-    fn sasl_response(&mut self, tag: Tag<'static>) -> Action {
-        let tag = tag.as_ref().to_owned();
-        let outcome = match self
+    fn sasl_response(&mut self, tag: Tag<'static>, exchange: sasl::Exchange) -> Action {
+        let next = match self
             .fragmentizer
             .decode_message(&AuthenticateDataCodec::default())
         {
-            Ok(AuthenticateData::Continue(data)) => sasl::parse_plain(data.declassify()),
-            Ok(AuthenticateData::Cancel) => {
-                return self.bad(&tag, "Authentication cancelled");
-            }
+            Ok(AuthenticateData::Continue(data)) => exchange.respond(data.declassify()),
+            Ok(AuthenticateData::Cancel) => Err(ExchangeError::Cancelled),
             Err(DecodeMessageError::MessageTooLong { .. }) => {
                 return self.close(b"* BYE Command line too long\r\n");
             }
-            Err(_) => Err(sasl::SaslError::Base64),
+            Err(_) => Err(ExchangeError::Invalid(sasl::SaslError::Base64)),
         };
-        self.plain_outcome(tag, outcome)
+        self.sasl_next(tag, next)
     }
 
-    fn plain_outcome(
-        &mut self,
-        tag: String,
-        outcome: Result<Credentials, sasl::SaslError>,
-    ) -> Action {
-        match outcome {
-            Ok(credentials) => {
-                self.state = State::Deciding;
-                Action::Login(LoginRequest { tag, credentials })
+    /// Sends the exchange's next challenge, asks for the credential check, or refuses.
+    fn sasl_next(&mut self, tag: Tag<'static>, next: Result<sasl::Next, ExchangeError>) -> Action {
+        match next {
+            Ok(sasl::Next::Challenge(exchange, challenge)) => {
+                self.state = State::Authenticate(tag, exchange);
+                Action::Write(format!("+ {}\r\n", sasl::encode_base64(challenge)).into_bytes())
             }
-            Err(e) => self.bad(&tag, &format!("Invalid SASL PLAIN response: {e}")),
+            Ok(sasl::Next::Done(credentials)) => {
+                self.state = State::Deciding;
+                Action::Login(LoginRequest {
+                    tag: tag.as_ref().to_owned(),
+                    credentials,
+                })
+            }
+            Err(ExchangeError::UnknownMechanism) => {
+                self.refused(tag.as_ref(), "Unsupported authentication mechanism")
+            }
+            Err(ExchangeError::Cancelled) => self.bad(tag.as_ref(), "Authentication cancelled"),
+            Err(ExchangeError::Invalid(e)) => {
+                self.bad(tag.as_ref(), &format!("Invalid SASL response: {e}"))
+            }
         }
     }
 
@@ -223,19 +233,11 @@ impl PreAuth {
                 if !self.auth_allowed() {
                     return Some(self.refused(&tag, "[PRIVACYREQUIRED] Use STARTTLS first"));
                 }
-                if mechanism != AuthMechanism::Plain {
-                    return Some(self.refused(&tag, "Unsupported authentication mechanism"));
-                }
-                match initial_response {
-                    Some(response) => {
-                        let outcome = sasl::parse_plain(response.declassify());
-                        self.plain_outcome(tag, outcome)
-                    }
-                    None => {
-                        self.state = State::AuthenticatePlain(tag_owned);
-                        Action::Write(b"+ \r\n".to_vec())
-                    }
-                }
+                let initial = initial_response.as_ref().map(|r| r.declassify().as_ref());
+                self.sasl_next(
+                    tag_owned,
+                    sasl::Exchange::start(mechanism.as_ref(), initial),
+                )
             }
             _ => self.bad(&tag, "Log in first"),
         })

@@ -6,7 +6,7 @@
 //! will get once relayed, minus what the gateway itself handles (AUTH, STARTTLS) and what only
 //! the gateway may use on the backend (XCLIENT, XFORWARD).
 
-use crate::protocol::sasl::{self, Credentials};
+use crate::protocol::sasl::{self, ExchangeError};
 use crate::protocol::{Action, LoginRequest};
 
 /// RFC 4954 section 4: servers take AUTH lines of at least 12288 octets.
@@ -31,9 +31,8 @@ pub struct Settings {
 #[derive(Debug)]
 enum State {
     Command,
-    AuthPlain,
-    AuthLoginUser,
-    AuthLoginPassword(String),
+    /// A SASL exchange waits for the client's response.
+    Auth(sasl::Exchange),
     Deciding,
     Closed,
 }
@@ -161,37 +160,27 @@ impl PreAuth {
         if parts.next().is_some() {
             return self.bad("501 5.5.4 Syntax: AUTH mechanism [initial-response]");
         }
-        match (mechanism.as_str(), initial) {
-            ("PLAIN", None) => {
-                self.state = State::AuthPlain;
-                Action::Write(b"334 \r\n".to_vec())
-            }
-            ("PLAIN", Some(ir)) => {
-                let outcome =
-                    sasl_line(ir.as_bytes()).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
-                self.credentials_or_error(outcome)
-            }
-            ("LOGIN", None) => {
-                self.state = State::AuthLoginUser;
-                Action::Write(b"334 VXNlcm5hbWU6\r\n".to_vec())
-            }
-            ("LOGIN", Some(ir)) => {
-                match sasl_line(ir.as_bytes()).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
-                    Ok(login) => {
-                        self.state = State::AuthLoginPassword(login);
-                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
-                    }
-                    Err(e) => self.sasl_error(e),
-                }
-            }
-            ("", _) => self.bad("501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
-            _ => self.bad("504 5.5.4 Unrecognized authentication type"),
+        if mechanism.is_empty() {
+            return self.bad("501 5.5.4 Syntax: AUTH mechanism [initial-response]");
         }
+        if !sasl::MECHANISMS.contains(&mechanism.as_str()) {
+            return self.sasl_next(Err(ExchangeError::UnknownMechanism));
+        }
+        let next = initial
+            .map(|ir| sasl::decode_response(ir.as_bytes()))
+            .transpose()
+            .and_then(|initial| sasl::Exchange::start(&mechanism, initial.as_deref()));
+        self.sasl_next(next)
     }
 
-    fn credentials_or_error(&mut self, outcome: Result<Credentials, ResponseError>) -> Action {
-        match outcome {
-            Ok(credentials) => {
+    /// Sends the exchange's next challenge, asks for the credential check, or refuses.
+    fn sasl_next(&mut self, next: Result<sasl::Next, ExchangeError>) -> Action {
+        match next {
+            Ok(sasl::Next::Challenge(exchange, challenge)) => {
+                self.state = State::Auth(exchange);
+                Action::Write(format!("334 {}\r\n", sasl::encode_base64(challenge)).into_bytes())
+            }
+            Ok(sasl::Next::Done(credentials)) => {
                 self.state = State::Deciding;
                 Action::Login(LoginRequest {
                     tag: String::new(),
@@ -202,13 +191,16 @@ impl PreAuth {
         }
     }
 
-    fn sasl_error(&mut self, e: ResponseError) -> Action {
+    fn sasl_error(&mut self, e: ExchangeError) -> Action {
         match e {
-            ResponseError::Cancelled => self.bad("501 5.0.0 Authentication cancelled"),
-            ResponseError::Sasl(sasl::SaslError::Base64) => {
+            ExchangeError::UnknownMechanism => {
+                self.bad("504 5.5.4 Unrecognized authentication type")
+            }
+            ExchangeError::Cancelled => self.bad("501 5.0.0 Authentication cancelled"),
+            ExchangeError::Invalid(sasl::SaslError::Base64) => {
                 self.bad("501 5.5.2 Invalid base64 data")
             }
-            ResponseError::Sasl(e) => {
+            ExchangeError::Invalid(e) => {
                 self.bad(&format!("501 5.5.2 Invalid authentication data: {e}"))
             }
         }
@@ -268,24 +260,9 @@ impl super::PreAuth for PreAuth {
         }
         match std::mem::replace(&mut self.state, State::Command) {
             State::Command => self.command(&line),
-            State::AuthPlain => {
-                let outcome = sasl_line(&line).and_then(|bytes| Ok(sasl::parse_plain(&bytes)?));
-                self.credentials_or_error(outcome)
-            }
-            State::AuthLoginUser => {
-                match sasl_line(&line).and_then(|b| Ok(sasl::parse_login_field(&b)?)) {
-                    Ok(login) => {
-                        self.state = State::AuthLoginPassword(login);
-                        Action::Write(b"334 UGFzc3dvcmQ6\r\n".to_vec())
-                    }
-                    Err(e) => self.sasl_error(e),
-                }
-            }
-            State::AuthLoginPassword(login) => {
-                let outcome = sasl_line(&line)
-                    .and_then(|b| Ok(sasl::parse_password_field(&b)?))
-                    .map(|secret| Credentials::new(login, secret));
-                self.credentials_or_error(outcome)
+            State::Auth(exchange) => {
+                let next = sasl::decode_response(&line).and_then(|r| exchange.respond(&r));
+                self.sasl_next(next)
             }
             State::Deciding | State::Closed => Action::NeedInput,
         }
@@ -324,30 +301,6 @@ impl super::PreAuth for PreAuth {
     fn shutdown_goodbye(&self) -> &'static [u8] {
         b"421 4.3.2 Server shutting down\r\n"
     }
-}
-
-/// A SASL response line: `*` cancels, anything else is base64.
-#[derive(Debug)]
-enum ResponseError {
-    Cancelled,
-    Sasl(sasl::SaslError),
-}
-
-impl From<sasl::SaslError> for ResponseError {
-    fn from(e: sasl::SaslError) -> Self {
-        ResponseError::Sasl(e)
-    }
-}
-
-fn sasl_line(line: &[u8]) -> Result<Vec<u8>, ResponseError> {
-    if line == b"*" {
-        return Err(ResponseError::Cancelled);
-    }
-    // RFC 4954: "=" is an empty initial response, which no mechanism here accepts.
-    if line == b"=" {
-        return Ok(Vec::new());
-    }
-    Ok(sasl::decode_base64(line)?)
 }
 
 /// Parses the backend's EHLO reply lines (`250-KEYWORD params`) into its keywords with their

@@ -9,7 +9,7 @@
 
 use rxml::{Event as XmlEvent, Parse, Parser, WithOptions};
 
-use crate::protocol::sasl;
+use crate::protocol::sasl::{self, ExchangeError};
 use crate::protocol::{Action, LoginRequest};
 
 const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
@@ -38,8 +38,8 @@ enum State {
     Header,
     /// Waiting for a top-level element (STARTTLS, auth).
     Elements,
-    /// `<auth mechanism='PLAIN'/>` without an initial response: the next element is the
-    /// `<response/>`.
+    /// A SASL challenge was sent (the exchange waits in `PreAuth::exchange`): the next element
+    /// is the `<response/>`.
     AwaitingResponse,
     Deciding,
     /// Logged in and `<success/>` sent: waiting for the client's stream restart.
@@ -81,6 +81,8 @@ pub struct PreAuth {
     /// Bytes the current element (or the header) has used so far.
     element_bytes: usize,
     failures: u32,
+    /// The SASL exchange waiting for the client's `<response/>`.
+    exchange: Option<sasl::Exchange>,
     /// Bytes the current parser has taken: none means a stream header has yet to begin.
     parser_used: usize,
     /// While restarting: the bytes of the new stream header read so far.
@@ -101,6 +103,7 @@ impl PreAuth {
             element: None,
             element_bytes: 0,
             failures: 0,
+            exchange: None,
             parser_used: 0,
             restart_header: Vec::new(),
             restart_tag_start: 0,
@@ -117,7 +120,11 @@ impl PreAuth {
         let features = if !self.settings.tls && self.settings.starttls {
             format!("<starttls xmlns='{NS_TLS}'><required/></starttls>")
         } else if self.auth_allowed() {
-            format!("<mechanisms xmlns='{NS_SASL}'><mechanism>PLAIN</mechanism></mechanisms>")
+            let offered: String = sasl::MECHANISMS
+                .iter()
+                .map(|m| format!("<mechanism>{m}</mechanism>"))
+                .collect();
+            format!("<mechanisms xmlns='{NS_SASL}'>{offered}</mechanisms>")
         } else {
             String::new()
         };
@@ -155,6 +162,7 @@ impl PreAuth {
     /// client can go on failing on one connection.
     fn sasl_failure(&mut self, condition: &str) -> Action {
         self.failures += 1;
+        self.exchange = None;
         let reply = format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>");
         if self.failures >= self.settings.max_failures {
             self.state = State::Closed;
@@ -183,43 +191,55 @@ impl PreAuth {
                 if !self.auth_allowed() {
                     return self.sasl_failure("encryption-required");
                 }
-                if !element
-                    .mechanism
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
-                {
-                    return self.sasl_failure("invalid-mechanism");
-                }
+                // RFC 6120 6.4.2: no text is no initial response, "=" an empty one.
                 let text = element.text.trim();
-                if text.is_empty() {
-                    self.state = State::AwaitingResponse;
-                    return Action::Write(format!("<challenge xmlns='{NS_SASL}'/>").into_bytes());
-                }
-                self.plain(text)
+                let next = (!text.is_empty())
+                    .then(|| decode(text))
+                    .transpose()
+                    .and_then(|initial| {
+                        let mechanism = element.mechanism.as_deref().unwrap_or("");
+                        sasl::Exchange::start(mechanism, initial.as_deref())
+                    });
+                self.sasl_next(next)
             }
-            (NS_SASL, "response", State::AwaitingResponse) => self.plain(element.text.trim()),
+            (NS_SASL, "response", State::AwaitingResponse) => match self.exchange.take() {
+                Some(exchange) => {
+                    let next = decode(element.text.trim())
+                        .and_then(|response| exchange.respond(&response));
+                    self.sasl_next(next)
+                }
+                None => self.stream_error("not-authorized", None),
+            },
             (NS_SASL, "abort", _) => self.sasl_failure("aborted"),
             _ => self.stream_error("not-authorized", None),
         }
     }
 
-    fn plain(&mut self, text: &str) -> Action {
-        // RFC 6120 6.4.2: "=" is an empty response.
-        let decoded = if text == "=" {
-            Ok(Vec::new())
-        } else {
-            sasl::decode_base64(text.as_bytes())
-        };
-        match decoded.and_then(|bytes| sasl::parse_plain(&bytes)) {
-            Ok(credentials) => {
+    /// Sends the exchange's next challenge, asks for the credential check, or fails.
+    fn sasl_next(&mut self, next: Result<sasl::Next, ExchangeError>) -> Action {
+        match next {
+            Ok(sasl::Next::Challenge(exchange, challenge)) => {
+                self.exchange = Some(exchange);
+                self.state = State::AwaitingResponse;
+                let reply = match sasl::encode_base64(challenge) {
+                    text if text.is_empty() => format!("<challenge xmlns='{NS_SASL}'/>"),
+                    text => format!("<challenge xmlns='{NS_SASL}'>{text}</challenge>"),
+                };
+                Action::Write(reply.into_bytes())
+            }
+            Ok(sasl::Next::Done(credentials)) => {
                 self.state = State::Deciding;
                 Action::Login(LoginRequest {
                     tag: String::new(),
                     credentials,
                 })
             }
-            Err(sasl::SaslError::Base64) => self.sasl_failure("incorrect-encoding"),
-            Err(_) => self.sasl_failure("malformed-request"),
+            Err(ExchangeError::UnknownMechanism) => self.sasl_failure("invalid-mechanism"),
+            Err(ExchangeError::Cancelled) => self.sasl_failure("aborted"),
+            Err(ExchangeError::Invalid(sasl::SaslError::Base64)) => {
+                self.sasl_failure("incorrect-encoding")
+            }
+            Err(ExchangeError::Invalid(_)) => self.sasl_failure("malformed-request"),
         }
     }
 
@@ -292,6 +312,14 @@ impl PreAuth {
             },
         }
     }
+}
+
+/// A SASL response in XMPP: base64, where "=" is an empty one (RFC 6120 6.4.2).
+fn decode(text: &str) -> Result<Vec<u8>, ExchangeError> {
+    if text == "=" {
+        return Ok(Vec::new());
+    }
+    Ok(sasl::decode_base64(text.as_bytes())?)
 }
 
 fn new_parser(max_token: usize) -> Parser {

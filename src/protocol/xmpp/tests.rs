@@ -50,6 +50,45 @@ fn starttls_is_required_then_plain_is_offered_after_the_restart() {
 }
 
 #[test]
+fn sasl_login_runs_the_shared_exchange() {
+    let mut m = PreAuth::new(settings(true));
+    let out = written(&feed(&mut m, HEADER.as_bytes()));
+    assert!(
+        out.contains("<mechanism>PLAIN</mechanism><mechanism>LOGIN</mechanism>"),
+        "{out}"
+    );
+    let out = written(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='LOGIN'/>",
+    ));
+    assert_eq!(
+        out,
+        "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>VXNlcm5hbWU6</challenge>"
+    );
+    let out = written(&feed(
+        &mut m,
+        b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>YWxpY2U=</response>",
+    ));
+    assert_eq!(
+        out,
+        "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>UGFzc3dvcmQ6</challenge>"
+    );
+    let out = written(&feed(
+        &mut m,
+        b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>cHc=</response>",
+    ));
+    assert_eq!(out, "<login alice>");
+    // A mechanism nobody offered fails, and counts.
+    let mut m = PreAuth::new(settings(true));
+    feed(&mut m, HEADER.as_bytes());
+    let out = written(&feed(
+        &mut m,
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>",
+    ));
+    assert!(out.contains("<invalid-mechanism/>"), "{out}");
+}
+
+#[test]
 fn sasl_plain_with_and_without_initial_response() {
     let mut m = PreAuth::new(settings(true));
     feed(&mut m, HEADER.as_bytes());
