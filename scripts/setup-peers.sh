@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests, the benchmarks and scripts/run use, if they are missing:
-# Dovecot (IMAP + submission), curl, openssl, litmus, Prosody with its community modules,
+# Dovecot (IMAP, submission, POP3), fetchmail and getmail6, curl, openssl, litmus, Prosody with its community modules,
 # Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, fail2ban,
 # Prometheus (promtool), systemd (systemd-analyze),
 # nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
@@ -10,6 +10,10 @@ set -euo pipefail
 missing_debs=()
 command -v dovecot >/dev/null 2>&1 || missing_debs+=(dovecot-imapd dovecot-submissiond)
 [ -e /usr/lib/dovecot/submission ] || missing_debs+=(dovecot-submissiond)
+[ -e /usr/lib/dovecot/pop3 ] || missing_debs+=(dovecot-pop3d)
+# Mail importers that fetch over POP3 (tests/pop3_e2e.rs).
+command -v fetchmail >/dev/null 2>&1 || missing_debs+=(fetchmail)
+command -v getmail >/dev/null 2>&1 || missing_debs+=(getmail6)
 command -v curl >/dev/null 2>&1 || missing_debs+=(curl)
 command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing_debs+=(nginx)

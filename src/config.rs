@@ -472,6 +472,9 @@ pub struct Limits {
     pub imap_idle_timeout_secs: u64,
     /// Seconds an SMTP session may stay silent once relayed (default 600, RFC 5321 4.5.3.2).
     pub smtp_idle_timeout_secs: u64,
+    /// Seconds a POP3 session may stay silent once relayed (default 600: RFC 1939 section 3
+    /// asks for at least 10 minutes).
+    pub pop3_idle_timeout_secs: u64,
     /// Seconds given to live sessions to end on shutdown (default 10).
     pub shutdown_grace_secs: u64,
     /// HTTP: largest request head (request line and headers), in bytes (default 65536).
@@ -500,6 +503,7 @@ impl Default for Limits {
             max_bad_commands: 10,
             imap_idle_timeout_secs: 1860,
             smtp_idle_timeout_secs: 600,
+            pop3_idle_timeout_secs: 600,
             shutdown_grace_secs: 10,
             http_max_header_bytes: 65536,
             http_max_uri_bytes: 8192,
@@ -532,6 +536,8 @@ impl Limits {
 pub enum ListenerProtocol {
     Imap,
     Submission,
+    /// POP3 (RFC 1939) for mail importers and old clients.
+    Pop3,
     /// HTTPS (HTTP/1.1 and HTTP/2) for WebDAV, CalDAV and CardDAV, routed by host and path.
     Http,
     /// XMPP client-to-server streams (RFC 6120).
@@ -892,9 +898,10 @@ impl Config {
                 ));
             }
             match listener.protocol {
-                ListenerProtocol::Imap | ListenerProtocol::Submission | ListenerProtocol::Xmpp => {
-                    self.validate_mail_listener(listener)?
-                }
+                ListenerProtocol::Imap
+                | ListenerProtocol::Submission
+                | ListenerProtocol::Pop3
+                | ListenerProtocol::Xmpp => self.validate_mail_listener(listener)?,
                 ListenerProtocol::Http => self.validate_http_listener(listener)?,
                 ListenerProtocol::Portal => {
                     if listener.backend.is_some() || !listener.routes.is_empty() {
@@ -993,6 +1000,7 @@ impl Config {
             ("handshake_timeout_secs", self.limits.handshake_timeout_secs),
             ("imap_idle_timeout_secs", self.limits.imap_idle_timeout_secs),
             ("smtp_idle_timeout_secs", self.limits.smtp_idle_timeout_secs),
+            ("pop3_idle_timeout_secs", self.limits.pop3_idle_timeout_secs),
             (
                 "http_header_timeout_secs",
                 self.limits.http_header_timeout_secs,
@@ -1370,8 +1378,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.default_domain.as_deref(), Some("example.org"));
-        assert_eq!(config.listeners.len(), 7);
-        assert_eq!(config.listeners[4].routes.len(), 3);
+        assert_eq!(config.listeners.len(), 9);
+        assert_eq!(config.listeners[6].routes.len(), 3);
+        assert!(config.backends.contains_key("dovecot-pop3"));
         assert_eq!(
             config.backends["prosody"].domain.as_deref(),
             Some("example.org")

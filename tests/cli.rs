@@ -297,7 +297,7 @@ fn the_example_config_checks_and_the_default_path_is_used() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("config/portcullis.toml: ok (7 listeners, 6 backends)"),
+        stderr.contains("config/portcullis.toml: ok (9 listeners, 7 backends)"),
         "{stderr}"
     );
     assert!(!stderr.contains("warning"), "{stderr}");

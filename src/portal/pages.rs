@@ -352,6 +352,8 @@ pub(super) fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -
             (Service::Mail, ListenerProtocol::Submission, ListenerTls::Starttls) => {
                 "SMTP (STARTTLS)"
             }
+            (Service::Mail, ListenerProtocol::Pop3, ListenerTls::Implicit) => "POP3 (SSL/TLS)",
+            (Service::Mail, ListenerProtocol::Pop3, ListenerTls::Starttls) => "POP3 (STARTTLS)",
             (Service::Xmpp, ListenerProtocol::Xmpp, _) => "XMPP server",
             (Service::Disk | Service::Calendar | Service::Contacts, ListenerProtocol::Http, _) => {
                 "HTTPS server"

@@ -221,6 +221,25 @@ pub fn smtp(data: &[u8]) -> Run {
     drive(&mut machine, input, &shape, &smtp_error, 10 + 3 + 1)
 }
 
+fn pop3_error(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"-ERR")
+}
+
+/// The POP3 pre-auth machine.
+pub fn pop3(data: &[u8]) -> Run {
+    let (shape, input) = shape(data);
+    let settings = super::pop3::Settings {
+        max_line: 4096,
+        max_failures: 3,
+        max_bad_commands: 10,
+        tls: shape.tls,
+        starttls: shape.starttls,
+        plaintext_auth: shape.plaintext_auth,
+    };
+    let mut machine = super::pop3::PreAuth::new(settings);
+    drive(&mut machine, input, &shape, &pop3_error, 10 + 3 + 1)
+}
+
 fn xmpp_error(bytes: &[u8]) -> bool {
     bytes.windows(b"<failure".len()).any(|w| w == b"<failure")
         || bytes
@@ -431,6 +450,19 @@ mod tests {
         assert_eq!(run.logins, 2);
         let run = smtp(&with_shape(0x01, &b"NOPE\r\n".repeat(40)));
         assert!(run.closed, "{run:?}");
+    }
+
+    #[test]
+    fn pop3_dialogues_keep_the_invariants() {
+        let run = pop3(&with_shape(
+            0x01,
+            b"CAPA\r\nUSER alice\r\nPASS secret\x01\r\nAUTH PLAIN AGFsaWNlAHNlY3JldAE=\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0AQ==\r\nQUIT\r\n",
+        ));
+        assert_eq!(run.logins, 3);
+        let run = pop3(&with_shape(0x01, &b"NOPE\r\n".repeat(40)));
+        assert!(run.closed, "{run:?}");
+        pop3(&with_shape(0x02, b"STLS\r\nUSER a\r\nPASS b\r\n"));
+        pop3(&with_shape(0x01, &[b'a'; 20_000]));
     }
 
     #[test]

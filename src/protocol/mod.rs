@@ -9,6 +9,7 @@ pub mod dovecot_auth;
 pub mod fuzzing;
 pub mod http;
 pub mod imap;
+pub mod pop3;
 pub mod sasl;
 pub mod smtp;
 pub mod xmpp;
@@ -39,6 +40,37 @@ pub enum Action {
     Close(Vec<u8>),
     /// Read more input and pass it to `enqueue`.
     NeedInput,
+}
+
+/// What [`take_line`] found at the front of a buffer.
+pub(crate) enum Line {
+    /// A whole line, without its line end (LF or CRLF).
+    Complete(Vec<u8>),
+    /// No line end yet, and the buffer is within the bound.
+    NeedMore,
+    /// The line is longer than the bound, ended or not.
+    TooLong,
+}
+
+/// Takes the next line off the front of `buffer`, for the line-based protocols (submission,
+/// POP3). A line longer than `max_line` is refused whether or not its end has arrived.
+pub(crate) fn take_line(buffer: &mut Vec<u8>, max_line: usize) -> Line {
+    let Some(end) = buffer.iter().position(|&b| b == b'\n') else {
+        return if buffer.len() > max_line {
+            Line::TooLong
+        } else {
+            Line::NeedMore
+        };
+    };
+    if end > max_line {
+        return Line::TooLong;
+    }
+    let mut line: Vec<u8> = buffer.drain(..=end).collect();
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Line::Complete(line)
 }
 
 /// A login the client asked for.

@@ -54,13 +54,11 @@ impl Relayed for Imap {
         tag: &str,
         backend: backend_imap::Session,
     ) -> Option<HandOver> {
-        let (mut to_client, to_backend) = machine.login_accepted(tag, &backend.capabilities);
-        to_client.extend_from_slice(&backend.leftover);
-        Some(HandOver {
-            backend: backend.stream,
-            to_client,
-            to_backend,
-        })
+        Some(HandOver::after_login(
+            machine.login_accepted(tag, &backend.capabilities),
+            backend.stream,
+            &backend.leftover,
+        ))
     }
 
     fn boundary() -> Box<dyn Boundary + Send> {

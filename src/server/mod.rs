@@ -11,6 +11,7 @@ pub mod auth;
 pub mod gate;
 pub mod http;
 pub mod imap;
+pub mod pop3;
 pub mod proxy;
 pub mod relayed;
 pub mod session;
@@ -305,7 +306,10 @@ impl Gateway {
                             .map_err(StartError::Backend)?;
                     Served::Portal(Arc::new(portal))
                 }
-                ListenerProtocol::Imap | ListenerProtocol::Submission | ListenerProtocol::Xmpp => {
+                ListenerProtocol::Imap
+                | ListenerProtocol::Submission
+                | ListenerProtocol::Pop3
+                | ListenerProtocol::Xmpp => {
                     let name = listener.backend.clone().unwrap_or_default();
                     let backend = mail_backends
                         .get(&name)
@@ -610,6 +614,7 @@ fn refuse_busy(tcp: &TcpStream, served: &Served, refusal: admission::Refusal, pe
         let line: &[u8] = match context.config.protocol {
             ListenerProtocol::Submission => b"421 4.7.0 Too many connections, try again later\r\n",
             ListenerProtocol::Imap => b"* BYE Too many connections, try again later\r\n",
+            ListenerProtocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
             // An XMPP server speaks only after the client's stream header: just close.
             ListenerProtocol::Xmpp | ListenerProtocol::Http | ListenerProtocol::Portal => b"",
         };
@@ -631,6 +636,9 @@ async fn handle_mail(
     match context.config.protocol {
         ListenerProtocol::Submission => {
             relayed::serve::<smtp::Submission>(tcp, client, &context, admitted).await;
+        }
+        ListenerProtocol::Pop3 => {
+            relayed::serve::<pop3::Pop3>(tcp, client, &context, admitted).await
         }
         ListenerProtocol::Xmpp => {
             relayed::serve::<xmpp::Xmpp>(tcp, client, &context, admitted).await

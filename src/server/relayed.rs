@@ -32,6 +32,24 @@ pub struct HandOver {
     pub to_backend: Vec<u8>,
 }
 
+impl HandOver {
+    /// The usual hand-over: the protocol's login reply followed by what the backend sent past
+    /// its own login, and what the client pipelined after its login.
+    pub fn after_login(
+        (reply, pipelined): (Vec<u8>, Vec<u8>),
+        backend: Stream,
+        leftover: &[u8],
+    ) -> Self {
+        let mut to_client = reply;
+        to_client.extend_from_slice(leftover);
+        Self {
+            backend,
+            to_client,
+            to_backend: pipelined,
+        }
+    }
+}
+
 /// What a protocol brings to the driver.
 pub trait Relayed {
     type Machine: PreAuth;

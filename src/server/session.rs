@@ -237,6 +237,7 @@ impl Session<'_> {
             to_backend,
         } = hand_over;
         boundary.observe(&to_client);
+        boundary.client_sent(&to_backend);
         if !write(&mut client, &to_client).await {
             return;
         }

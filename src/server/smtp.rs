@@ -73,13 +73,11 @@ impl Relayed for Submission {
         _tag: &str,
         backend: backend_smtp::Session,
     ) -> Option<HandOver> {
-        let (mut to_client, to_backend) = machine.login_accepted();
-        to_client.extend_from_slice(&backend.leftover);
-        Some(HandOver {
-            backend: backend.stream,
-            to_client,
-            to_backend,
-        })
+        Some(HandOver::after_login(
+            machine.login_accepted(),
+            backend.stream,
+            &backend.leftover,
+        ))
     }
 
     fn boundary() -> Box<dyn Boundary + Send> {

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod imap;
+pub mod pop3;
 pub mod relay;
 pub mod smtp;
 pub mod xmpp;

@@ -33,8 +33,89 @@ pub enum RelayEnd {
 
 /// Where the backend→client stream is, so a goodbye lands between responses.
 pub trait Boundary: Send + Sync {
+    /// Bytes the backend sent to the client.
     fn observe(&mut self, bytes: &[u8]);
+    /// Bytes the client sent to the backend, for protocols whose response shape depends on
+    /// the command.
+    fn client_sent(&mut self, _bytes: &[u8]) {}
     fn at_boundary(&self) -> bool;
+}
+
+/// POP3 responses are a status line, and after `+OK` to RETR, TOP, CAPA, and LIST or UIDL
+/// without an argument, a body of lines ending with one that holds only `.` (RFC 1939
+/// section 3). Which one comes depends on the command, so this tracker reads the client's
+/// commands too (pipelined ones included, RFC 2449), and a boundary is the start of a status
+/// line.
+#[derive(Debug, Default)]
+pub struct Pop3Boundary {
+    /// For each command sent and not yet answered: whether `+OK` starts a body.
+    pending: std::collections::VecDeque<bool>,
+    /// The start of the client's current command line.
+    command: Vec<u8>,
+    /// The start of the backend's current line.
+    line: Vec<u8>,
+    mid_line: bool,
+    in_body: bool,
+}
+
+/// Enough of a line to tell a status or an end-of-body line from others.
+const POP3_PREFIX: usize = 16;
+
+impl Pop3Boundary {
+    fn command_done(&mut self) {
+        let line = String::from_utf8_lossy(&self.command).to_ascii_uppercase();
+        let mut words = line.split_ascii_whitespace();
+        let verb = words.next().unwrap_or("");
+        let has_argument = words.next().is_some();
+        let multi_line = match verb {
+            "RETR" | "TOP" | "CAPA" => true,
+            "LIST" | "UIDL" => !has_argument,
+            _ => false,
+        };
+        self.pending.push_back(multi_line);
+        self.command.clear();
+    }
+
+    fn line_done(&mut self) {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        if self.in_body {
+            self.in_body = line != b".";
+        } else {
+            let multi_line = self.pending.pop_front().unwrap_or(false);
+            self.in_body = multi_line && line.starts_with(b"+OK");
+        }
+        self.line.clear();
+    }
+}
+
+impl Boundary for Pop3Boundary {
+    fn observe(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.line_done();
+                self.mid_line = false;
+            } else {
+                if self.line.len() < POP3_PREFIX {
+                    self.line.push(b);
+                }
+                self.mid_line = true;
+            }
+        }
+    }
+
+    fn client_sent(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.command_done();
+            } else if self.command.len() < POP3_PREFIX {
+                self.command.push(b);
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.mid_line && !self.in_body
+    }
 }
 
 /// SMTP replies are lines: a boundary is the start of a line.
@@ -196,6 +277,7 @@ pub async fn relay(
                     // A peer that stops reading must not hold off revocation or shutdown, and a
                     // write blocked for the idle time counts as idle.
                     let n = chunk.len();
+                    boundary.client_sent(chunk);
                     tokio::select! {
                         written = backend.write_all(chunk) => if written.is_err() {
                             return RelayEnd::BackendError;
@@ -272,6 +354,32 @@ async fn goodbye(client: &mut Stream, boundary: &dyn Boundary, text: &[u8]) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pop3_boundary_knows_which_responses_have_a_body() {
+        let mut b = Pop3Boundary::default();
+        b.observe(b"+OK Logged in\r\n");
+        assert!(b.at_boundary());
+        // Pipelined: STAT (one line), LIST (a body), LIST 1 (one line), RETR 1 (a body).
+        b.client_sent(b"STAT\r\nLIST\r\nLIST 1\r\nRE");
+        b.client_sent(b"TR 1\r\n");
+        b.observe(b"+OK 1 120\r\n");
+        assert!(b.at_boundary());
+        b.observe(b"+OK 1 messages\r\n1 120\r\n");
+        assert!(!b.at_boundary(), "inside LIST's body");
+        b.observe(b".\r\n+OK 1 120\r\n+OK 120 octets\r\nSubject: x\r\n\r\n..");
+        assert!(!b.at_boundary(), "mid-line in RETR's body");
+        b.observe(b"dot-stuffed\r\n.\r");
+        assert!(!b.at_boundary());
+        b.observe(b"\n");
+        assert!(b.at_boundary());
+        // A refused RETR has no body; a line is not a boundary until it ends.
+        b.client_sent(b"RETR 9\r\nUIDL 1\r\n");
+        b.observe(b"-ERR no such message\r\n+OK 1 uid");
+        assert!(!b.at_boundary());
+        b.observe(b"\r\n");
+        assert!(b.at_boundary());
+    }
 
     #[test]
     fn imap_boundary_follows_lines_and_literals() {

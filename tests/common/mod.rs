@@ -315,6 +315,7 @@ pub struct Dovecot {
     /// Implicit-TLS IMAP, when started with a certificate (for direct-login baselines).
     pub imaps_port: Option<u16>,
     pub submission_port: u16,
+    pub pop3_port: u16,
     pub dir: tempfile::TempDir,
     log: PathBuf,
 }
@@ -332,12 +333,17 @@ impl Dovecot {
     pub fn start_with_tls(relay_port: u16, users: &[&str], tls: Option<(&Path, &Path)>) -> Self {
         require(
             "dovecot",
-            "apt-get install dovecot-imapd dovecot-submissiond",
+            "apt-get install dovecot-imapd dovecot-submissiond dovecot-pop3d",
+        );
+        assert!(
+            Path::new("/usr/lib/dovecot/pop3").exists(),
+            "Dovecot's POP3 server is missing: apt-get install dovecot-pop3d (or scripts/setup-peers.sh)"
         );
         let dir = open_tempdir();
         let root = dir.path();
         let imap_port = free_port();
         let submission_port = free_port();
+        let pop3_port = free_port();
         for sub in ["run", "mail"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
@@ -370,7 +376,7 @@ impl Dovecot {
             _ => ("ssl = no".to_owned(), "port = 0".to_owned()),
         };
         let conf = format!(
-            r#"protocols = imap submission
+            r#"protocols = imap submission pop3
 listen = 127.0.0.1
 base_dir = {root}/run
 state_dir = {root}/run/state
@@ -415,6 +421,15 @@ service submission-login {{
     port = {submission_port}
   }}
 }}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
 submission_relay_host = 127.0.0.1
 submission_relay_port = {relay_port}
 submission_relay_trusted = yes
@@ -435,6 +450,7 @@ hostname = dovecot.test
             .expect("start dovecot");
         wait_for_port(imap_port, "dovecot", &mut child, &log);
         wait_for_port(submission_port, "dovecot submission", &mut child, &log);
+        wait_for_port(pop3_port, "dovecot pop3", &mut child, &log);
         if let Some(port) = imaps_port {
             wait_for_port(port, "dovecot imaps", &mut child, &log);
         }
@@ -443,6 +459,7 @@ hostname = dovecot.test
             imap_port,
             imaps_port,
             submission_port,
+            pop3_port,
             dir,
             log,
         }

@@ -244,20 +244,12 @@ impl super::PreAuth for PreAuth {
         if matches!(self.state, State::Deciding | State::Closed) {
             return Action::NeedInput;
         }
-        let Some(end) = self.buffer.iter().position(|&b| b == b'\n') else {
-            if self.buffer.len() > self.max_line() {
-                return self.close("500 5.5.6 Line too long\r\n");
-            }
-            return Action::NeedInput;
+        let max_line = self.max_line();
+        let line = match super::take_line(&mut self.buffer, max_line) {
+            super::Line::Complete(line) => line,
+            super::Line::NeedMore => return Action::NeedInput,
+            super::Line::TooLong => return self.close("500 5.5.6 Line too long\r\n"),
         };
-        if end > self.max_line() {
-            return self.close("500 5.5.6 Line too long\r\n");
-        }
-        let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
         match std::mem::replace(&mut self.state, State::Command) {
             State::Command => self.command(&line),
             State::Auth(exchange) => {
