@@ -1,4 +1,4 @@
-//! The post-login driver shared by every relayed protocol (IMAP, submission, XMPP).
+//! The post-login driver shared by every relayed protocol (IMAP, submission, POP3, XMPP).
 //!
 //! A protocol brings what is its own ([`Relayed`]): its pre-auth machine, its backend login,
 //! its hand-over (the login reply, and what either side sent past its login) and its stream
