@@ -487,21 +487,43 @@ fn a_flood_of_wrong_main_passwords_is_bounded_in_time_memory_and_work() {
         let line = c.line();
         (line, started.elapsed())
     };
-    for _ in 0..3 {
+    // Five rounds, judged by their medians: the first request after the burst can wait for a
+    // core while the two hash workers and the burst's parsing hold both (up to 0.56 s seen on a
+    // busy CI machine), which says nothing about what an unknown login reveals. Every refusal
+    // still waits the full delay, none waits long, and the typical unknown and known refusal
+    // take the same time.
+    let (mut unknown_times, mut known_times) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
         let (unknown, unknown_time) = timed("nobody", "wrong password");
         let (known, known_time) = timed("alice", "wrong password");
         eprintln!("refusals under the flood: unknown {unknown_time:?}, known {known_time:?}");
         assert_eq!((unknown.as_str(), known.as_str()), ("FAIL\t1", "FAIL\t1"));
         for time in [unknown_time, known_time] {
             assert!(
-                time >= Duration::from_millis(290) && time < Duration::from_millis(450),
+                time >= Duration::from_millis(290) && time < Duration::from_secs(1),
                 "a refusal took {time:?} (unknown {unknown_time:?}, known {known_time:?})"
             );
         }
+        unknown_times.push(unknown_time);
+        known_times.push(known_time);
         let (good, good_time) = timed("alice", &mail);
         assert_eq!(good, "OK\t1\tuser=alice");
         assert!(good_time < Duration::from_millis(290), "{good_time:?}");
     }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (unknown_median, known_median) = (median(&mut unknown_times), median(&mut known_times));
+    assert!(
+        unknown_median < Duration::from_millis(400) && known_median < Duration::from_millis(400),
+        "median refusal: unknown {unknown_median:?}, known {known_median:?}"
+    );
+    let gap = unknown_median.abs_diff(known_median);
+    assert!(
+        gap < Duration::from_millis(40),
+        "an unknown login is told apart by {gap:?} (unknown {unknown_median:?}, known {known_median:?})"
+    );
 
     // The flooders hang up: their queued checks are dropped, not run.
     drop(flooders);
