@@ -796,3 +796,46 @@ except Exception as e:
         "401"
     );
 }
+
+/// The backend timeout (5 s here) bounds the backend's silence, not the upload: a PUT that
+/// takes 8 s at the client's pace is stored, where a deadline from the request's start would
+/// have answered 504 halfway.
+#[test]
+fn an_upload_slower_than_the_backend_timeout_is_stored() {
+    let w = world(Options::default());
+    let disk = w.gateway.app_password("alice", "disk", "Backup");
+    let dir = open_tempdir();
+    let file = dir.path().join("slow.bin");
+    std::fs::write(&file, vec![7u8; 4 * 1024 * 1024]).expect("write");
+    let ca = w.gateway.ca.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let (ok, out) = curl(&[
+        "--cacert",
+        &ca,
+        "-u",
+        &format!("alice:{disk}"),
+        "--limit-rate",
+        "512K",
+        "-T",
+        &file.to_string_lossy(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://127.0.0.1:{}/slow.bin", w.gateway.ports.http),
+    ]);
+    let took = started.elapsed();
+    assert!(
+        ok && out.trim() == "201",
+        "{out} after {took:?}\n{}",
+        w.gateway.log()
+    );
+    assert!(
+        took > Duration::from_secs(6),
+        "the upload was not slow: {took:?}"
+    );
+    let stored = std::fs::metadata(w.wsgidav.home("alice@example.org").join("slow.bin"))
+        .expect("stored")
+        .len();
+    assert_eq!(stored, 4 * 1024 * 1024);
+}

@@ -37,7 +37,7 @@ pub struct HttpBackend {
     base_path: String,
     authority: http::uri::Authority,
     scheme: http::uri::Scheme,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Progressing>,
     /// Requests in flight to the backend; see `max_connections`.
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// `Basic …` for `login = "basic"`.
@@ -134,33 +134,109 @@ impl HttpBackend {
         self.basic.as_ref()
     }
 
-    /// Sends a request; the response head must come within the backend timeout (the body then
-    /// streams for as long as it takes).
+    /// Sends a request. The backend must keep taking the request body (no pause longer than
+    /// the backend timeout) and answer with the response head within the timeout after the
+    /// body's end; the response body then streams for as long as it takes. A deadline from
+    /// the start instead would cut every upload slower than the timeout (a 1 GiB PUT over a
+    /// home line) with a 504.
     pub async fn send(
         &self,
         request: http::Request<Incoming>,
     ) -> Result<http::Response<Permitted>, HttpBackendError> {
+        let progress = std::sync::Arc::new(Progress::new());
+        let request = request.map(|inner| Progressing {
+            inner,
+            progress: progress.clone(),
+        });
         // Waiting for a turn counts against the same deadline as the backend's answer; the
         // turn lasts until the response body has been read, when the connection is free again.
         let work = async {
             let permit = self.permits.clone().acquire_owned().await;
             (self.client.request(request).await, permit)
         };
-        match tokio::time::timeout(self.config.timeout(), work).await {
-            Ok((Ok(response), Ok(permit))) => Ok(response.map(|body| Permitted {
+        let timeout = self.config.timeout();
+        let stalled = async {
+            loop {
+                let seen = progress.last();
+                tokio::time::sleep_until(seen + timeout).await;
+                if progress.last() <= seen {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = stalled => return Err(HttpBackendError::Timeout(self.origin.clone())),
+        };
+        match outcome {
+            (Ok(response), Ok(permit)) => Ok(response.map(|body| Permitted {
                 inner: body,
                 _permit: permit,
             })),
-            Ok((_, Err(_))) => Err(HttpBackendError::Failed(
+            (_, Err(_)) => Err(HttpBackendError::Failed(
                 self.origin.clone(),
                 "closed".into(),
             )),
-            Ok((Err(e), _)) => Err(HttpBackendError::Failed(
+            (Err(e), _) => Err(HttpBackendError::Failed(
                 self.origin.clone(),
                 error_chain(&e),
             )),
-            Err(_) => Err(HttpBackendError::Timeout(self.origin.clone())),
         }
+    }
+}
+
+/// When a request body last moved towards the backend.
+struct Progress {
+    start: tokio::time::Instant,
+    /// Nanoseconds after `start`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// A client's request body on its way to the backend, marking each frame the backend takes.
+pub struct Progressing {
+    inner: Incoming,
+    progress: std::sync::Arc<Progress>,
+}
+
+impl hyper::body::Body for Progressing {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.progress.moved();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
