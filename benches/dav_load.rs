@@ -221,7 +221,7 @@ fn start_reverse_proxy(
     key: &std::path::Path,
     port: u16,
     backend: u16,
-) -> support::Nginx {
+) -> common::Nginx {
     let p = prefix.display();
     let conf = format!(
         r#"worker_processes 2;
@@ -245,11 +245,11 @@ http {{
   }}
 }}
 "#,
-        paths = support::nginx_http_paths(prefix),
+        paths = common::nginx_http_paths(prefix),
         cert = cert.display(),
         key = key.display()
     );
-    support::start_nginx(prefix, &conf, port)
+    common::start_nginx(prefix, &conf, port)
 }
 
 /// Runs `work`, sampling the resident memory of `pid` (and its children, for nginx's workers)

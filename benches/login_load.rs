@@ -393,7 +393,7 @@ async fn cycle(
     }
 }
 
-fn start_nginx(dir: &Path, cert: &Path, key: &Path, port: u16, backend: u16) -> support::Nginx {
+fn start_nginx(dir: &Path, cert: &Path, key: &Path, port: u16, backend: u16) -> common::Nginx {
     let prefix = dir.join("nginx");
     let auth_port = free_port();
     let p = prefix.display();
@@ -433,9 +433,9 @@ mail {{
   }}
 }}
 "#,
-        paths = support::nginx_http_paths(&prefix),
+        paths = common::nginx_http_paths(&prefix),
         cert = cert.display(),
         key = key.display()
     );
-    support::start_nginx(&prefix, &conf, port)
+    common::start_nginx(&prefix, &conf, port)
 }

@@ -37,6 +37,9 @@ pub struct Config {
     /// The authentication server for other daemons (Dovecot's auth protocol).
     #[serde(default)]
     pub auth_server: Option<AuthServerConfig>,
+    /// nginx's mail proxy asking who may log in (its `auth_http` protocol).
+    #[serde(default)]
+    pub auth_http: Option<AuthHttpConfig>,
     /// The account portal (`protocol = "portal"` listeners).
     #[serde(default)]
     pub portal: PortalConfig,
@@ -247,6 +250,59 @@ fn default_auth_idle() -> u64 {
 
 fn default_socket_mode() -> String {
     "0660".to_owned()
+}
+
+/// `[auth_http]`: portcullis as the auth server of nginx's mail proxy (`auth_http`). nginx
+/// sends each login (user, password, protocol, client address) in the headers of a plain HTTP
+/// request; portcullis checks it through the login gate as if the client had logged in to one
+/// of its own listeners, and answers with the backend to proxy to and the master credentials
+/// to log in there with, so the client's password never reaches the backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHttpConfig {
+    /// `IP:PORT` entries. Plain HTTP (nginx speaks nothing else to its auth server), so only
+    /// loopback or a private network.
+    pub listen: Vec<SocketAddr>,
+    /// Accept a `listen` address that is neither loopback nor private.
+    #[serde(default)]
+    pub allow_public_listen: bool,
+    /// The `[backend.NAME]` nginx proxies IMAP logins to (`login = "master-user"`, an IP
+    /// address, no TLS: nginx's mail proxy speaks plain IMAP and POP3 to its backends).
+    #[serde(default)]
+    pub imap_backend: Option<String>,
+    /// The same for POP3.
+    #[serde(default)]
+    pub pop3_backend: Option<String>,
+    /// The `[backend.NAME]` nginx proxies SMTP to: `login = "xclient"`, since nginx names the
+    /// user with `XCLIENT LOGIN=` (`xclient on`, its default) rather than logging in.
+    #[serde(default)]
+    pub smtp_backend: Option<String>,
+    /// Failed logins one client connection may make before nginx closes it (default 3).
+    #[serde(default = "default_auth_http_attempts")]
+    pub max_attempts: u32,
+    /// Requests in progress at once (default 256); more wait for their TCP accept.
+    #[serde(default = "default_auth_http_connections")]
+    pub max_connections: usize,
+}
+
+fn default_auth_http_attempts() -> u32 {
+    3
+}
+
+fn default_auth_http_connections() -> usize {
+    256
+}
+
+impl AuthHttpConfig {
+    /// The backend named for nginx's `Auth-Protocol` (`imap`, `pop3`, `smtp`).
+    pub fn backend_for(&self, protocol: &str) -> Option<&str> {
+        match protocol {
+            "imap" => self.imap_backend.as_deref(),
+            "pop3" => self.pop3_backend.as_deref(),
+            "smtp" => self.smtp_backend.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Where the authentication server listens.
@@ -829,8 +885,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.tls.check()?;
-        if self.listeners.is_empty() && self.auth_server.is_none() {
-            return Err("no [[listener]] and no [auth_server] is configured".into());
+        if self.listeners.is_empty() && self.auth_server.is_none() && self.auth_http.is_none() {
+            return Err(
+                "no [[listener]], no [auth_server] and no [auth_http] is configured".into(),
+            );
         }
         if let Some(sms) = &self.portal.sms {
             match (&sms.command, &sms.webhook) {
@@ -1035,6 +1093,9 @@ impl Config {
                 }
             }
         }
+        if let Some(auth_http) = &self.auth_http {
+            self.validate_auth_http(auth_http)?;
+        }
         if self.auth.max_failures == 0 {
             return Err("[auth] max_failures must be at least 1".into());
         }
@@ -1057,6 +1118,76 @@ impl Config {
 }
 
 impl Config {
+    fn validate_auth_http(&self, auth_http: &AuthHttpConfig) -> Result<(), String> {
+        if auth_http.listen.is_empty() {
+            return Err("[auth_http] listen is empty".into());
+        }
+        for address in &auth_http.listen {
+            if !is_private(address.ip()) && !auth_http.allow_public_listen {
+                return Err(format!(
+                    "[auth_http] listen {address}: nginx sends passwords to it in plain HTTP, so it listens on loopback or a private network only (or set allow_public_listen = true)"
+                ));
+            }
+        }
+        if auth_http.max_attempts == 0 || auth_http.max_connections == 0 {
+            return Err("[auth_http] max_attempts and max_connections must be at least 1".into());
+        }
+        let named = [
+            (
+                "imap_backend",
+                &auth_http.imap_backend,
+                BackendLogin::MasterUser,
+            ),
+            (
+                "pop3_backend",
+                &auth_http.pop3_backend,
+                BackendLogin::MasterUser,
+            ),
+            (
+                "smtp_backend",
+                &auth_http.smtp_backend,
+                BackendLogin::Xclient,
+            ),
+        ];
+        if named.iter().all(|(_, name, _)| name.is_none()) {
+            return Err(
+                "[auth_http] names no backend: set imap_backend, pop3_backend or smtp_backend"
+                    .into(),
+            );
+        }
+        for (key, name, login) in named {
+            let Some(name) = name else { continue };
+            let backend = self
+                .backends
+                .get(name)
+                .ok_or_else(|| format!("[auth_http] {key}: no [backend.{name}]"))?;
+            let wanted = match login {
+                BackendLogin::MasterUser => "master-user",
+                _ => "xclient",
+            };
+            if backend.login != login {
+                return Err(format!(
+                    "[auth_http] {key}: [backend.{name}] needs login = \"{wanted}\" (what nginx's mail proxy can do)"
+                ));
+            }
+            if backend.tls != BackendTls::None {
+                return Err(format!(
+                    "[auth_http] {key}: [backend.{name}] needs tls = \"none\": nginx's mail proxy speaks plain to its backends"
+                ));
+            }
+            if backend
+                .address
+                .as_deref()
+                .is_none_or(|a| a.parse::<SocketAddr>().is_err())
+            {
+                return Err(format!(
+                    "[auth_http] {key}: [backend.{name}] needs address = \"IP:PORT\" (nginx takes the backend as an IP address)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_mail_listener(&self, listener: &ListenerConfig) -> Result<(), String> {
         let at = listener.address;
         if !listener.domain_backends.is_empty() && listener.protocol == ListenerProtocol::Xmpp {

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -285,126 +285,16 @@ fn prosody_with_mod_auth_dovecot_asks_portcullis() {
     );
 }
 
-/// A private Postfix (its own config, queue and port) with `smtpd_sasl_type = dovecot`.
-struct Postfix {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        // master stops its children on SIGTERM.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Postfix {
-    fn start(auth_port: u16) -> Self {
-        require("postfix", "apt-get install postfix");
-        let dir = open_tempdir();
-        let root = dir.path();
-        let port = free_port();
-        for sub in ["conf", "queue", "data"] {
-            std::fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        std::fs::write(
-            root.join("conf/main.cf"),
-            format!(
-                "compatibility_level = 3.6
-queue_directory = {root}/queue
-data_directory = {root}/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = postfix.test
-mydestination =
-alias_maps =
-alias_database =
-maillog_file = /dev/stdout
-smtpd_sasl_auth_enable = yes
-smtpd_sasl_type = dovecot
-smtpd_sasl_path = inet:127.0.0.1:{auth_port}
-smtpd_tls_security_level = none
-smtpd_relay_restrictions = permit_sasl_authenticated, reject
-",
-                root = root.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("conf/master.cf"),
-            format!(
-                "127.0.0.1:{port} inet n - n - - smtpd
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"
-            ),
-        )
-        .unwrap();
-        let conf = root.join("conf");
-        let status = Command::new("chown")
-            .arg("postfix")
-            .arg(root.join("data"))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let out = Command::new("postfix")
-            .arg("-c")
-            .arg(&conf)
-            .args(["set-permissions", "create-missing"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = root.join("master.log");
-        let mut child = Command::new("/usr/lib/postfix/sbin/master")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-d")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, "postfix", &mut child, &log);
-        Self {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-}
-
 #[test]
 fn postfix_with_smtpd_sasl_type_dovecot_asks_portcullis() {
     require("swaks", "apt-get install swaks");
     let (gateway, auth_port) = gateway_with_auth_server();
-    let postfix = Postfix::start(auth_port);
+    let postfix = Postfix::start(&format!(
+        "smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:127.0.0.1:{auth_port}
+"
+    ));
     let mail = gateway.app_password("alice", "mail", "Postfix");
     let disk = gateway.app_password("alice", "disk", "Files");
     let swaks = |password: &str| {
@@ -426,7 +316,7 @@ fn postfix_with_smtpd_sasl_type_dovecot_asks_portcullis() {
     assert!(
         accepted.contains("<-  235 2.7.0"),
         "{accepted}\n{}",
-        read_log(&postfix.log)
+        postfix.log()
     );
     let refused = swaks(&disk);
     assert!(refused.contains("<** 535 5.7.8"), "{refused}");

@@ -34,66 +34,6 @@ pub fn https_client(tls: rustls::ClientConfig, clients: usize) -> HttpsClient {
         .build(connector)
 }
 
-/// nginx started by [`start_nginx`]; dropping it stops nginx and its workers.
-pub struct Nginx(std::process::Child);
-
-impl Nginx {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master stops its workers only when it is asked to; killed,
-        // it leaves them running with the listening socket.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts Debian's nginx in the foreground with `conf` (a whole configuration, written to
-/// `prefix/nginx.conf`; its pid and error log belong under `prefix`) and waits until it listens
-/// on `port`.
-pub fn start_nginx(prefix: &std::path::Path, conf: &str, port: u16) -> Nginx {
-    use std::process::{Command, Stdio};
-    std::fs::create_dir_all(prefix.join("logs")).expect("mkdir");
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("nginx.conf");
-    let mut child = Command::new("nginx")
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        let exited = child.try_wait().ok().flatten().is_some();
-        if exited || started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
-            panic!("nginx did not listen on {port}:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Nginx(child)
-}
-
-/// The lines an nginx `http` block needs so that nginx writes nothing outside `prefix`.
-pub fn nginx_http_paths(prefix: &std::path::Path) -> String {
-    let p = prefix.display();
-    format!(
-        "access_log off;\n  client_body_temp_path {p}/client_body;\n  proxy_temp_path {p}/proxy;\n  \
-         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;"
-    )
-}
-
 /// A numeric knob from the environment (`LOAD_SECS=10 cargo bench ...`), or its default.
 pub fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)

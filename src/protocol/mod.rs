@@ -9,6 +9,7 @@ pub mod dovecot_auth;
 pub mod fuzzing;
 pub mod http;
 pub mod imap;
+pub mod nginx_auth;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod auth_http;
 pub mod gate;
 pub mod http;
 pub mod imap;
@@ -206,6 +207,21 @@ impl Gateway {
             }
         }
 
+        // And those nginx is sent to (`[auth_http]`), which no listener needs to use.
+        let auth_http_backends = config
+            .auth_http
+            .iter()
+            .flat_map(|a| [&a.imap_backend, &a.pop3_backend, &a.smtp_backend])
+            .flatten();
+        for name in auth_http_backends {
+            if let Some(backend) = config.backends.get(name)
+                && !mail_backends.contains_key(name)
+            {
+                let built = Backend::new(name, backend).map_err(StartError::Backend)?;
+                mail_backends.insert(name.clone(), Arc::new(built));
+            }
+        }
+
         if let Some(address) = config.metrics.listen {
             let handle = crate::telemetry::install().map_err(StartError::Backend)?;
             let socket = TcpListener::bind(address)
@@ -354,6 +370,9 @@ impl Gateway {
         if let Some(auth_server) = &config.auth_server {
             auth::start(auth_server, &shared, &tracker).await?;
         }
+        if let Some(auth_http) = &config.auth_http {
+            auth_http::start(auth_http, &shared, &mail_backends, &tracker).await?;
+        }
         Ok(Self {
             shared,
             tracker,
@@ -477,6 +496,10 @@ fn connections_that_fit(config: &Config) -> usize {
         + config.listeners.len() as u64
         + config
             .auth_server
+            .as_ref()
+            .map_or(0, |a| (a.max_connections + a.listen.len()) as u64)
+        + config
+            .auth_http
             .as_ref()
             .map_or(0, |a| (a.max_connections + a.listen.len()) as u64)
         + config

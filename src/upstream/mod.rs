@@ -154,16 +154,30 @@ impl Backend {
         }
     }
 
-    /// The SASL PLAIN message (base64) that logs in as `user` with the master credentials.
-    fn plain_login(&self, user: &str) -> Option<Secret> {
+    /// The user name and password that log in as `user` through Dovecot's master user
+    /// (`user*master` with the master password), for `login = "master-user"` backends.
+    pub fn master_login(&self, user: &str) -> Option<(String, &Secret)> {
+        if self.config.login != BackendLogin::MasterUser {
+            return None;
+        }
         let master = self.config.master_user.as_deref()?;
         let password = self.master_password.as_ref()?;
+        Some((
+            format!("{user}{}{master}", self.config.master_separator),
+            password,
+        ))
+    }
+
+    /// The SASL PLAIN message (base64) that logs in as `user` with the master credentials.
+    fn plain_login(&self, user: &str) -> Option<Secret> {
         Some(match self.config.login {
             BackendLogin::MasterUser => {
-                let authcid = format!("{user}{}{master}", self.config.master_separator);
+                let (authcid, password) = self.master_login(user)?;
                 crate::protocol::sasl::plain_message("", &authcid, password)
             }
             BackendLogin::SaslAuthzid => {
+                let master = self.config.master_user.as_deref()?;
+                let password = self.master_password.as_ref()?;
                 crate::protocol::sasl::plain_message(user, master, password)
             }
             BackendLogin::Xclient

@@ -1522,3 +1522,183 @@ try:
 except (OSError, imaplib.IMAP4.error) as e:
     print("FAILED", type(e).__name__, e)
 "#;
+
+/// A private Postfix (its own config, queue and port) that relays only for authenticated
+/// clients; `sasl` is the rest of its main.cf (how clients authenticate).
+pub struct Postfix {
+    child: Child,
+    pub port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        // master stops its children on SIGTERM.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Postfix {
+    pub fn start(sasl: &str) -> Self {
+        require("postfix", "apt-get install postfix");
+        let dir = open_tempdir();
+        let root = dir.path();
+        let port = free_port();
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(root.join(sub)).expect("postfix set-up");
+        }
+        std::fs::write(
+            root.join("conf/main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.test
+mydestination =
+alias_maps =
+alias_database =
+maillog_file = /dev/stdout
+smtpd_tls_security_level = none
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+{sasl}",
+                root = root.display()
+            ),
+        )
+        .expect("postfix set-up");
+        std::fs::write(
+            root.join("conf/master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"
+            ),
+        )
+        .expect("postfix set-up");
+        let conf = root.join("conf");
+        let status = Command::new("chown")
+            .arg("postfix")
+            .arg(root.join("data"))
+            .status()
+            .expect("postfix set-up");
+        assert!(status.success());
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(&conf)
+            .args(["set-permissions", "create-missing"])
+            .output()
+            .expect("postfix set-up");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = root.join("master.log");
+        let mut child = Command::new("/usr/lib/postfix/sbin/master")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-d")
+            .stdout(std::fs::File::create(&log).expect("postfix set-up"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postfix set-up");
+        wait_for_port(port, "postfix", &mut child, &log);
+        Self {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Postfix {
+    /// Its log (`maillog_file`), so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+/// nginx started by [`start_nginx`]; dropping it stops nginx and its workers.
+pub struct Nginx(std::process::Child);
+
+impl Nginx {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master stops its workers only when it is asked to; killed,
+        // it leaves them running with the listening socket.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts Debian's nginx in the foreground with `conf` (a whole configuration, written to
+/// `prefix/nginx.conf`; its pid and error log belong under `prefix`) and waits until it listens
+/// on `port`.
+pub fn start_nginx(prefix: &std::path::Path, conf: &str, port: u16) -> Nginx {
+    require("nginx", "apt-get install nginx libnginx-mod-mail");
+    std::fs::create_dir_all(prefix.join("logs")).expect("mkdir");
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let mut child = Command::new("nginx")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.try_wait().ok().flatten().is_some();
+        if exited || started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+            panic!("nginx did not listen on {port}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Nginx(child)
+}
+
+/// The lines an nginx `http` block needs so that nginx writes nothing outside `prefix`.
+pub fn nginx_http_paths(prefix: &std::path::Path) -> String {
+    let p = prefix.display();
+    format!(
+        "access_log off;\n  client_body_temp_path {p}/client_body;\n  proxy_temp_path {p}/proxy;\n  \
+         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;"
+    )
+}
