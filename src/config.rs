@@ -1594,6 +1594,64 @@ mod tests {
     "#;
 
     #[test]
+    fn auth_http_needs_a_private_address_and_backends_nginx_can_use() {
+        let with = |auth_http: &str, backends: &str| {
+            Config::parse(&format!("{MINIMAL}\n{backends}\n[auth_http]\n{auth_http}"))
+                .map_err(|e| e.to_string())
+        };
+        let postfix =
+            "[backend.p]\naddress = \"127.0.0.1:25\"\ntls = \"none\"\nlogin = \"xclient\"";
+        let ok = with(
+            "listen = [\"127.0.0.1:9143\"]\nimap_backend = \"b\"\nsmtp_backend = \"p\"",
+            postfix,
+        )
+        .unwrap();
+        let auth_http = ok.auth_http.unwrap();
+        assert_eq!(
+            (auth_http.max_attempts, auth_http.max_connections),
+            (3, 256)
+        );
+        assert_eq!(auth_http.backend_for("smtp"), Some("p"));
+        for (config, backends, complaint) in [
+            (
+                "listen = [\"0.0.0.0:9143\"]\nimap_backend = \"b\"",
+                "",
+                "allow_public_listen",
+            ),
+            ("listen = []\nimap_backend = \"b\"", "", "listen is empty"),
+            ("listen = [\"127.0.0.1:9143\"]", "", "names no backend"),
+            (
+                "listen = [\"127.0.0.1:9143\"]\nimap_backend = \"x\"",
+                "",
+                "no [backend.x]",
+            ),
+            (
+                "listen = [\"127.0.0.1:9143\"]\nimap_backend = \"p\"",
+                postfix,
+                "login = \"master-user\"",
+            ),
+            (
+                "listen = [\"127.0.0.1:9143\"]\nsmtp_backend = \"b\"",
+                "",
+                "login = \"xclient\"",
+            ),
+            (
+                "listen = [\"127.0.0.1:9143\"]\nsmtp_backend = \"h\"",
+                "[backend.h]\naddress = \"mail.example:25\"\ntls = \"none\"\nlogin = \"xclient\"",
+                "IP:PORT",
+            ),
+            (
+                "listen = [\"127.0.0.1:9143\"]\nsmtp_backend = \"t\"",
+                "[backend.t]\naddress = \"127.0.0.1:25\"\ntls = \"starttls\"\nlogin = \"xclient\"",
+                "tls = \"none\"",
+            ),
+        ] {
+            let err = with(config, backends).unwrap_err();
+            assert!(err.contains(complaint), "{config}: {err}");
+        }
+    }
+
+    #[test]
     fn the_auth_server_listens_on_loopback_or_private_networks_unless_told_otherwise() {
         let with = |listen: &str, extra: &str| {
             Config::parse(&format!(
