@@ -46,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the DNS records (SRV for mail, calendars, contacts and chat; autoconfig and
+    /// Autodiscover) that let clients of DOMAIN find this deployment, for its zone.
+    #[command(name = "dns-records")]
+    DnsRecords { domain: String },
     /// Manage accounts.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -205,6 +209,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 config.listeners.len(),
                 config.backends.len()
             );
+            Ok(())
+        }
+        Command::DnsRecords { domain } => {
+            let domain = crate::credentials::accounts::normalize_domain(&domain)?;
+            let directory = crate::discovery::Directory::new(&config);
+            print!("{}", crate::discovery::records::zone(&directory, &domain));
             Ok(())
         }
         Command::DevCert { force } => {

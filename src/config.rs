@@ -52,6 +52,24 @@ pub struct Config {
     /// DNS lookups (confirming hosted domains).
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The names clients reach the gateway by, for the settings it hands out.
+    #[serde(default)]
+    pub public: PublicConfig,
+}
+
+/// `[public]`: how clients reach the gateway, where that differs from what it binds to
+/// (behind a load balancer or NAT, or on a name of its own). Autoconfig, Autodiscover, the
+/// DNS records of `portcullis dns-records` and the settings shown with a new app password
+/// name these; a listener's own `public_host`/`public_port` win over them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicConfig {
+    /// The host name of every listener (default: `hostname`, else "localhost").
+    #[serde(default)]
+    pub host: Option<String>,
+    /// What mail programs show as the provider (default: the host name).
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 /// `[platform]`: the operator's own domains. Accounts there are platform accounts, which may
@@ -96,6 +114,15 @@ pub struct DnsConfig {
 }
 
 impl Config {
+    /// The host name clients reach the gateway by (see [`PublicConfig`]).
+    pub fn public_host(&self) -> &str {
+        self.public
+            .host
+            .as_deref()
+            .or(self.hostname.as_deref())
+            .unwrap_or("localhost")
+    }
+
     /// The operator's own domains, lower case (see [`PlatformConfig`]).
     pub fn platform_domains(&self) -> Vec<String> {
         match (&self.platform.domains, &self.default_domain) {
@@ -641,6 +668,13 @@ pub struct ListenerConfig {
     /// (`{ "shop.example" = "shop-imap" }`); everyone else to `backend`.
     #[serde(default)]
     pub domain_backends: BTreeMap<String, String>,
+    /// The host name clients reach this listener by (default: `[public] host`).
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// The port clients reach this listener on, when a load balancer or NAT maps another
+    /// one to `address` (default: the port of `address`).
+    #[serde(default)]
+    pub public_port: Option<u16>,
 }
 
 /// `[[listener.route]]`: which service and backend a request is for.
@@ -928,6 +962,17 @@ impl Config {
                 "[portal.mail] from = {:?} is not an address",
                 mail.from
             ));
+        }
+        for (what, host) in std::iter::once(("[public] host", self.public.host.as_ref())).chain(
+            self.listeners
+                .iter()
+                .map(|l| ("a listener's public_host", l.public_host.as_ref())),
+        ) {
+            if let Some(host) = host
+                && !is_host_name(host)
+            {
+                return Err(format!("{what} {host:?} is not a host name"));
+            }
         }
         let mut addresses = std::collections::HashSet::new();
         for listener in &self.listeners {
@@ -1416,6 +1461,22 @@ fn is_loopback_host(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A DNS host name (letters, digits, hyphens, dots; no label empty or longer than 63), as
+/// clients are told to connect to.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Loopback or a private network (RFC 1918, IPv6 unique local): not reachable from the

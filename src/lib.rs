@@ -30,6 +30,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod discovery;
 pub mod dns;
 pub mod io;
 pub mod portal;

@@ -219,7 +219,7 @@ pub async fn create_app_password(
     page: &Page,
     request: &NewAppPassword<'_>,
 ) -> Result<Created, Refusal> {
-    let Page(Browser(portal, _, headers, _), account, _) = page;
+    let Page(Browser(portal, ..), account, _) = page;
     if !reconfirmed(page, request.password).await {
         return Err(Refusal::new(StatusCode::UNAUTHORIZED, "Wrong password."));
     }
@@ -244,7 +244,7 @@ pub async fn create_app_password(
         name: name.trim().to_owned(),
         service,
         secret: made.secret,
-        settings: super::pages::settings(portal, service, headers),
+        settings: super::pages::settings(portal, service),
         limits,
     })
 }

@@ -14,6 +14,7 @@
 mod actions;
 pub mod api;
 mod delivery;
+mod discovery;
 mod domain_pages;
 mod domains_api;
 mod pages;
@@ -36,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerProtocol, ListenerTls, PortalConfig};
+use crate::config::{Config, PortalConfig};
 use crate::credentials::Secret;
 use crate::server::Shared;
 use crate::server::admission::Admitted;
@@ -65,8 +66,12 @@ pub struct Setting {
     pub value: String,
 }
 
-/// An app password just made, held for the one page view that shows it.
+/// An app password just made, held for the one page view that shows it (and then, for
+/// services Apple devices can be set up for, for the profile download until [`SHOWN_FOR`]).
+#[derive(Clone)]
 struct Shown {
+    id: crate::credentials::model::AppPasswordId,
+    service: crate::credentials::Service,
     name: String,
     secret: Secret,
     settings: Vec<Setting>,
@@ -86,6 +91,9 @@ pub struct Portal {
     templates: minijinja::Environment<'static>,
     /// App passwords just made, by web session id, until the next page shows them.
     shown: DashMap<i64, Shown>,
+    /// App passwords shown, by web session id, whose Apple profile may still be downloaded
+    /// (memory only, until [`SHOWN_FOR`] after they were made).
+    profiles: DashMap<i64, Shown>,
     /// Sign-in attempts per client address, by the minute.
     attempts: Counter<std::net::IpAddr>,
     /// Restore-access attempts per client address, by the minute (counted apart from sign-ins:
@@ -93,8 +101,9 @@ pub struct Portal {
     restore_attempts: Counter<std::net::IpAddr>,
     /// Failed sign-ins per account login (canonical; unknown logins alike), by the window.
     failures: Counter<String>,
-    /// The listeners whose servers and ports the settings of a new app password name.
-    listeners: Vec<(ListenerProtocol, ListenerTls, u16)>,
+    /// The public endpoints: the settings of a new app password, autoconfig, Autodiscover
+    /// and Apple profiles name them.
+    directory: crate::discovery::Directory,
     /// Where codes to an email or a phone go out.
     delivery: delivery::Delivery,
 }
@@ -130,15 +139,12 @@ impl Portal {
             config: config.portal.clone(),
             templates,
             shown: DashMap::new(),
+            profiles: DashMap::new(),
             attempts: Counter::new(Duration::from_secs(60)),
             restore_attempts: Counter::new(Duration::from_secs(60)),
             failures: Counter::new(FAILURE_WINDOW),
             delivery: delivery::Delivery::new(config)?,
-            listeners: config
-                .listeners
-                .iter()
-                .map(|l| (l.protocol, l.tls, l.address.port()))
-                .collect(),
+            directory: crate::discovery::Directory::new(config),
         })
     }
 
@@ -324,6 +330,20 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/access/option", post(pages::set_option))
         .route("/access/create", post(pages::create))
         .route("/access/{id}/delete", post(pages::delete))
+        .route("/access/profile", post(discovery::profile))
+        .route(
+            "/.well-known/autoconfig/mail/config-v1.1.xml",
+            get(discovery::autoconfig),
+        )
+        .route("/mail/config-v1.1.xml", get(discovery::autoconfig))
+        .route(
+            "/autodiscover/autodiscover.xml",
+            post(discovery::autodiscover).get(discovery::autodiscover_get),
+        )
+        .route(
+            "/Autodiscover/Autodiscover.xml",
+            post(discovery::autodiscover).get(discovery::autodiscover_get),
+        )
         .route(
             "/password",
             get(pages::password_page).post(pages::change_password),
@@ -376,7 +396,11 @@ async fn same_origin_checked(mut request: Request, next: Next) -> Response {
     {
         request.headers_mut().insert(header::HOST, value);
     }
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
+    // Outlook's Autodiscover is a POST from a mail program, not a page: it carries no
+    // cookie, reads no session and changes nothing, so there is nothing to forge.
+    if matches!(*request.method(), Method::GET | Method::HEAD)
+        || discovery::is_autodiscover(request.uri().path())
+    {
         return next.run(request).await;
     }
     // A bearer token is never sent by a browser on its own: such a request cannot be forged

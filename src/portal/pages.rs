@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use super::actions::{self, SignIn};
 use super::{COOKIE, Connection, Portal, Setting, Shown};
-use crate::config::{ListenerProtocol, ListenerTls};
 use crate::credentials::accounts::AccountError;
 use crate::credentials::model::{AccountState, AppPasswordId, now_ms};
 use crate::credentials::{Secret, Service};
@@ -334,38 +333,14 @@ fn services() -> Vec<minijinja::Value> {
     .collect()
 }
 
-/// The servers a program of `service` is told to use, from the configured listeners.
-pub(super) fn settings(portal: &Portal, service: Service, headers: &HeaderMap) -> Vec<Setting> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(crate::protocol::http::host_without_port)
-        .unwrap_or_else(|| "localhost".to_owned());
-    let mut out = Vec::new();
-    for &(protocol, tls, port) in &portal.listeners {
-        let what = match (service, protocol, tls) {
-            (Service::Mail, ListenerProtocol::Imap, ListenerTls::Implicit) => "IMAP (SSL/TLS)",
-            (Service::Mail, ListenerProtocol::Imap, ListenerTls::Starttls) => "IMAP (STARTTLS)",
-            (Service::Mail, ListenerProtocol::Submission, ListenerTls::Implicit) => {
-                "SMTP (SSL/TLS)"
-            }
-            (Service::Mail, ListenerProtocol::Submission, ListenerTls::Starttls) => {
-                "SMTP (STARTTLS)"
-            }
-            (Service::Mail, ListenerProtocol::Pop3, ListenerTls::Implicit) => "POP3 (SSL/TLS)",
-            (Service::Mail, ListenerProtocol::Pop3, ListenerTls::Starttls) => "POP3 (STARTTLS)",
-            (Service::Xmpp, ListenerProtocol::Xmpp, _) => "XMPP server",
-            (Service::Disk | Service::Calendar | Service::Contacts, ListenerProtocol::Http, _) => {
-                "HTTPS server"
-            }
-            _ => continue,
-        };
-        out.push(Setting {
-            what: what.to_owned(),
-            value: format!("{host}, port {port}"),
-        });
-    }
-    out
+/// The servers a program of `service` is told to use, from the deployment's public endpoints.
+pub(super) fn settings(portal: &Portal, service: Service) -> Vec<Setting> {
+    portal
+        .directory
+        .settings(service)
+        .into_iter()
+        .map(|(what, value)| Setting { what, value })
+        .collect()
 }
 
 pub(super) fn page_error(e: &AccountError) -> String {
@@ -397,7 +372,16 @@ async fn access_page(page: &Page, error: Option<String>) -> Response {
         .remove(&session.id)
         .filter(|(_, shown)| shown.made.elapsed() < super::SHOWN_FOR)
         .map(|(_, shown)| {
+            let profile = super::discovery::offers_profile(portal, shown.service);
+            if profile {
+                portal
+                    .profiles
+                    .retain(|_, held| held.made.elapsed() < super::SHOWN_FOR);
+                portal.profiles.insert(session.id, shown.clone());
+            }
             context! {
+                id => shown.id.0,
+                profile => profile,
                 name => shown.name,
                 secret => String::from_utf8_lossy(shown.secret.expose()).into_owned(),
                 settings => shown
@@ -502,6 +486,8 @@ pub async fn create(page: Page, Form(form): Form<CreateForm>) -> Response {
             portal.shown.insert(
                 page.2.id,
                 Shown {
+                    id: made.id,
+                    service: made.service,
                     name: made.name,
                     secret: made.secret,
                     settings: made.settings,

@@ -430,6 +430,108 @@ pub fn proxy_header(data: &[u8]) {
     }
 }
 
+/// A deployment with one endpoint of each mail kind, for the drivers that render answers.
+fn directory() -> &'static crate::discovery::Directory {
+    static DIRECTORY: std::sync::OnceLock<crate::discovery::Directory> = std::sync::OnceLock::new();
+    DIRECTORY.get_or_init(|| {
+        let mut text = String::from(
+            "[public]\nhost = \"mail.example.org\"\n[store]\nurl = \"sqlite::memory:\"\n[tls]\ncertificate = \"c\"\nprivate_key = \"k\"\n[backend.b]\naddress = \"127.0.0.1:1\"\nlogin = \"master-user\"\nmaster_user = \"m\"\nmaster_password_file = \"f\"\n",
+        );
+        for (protocol, port) in [("imap", 993), ("pop3", 995), ("submission", 465)] {
+            text.push_str(&format!(
+                "[[listener]]\nprotocol = \"{protocol}\"\naddress = \"127.0.0.1:{port}\"\ntls = \"implicit\"\nbackend = \"b\"\n"
+            ));
+        }
+        match crate::config::Config::parse(&text) {
+            Ok(config) => crate::discovery::Directory::new(&config),
+            Err(e) => panic!("the fuzzing deployment does not parse: {e}"),
+        }
+    })
+}
+
+/// Outlook's Autodiscover request, as the portal reads an unauthenticated POST body; and the
+/// answer to what it accepted, which must stay well-formed XML whatever address was asked
+/// about (the address is the one part of a client's request the answer repeats).
+pub fn autodiscover(data: &[u8]) {
+    use crate::discovery::autodiscover::{parse_request, response};
+    use rxml::{Event, Parse, Parser};
+    let Ok(request) = parse_request(data) else {
+        return;
+    };
+    assert!(!request.email.is_empty() && request.email.len() <= data.len());
+    let xml = response(directory(), &request.email);
+    let mut parser = Parser::default();
+    let mut input = xml.as_bytes();
+    let (mut protocols, mut login_names, mut in_login, mut text) =
+        (0, Vec::new(), false, String::new());
+    loop {
+        match parser.parse(&mut input, true) {
+            Ok(Some(Event::StartElement(_, (_, name), _))) => {
+                protocols += usize::from(name.as_str() == "Protocol");
+                in_login = name.as_str() == "LoginName";
+                text.clear();
+            }
+            Ok(Some(Event::Text(_, chunk))) if in_login => text.push_str(&chunk),
+            Ok(Some(Event::EndElement(_))) if in_login => {
+                login_names.push(std::mem::take(&mut text));
+                in_login = false;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("the answer is not well-formed XML: {e:?}"),
+        }
+    }
+    assert_eq!(protocols, 3, "{xml}");
+    assert!(login_names.iter().all(|l| *l == request.email), "{xml}");
+}
+
+/// nginx's auth_http request, its headers as `Name: value` lines; and the answer, whose
+/// headers must hold no line break whatever nginx sent.
+pub fn nginx_auth(data: &[u8]) {
+    use super::nginx_auth::{Answer, Field, Request};
+    let headers: Vec<(String, &[u8])> = data
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = std::str::from_utf8(&line[..colon])
+                .ok()?
+                .trim()
+                .to_ascii_lowercase();
+            Some((name, line[colon + 1..].trim_ascii()))
+        })
+        .collect();
+    let parsed = Request::parse(|name| {
+        let name = name.to_ascii_lowercase();
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    });
+    let request = match parsed {
+        Ok(request) => request,
+        Err(e) => {
+            // An error names the header or the method, never a password.
+            assert!(e.to_string().len() < 200);
+            return;
+        }
+    };
+    assert!(!request.credentials.login.is_empty());
+    assert!(request.credentials.login.len() <= 1024);
+    assert!(request.credentials.secret.expose().len() <= 1024);
+    for answer in [
+        Answer::Refused {
+            protocol: request.protocol,
+            retry: request.attempt < 3,
+        },
+        Answer::Unavailable {
+            protocol: request.protocol,
+        },
+    ] {
+        for field in answer.fields() {
+            if let Field::Text(_, value) = field {
+                assert!(!value.contains(['\r', '\n']), "{value:?}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The drivers on hand-written inputs, so every build checks the invariants on the
@@ -466,6 +568,16 @@ mod tests {
         assert_eq!(run.logins, 2);
         let run = smtp(&with_shape(0x01, &b"NOPE\r\n".repeat(40)));
         assert!(run.closed, "{run:?}");
+    }
+
+    #[test]
+    fn autodiscover_and_nginx_requests_keep_the_invariants() {
+        autodiscover(
+            b"<Autodiscover xmlns='http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006'><Request><EMailAddress>a&lt;b&amp;&quot;@example.org</EMailAddress></Request></Autodiscover>",
+        );
+        nginx_auth(
+            b"Auth-Method: plain\nAuth-User: alice%0d%0aX: y\nAuth-Pass: s%25\nAuth-Protocol: smtp\nClient-IP: ::1\n",
+        );
     }
 
     #[test]

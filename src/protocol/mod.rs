@@ -27,6 +27,22 @@ pub fn printable(login: &str) -> String {
         .collect()
 }
 
+/// Escapes text for XML content and attributes (either quote).
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Action {

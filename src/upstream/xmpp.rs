@@ -81,7 +81,7 @@ async fn login_inner(
 async fn open(backend: &Backend, stream: &mut Stream, domain: &str) -> Result<(), BackendError> {
     let header = format!(
         "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
-        crate::protocol::xmpp::escape(domain)
+        crate::protocol::xml_escape(domain)
     );
     send(backend, stream, header.as_bytes()).await?;
     let features = read_until(

@@ -204,6 +204,19 @@ impl AccountService {
         }
     }
 
+    /// Whether the deployment serves mail for `domain`: one of the operator's own domains
+    /// (every domain when none is configured), or a hosted domain whose DNS confirmation is
+    /// done. Clients asking how to set up an address of another domain get nothing.
+    pub async fn serves_domain(&self, domain: &str) -> Result<bool, AccountError> {
+        let Ok(domain) = normalize_domain(domain) else {
+            return Ok(false);
+        };
+        if self.platform.is_empty() || self.platform.contains(&domain) {
+            return Ok(true);
+        }
+        Ok(self.store.confirmed_domain(&domain).await?.is_some())
+    }
+
     /// The confirmed domain `name`, as stored.
     pub async fn domain_record(&self, name: &str) -> Result<Option<DomainRecord>, AccountError> {
         Ok(self

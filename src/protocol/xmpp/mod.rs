@@ -9,6 +9,8 @@
 
 use rxml::{Event as XmlEvent, Parse, Parser, WithOptions};
 
+use super::xml_escape as escape;
+
 use crate::protocol::sasl::{self, ExchangeError};
 use crate::protocol::{Action, LoginRequest};
 
@@ -336,22 +338,6 @@ fn event_len(event: &XmlEvent) -> usize {
         | XmlEvent::EndElement(m)
         | XmlEvent::Text(m, _) => m.len(),
     }
-}
-
-/// Escapes text for XML content and single-quoted attributes.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 impl super::PreAuth for PreAuth {
