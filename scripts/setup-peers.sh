@@ -4,7 +4,7 @@
 # Postfix and swaks, sendxmpp and go-sendxmpp, Chromium and its driver, HAProxy, PostgreSQL, fail2ban,
 # Prometheus (promtool), systemd (systemd-analyze),
 # nginx with its mail module (benchmark baseline), and from PyPI aiosmtpd, wsgidav, radicale, caldav,
-# vdirsyncer, slixmpp, selenium and dnslib.
+# vdirsyncer, slixmpp, selenium, dnslib and lxml.
 set -euo pipefail
 
 missing_debs=()
@@ -71,6 +71,8 @@ command -v vdirsyncer >/dev/null 2>&1 || missing_py+=(vdirsyncer)
 python3 -c 'import slixmpp' 2>/dev/null || missing_py+=(slixmpp)
 python3 -c 'import selenium' 2>/dev/null || missing_py+=(selenium)
 python3 -c 'import dnslib' 2>/dev/null || missing_py+=(dnslib)
+# lxml validates autoconfig and Autodiscover answers against XML schemas.
+python3 -c 'import lxml.etree' 2>/dev/null || missing_py+=(lxml)
 if [ ${#missing_py[@]} -gt 0 ]; then
     echo "installing ${missing_py[*]}" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}" \
