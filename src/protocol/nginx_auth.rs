@@ -72,7 +72,7 @@ pub enum BadRequest {
     )]
     Method(String),
     /// An `Auth-Protocol` other than imap, pop3 and smtp.
-    #[error("protocol {0:?} is not one of imap, pop3, smtp")]
+    #[error("protocol \"{0}\" is not one of imap, pop3, smtp")]
     Protocol(String),
 }
 
