@@ -222,6 +222,25 @@ fn nginx_logs_in_with_mail_app_passwords_only_and_never_with_a_revoked_one() {
     assert!(refused.contains("<** 535 5.7.8"), "{refused}");
     assert!(!refused.contains("queued"), "{refused}");
 
+    // Last use: recorded with the client's address as nginx reported it, and whose word it is.
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = w.gateway.cli_ok(&["app-password", "list", "alice"], None);
+        if listed.contains("(reported by nginx auth_http 127.0.0.1)") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let thunderbird = listed
+        .lines()
+        .find(|l| l.ends_with("Thunderbird"))
+        .unwrap_or_default();
+    assert!(
+        thunderbird.contains("127.0.0.1")
+            && thunderbird.contains("(reported by nginx auth_http 127.0.0.1)"),
+        "{listed}"
+    );
+
     // Revoked: the next login through nginx is refused. The CLI writes the store; this gateway
     // learns it from the change feed, within its 50 ms interval.
     let id = w.gateway.newest_app_password_id("alice");
