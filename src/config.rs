@@ -969,7 +969,7 @@ impl Config {
                 .map(|l| ("a listener's public_host", l.public_host.as_ref())),
         ) {
             if let Some(host) = host
-                && !is_host_name(host)
+                && !crate::credentials::accounts::is_host_name(host)
             {
                 return Err(format!("{what} {host:?} is not a host name"));
             }
@@ -1461,22 +1461,6 @@ fn is_loopback_host(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A DNS host name (letters, digits, hyphens, dots; no label empty or longer than 63), as
-/// clients are told to connect to.
-fn is_host_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// Loopback or a private network (RFC 1918, IPv6 unique local): not reachable from the

@@ -790,7 +790,7 @@ mod domains;
 mod restore;
 mod two_factor;
 
-pub use domains::{Actor, CHALLENGE_LABEL, Challenge, DomainView, normalize_domain};
+pub use domains::{Actor, CHALLENGE_LABEL, Challenge, DomainView, is_host_name, normalize_domain};
 
 pub use restore::{Channel, CodeToSend, Proof, QUESTIONS};
 pub use two_factor::{Enrolment, RECOVERY_CODES, TwoFactorOn, code_at};

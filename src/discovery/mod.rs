@@ -163,31 +163,25 @@ impl Directory {
             Service::Disk => &[Kind::WebDav],
             Service::Xmpp => &[Kind::Xmpp],
         };
-        let mut out = Vec::new();
-        for &kind in kinds {
-            for endpoint in self.of(kind) {
-                let (what, value) = match (kind, endpoint.security) {
-                    (Kind::CalDav | Kind::CardDav | Kind::WebDav, _) => {
-                        let what = match kind {
-                            Kind::CalDav => "CalDAV server",
-                            Kind::CardDav => "CardDAV server",
-                            _ => "WebDAV server",
-                        };
-                        (what.to_owned(), endpoint.url())
-                    }
-                    (Kind::Xmpp, security) => (
-                        format!("XMPP server ({})", security_label(security)),
-                        format!("{}, port {}", endpoint.host, endpoint.port),
+        kinds
+            .iter()
+            .flat_map(|&kind| self.of(kind))
+            .map(|endpoint| match endpoint.kind {
+                // HTTP services are a URL; the rest a host, a port and how TLS starts.
+                Kind::CalDav | Kind::CardDav | Kind::WebDav => (
+                    format!("{} server", kind_label(endpoint.kind)),
+                    endpoint.url(),
+                ),
+                kind => (
+                    format!(
+                        "{} ({})",
+                        kind_label(kind),
+                        security_label(endpoint.security)
                     ),
-                    (kind, security) => (
-                        format!("{} ({})", kind_label(kind), security_label(security)),
-                        format!("{}, port {}", endpoint.host, endpoint.port),
-                    ),
-                };
-                out.push((what, value));
-            }
-        }
-        out
+                    format!("{}, port {}", endpoint.host, endpoint.port),
+                ),
+            })
+            .collect()
     }
 }
 
@@ -222,16 +216,8 @@ pub fn email_address(typed: &str) -> Option<(String, String)> {
     if local.is_empty() || local.contains(['<', '>', '"', '\'', '&']) {
         return None;
     }
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let labels_ok = domain.split('.').count() >= 2
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    labels_ok.then(|| (local.to_owned(), domain))
+    let domain = crate::credentials::accounts::normalize_domain(domain).ok()?;
+    Some((local.to_owned(), domain))
 }
 
 #[cfg(test)]

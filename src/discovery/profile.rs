@@ -7,7 +7,7 @@
 
 use plist::{Dictionary, Value};
 
-use super::{Directory, Kind};
+use super::{Directory, Endpoint, Kind};
 use crate::credentials::{Secret, Service};
 
 /// Who the profile is for.
@@ -21,21 +21,70 @@ pub struct Owner<'a> {
     pub secret: &'a Secret,
 }
 
-/// The profile (an XML property list) for an app password of `service`, or `None` when Apple
-/// devices have no payload for the service (disk, chat) or no listener serves it.
+/// The servers a profile names.
+enum Servers<'a> {
+    Mail {
+        incoming: &'a Endpoint,
+        /// `EmailTypeIMAP` or `EmailTypePOP`.
+        account_type: &'static str,
+        outgoing: &'a Endpoint,
+    },
+    Dav {
+        endpoint: &'a Endpoint,
+        /// `CalDAV` or `CardDAV`, the payload's key prefix.
+        prefix: &'static str,
+        payload_type: &'static str,
+    },
+}
+
+/// What a profile of `service` would name: `None` when Apple devices have no payload for the
+/// service (disk, chat) or no listener serves it.
+fn servers(directory: &Directory, service: Service) -> Option<Servers<'_>> {
+    match service {
+        Service::Mail => {
+            let (incoming, account_type) = directory
+                .best(Kind::Imap)
+                .map(|e| (e, "EmailTypeIMAP"))
+                .or_else(|| directory.best(Kind::Pop3).map(|e| (e, "EmailTypePOP")))?;
+            Some(Servers::Mail {
+                incoming,
+                account_type,
+                outgoing: directory.best(Kind::Submission)?,
+            })
+        }
+        Service::Calendar => Some(Servers::Dav {
+            endpoint: directory.best(Kind::CalDav)?,
+            prefix: "CalDAV",
+            payload_type: "com.apple.caldav.account",
+        }),
+        Service::Contacts => Some(Servers::Dav {
+            endpoint: directory.best(Kind::CardDav)?,
+            prefix: "CardDAV",
+            payload_type: "com.apple.carddav.account",
+        }),
+        Service::Disk | Service::Xmpp => None,
+    }
+}
+
+/// Whether an app password of `service` comes with a profile.
+pub fn offered(directory: &Directory, service: Service) -> bool {
+    servers(directory, service).is_some()
+}
+
+/// The profile (an XML property list) for an app password of `service`, or `None` when there
+/// is none (see [`offered`]).
 pub fn profile(directory: &Directory, service: Service, owner: &Owner<'_>) -> Option<Vec<u8>> {
+    let servers = servers(directory, service)?;
     let password = String::from_utf8_lossy(owner.secret.expose()).into_owned();
     let description = format!("{} ({})", directory.display_name, owner.name);
     let base = reverse_dns(directory.host());
     let mut payload = Dictionary::new();
-    let payload_type = match service {
-        Service::Mail => {
-            let incoming = directory
-                .best(Kind::Imap)
-                .map(|e| (e, "EmailTypeIMAP"))
-                .or_else(|| directory.best(Kind::Pop3).map(|e| (e, "EmailTypePOP")))?;
-            let outgoing = directory.best(Kind::Submission)?;
-            let (incoming, account_type) = incoming;
+    let payload_type = match servers {
+        Servers::Mail {
+            incoming,
+            account_type,
+            outgoing,
+        } => {
             for (key, value) in [
                 ("EmailAccountDescription", string(&description)),
                 ("EmailAccountType", string(account_type)),
@@ -68,13 +117,11 @@ pub fn profile(directory: &Directory, service: Service, owner: &Owner<'_>) -> Op
             }
             "com.apple.mail.managed"
         }
-        Service::Calendar | Service::Contacts => {
-            let (kind, prefix, payload_type) = if service == Service::Calendar {
-                (Kind::CalDav, "CalDAV", "com.apple.caldav.account")
-            } else {
-                (Kind::CardDav, "CardDAV", "com.apple.carddav.account")
-            };
-            let endpoint = directory.best(kind)?;
+        Servers::Dav {
+            endpoint,
+            prefix,
+            payload_type,
+        } => {
             for (key, value) in [
                 ("AccountDescription", string(&description)),
                 ("HostName", string(&endpoint.host)),
@@ -89,7 +136,6 @@ pub fn profile(directory: &Directory, service: Service, owner: &Owner<'_>) -> Op
             }
             payload_type
         }
-        Service::Disk | Service::Xmpp => return None,
     };
     let payload_uuid = uuid();
     for (key, value) in [

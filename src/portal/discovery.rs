@@ -11,27 +11,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::Portal;
 use super::pages::Page;
-use crate::credentials::Service;
 use crate::discovery::{self, autodiscover};
 
 /// Whether `path` is Outlook's Autodiscover endpoint (either spelling clients use).
 pub(super) fn is_autodiscover(path: &str) -> bool {
     path.eq_ignore_ascii_case("/autodiscover/autodiscover.xml")
-}
-
-/// Whether a new app password of `service` comes with an Apple profile.
-pub(super) fn offers_profile(portal: &Portal, service: Service) -> bool {
-    use crate::discovery::Kind;
-    match service {
-        Service::Mail => {
-            portal.directory.best(Kind::Submission).is_some()
-                && (portal.directory.best(Kind::Imap).is_some()
-                    || portal.directory.best(Kind::Pop3).is_some())
-        }
-        Service::Calendar => portal.directory.best(Kind::CalDav).is_some(),
-        Service::Contacts => portal.directory.best(Kind::CardDav).is_some(),
-        Service::Disk | Service::Xmpp => false,
-    }
 }
 
 #[derive(serde::Deserialize)]

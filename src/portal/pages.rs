@@ -372,7 +372,7 @@ async fn access_page(page: &Page, error: Option<String>) -> Response {
         .remove(&session.id)
         .filter(|(_, shown)| shown.made.elapsed() < super::SHOWN_FOR)
         .map(|(_, shown)| {
-            let profile = super::discovery::offers_profile(portal, shown.service);
+            let profile = crate::discovery::profile::offered(&portal.directory, shown.service);
             if profile {
                 portal
                     .profiles

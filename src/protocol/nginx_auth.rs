@@ -31,7 +31,7 @@ pub struct Request {
 }
 
 /// The three protocols nginx's mail proxy speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MailProtocol {
     Imap,
     Pop3,

@@ -35,7 +35,7 @@ const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 struct Context {
     shared: Arc<Shared>,
     /// The backend of each protocol, with its address as nginx wants it.
-    backends: HashMap<&'static str, (Arc<Backend>, SocketAddr)>,
+    backends: HashMap<MailProtocol, (Arc<Backend>, SocketAddr)>,
     max_attempts: u32,
 }
 
@@ -61,7 +61,7 @@ pub async fn start(
                 "[auth_http]: [backend.{name}] address is not IP:PORT"
             ))
         })?;
-        by_protocol.insert(protocol.name(), (backend.clone(), address));
+        by_protocol.insert(protocol, (backend.clone(), address));
     }
     let context = Arc::new(Context {
         shared: shared.clone(),
@@ -175,7 +175,7 @@ async fn respond<B>(
 /// Checks one login through the gate and says where nginx goes with it.
 async fn decide(request: Request, daemon: IpAddr, context: &Context) -> Answer {
     let protocol = request.protocol;
-    let Some((backend, address)) = context.backends.get(protocol.name()) else {
+    let Some((backend, address)) = context.backends.get(&protocol) else {
         tracing::warn!(
             protocol = protocol.name(),
             "nginx proxies a protocol [auth_http] names no backend for"

@@ -181,42 +181,36 @@ impl Gateway {
         // The backends the listeners use, each built once.
         let mut mail_backends: HashMap<String, Arc<Backend>> = HashMap::new();
         let mut http_backends: HashMap<String, Arc<HttpBackend>> = HashMap::new();
-        for listener in &config.listeners {
-            let names: Vec<&String> = match listener.protocol {
-                ListenerProtocol::Http => listener.routes.iter().map(|r| &r.backend).collect(),
-                _ => listener
-                    .backend
-                    .iter()
-                    .chain(listener.domain_backends.values())
-                    .collect(),
-            };
-            for name in names {
-                let backend = config
-                    .backends
-                    .get(name)
-                    .ok_or_else(|| StartError::Backend(format!("no backend {name:?}")))?;
-                if backend.is_http() {
-                    if !http_backends.contains_key(name) {
-                        let built = HttpBackend::new(name, backend).map_err(StartError::Backend)?;
-                        http_backends.insert(name.clone(), Arc::new(built));
-                    }
-                } else if !mail_backends.contains_key(name) {
-                    let built = Backend::new(name, backend).map_err(StartError::Backend)?;
-                    mail_backends.insert(name.clone(), Arc::new(built));
-                }
-            }
-        }
-
-        // And those nginx is sent to (`[auth_http]`), which no listener needs to use.
-        let auth_http_backends = config
+        // ... and those nginx is sent to (`[auth_http]`), which no listener needs to use.
+        let auth_http_names = config
             .auth_http
             .iter()
             .flat_map(|a| [&a.imap_backend, &a.pop3_backend, &a.smtp_backend])
             .flatten();
-        for name in auth_http_backends {
-            if let Some(backend) = config.backends.get(name)
-                && !mail_backends.contains_key(name)
-            {
+        let listener_names = config
+            .listeners
+            .iter()
+            .flat_map(|listener| -> Vec<&String> {
+                match listener.protocol {
+                    ListenerProtocol::Http => listener.routes.iter().map(|r| &r.backend).collect(),
+                    _ => listener
+                        .backend
+                        .iter()
+                        .chain(listener.domain_backends.values())
+                        .collect(),
+                }
+            });
+        for name in listener_names.chain(auth_http_names) {
+            let backend = config
+                .backends
+                .get(name)
+                .ok_or_else(|| StartError::Backend(format!("no backend {name:?}")))?;
+            if backend.is_http() {
+                if !http_backends.contains_key(name) {
+                    let built = HttpBackend::new(name, backend).map_err(StartError::Backend)?;
+                    http_backends.insert(name.clone(), Arc::new(built));
+                }
+            } else if !mail_backends.contains_key(name) {
                 let built = Backend::new(name, backend).map_err(StartError::Backend)?;
                 mail_backends.insert(name.clone(), Arc::new(built));
             }

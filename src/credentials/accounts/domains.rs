@@ -67,17 +67,24 @@ pub struct DomainView {
     pub owned: bool,
 }
 
-/// The canonical form of a domain name: lower case, no trailing dot, LDH labels.
+/// Whether `name` is a DNS host name: LDH labels of 1 to 63 characters, neither starting nor
+/// ending with a hyphen, 253 characters at most. A single label (`localhost`) is one.
+pub fn is_host_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The canonical form of a domain name: lower case, no trailing dot, host-name labels, at
+/// least two of them.
 pub fn normalize_domain(typed: &str) -> Result<String, AccountError> {
     let name = typed.trim().trim_end_matches('.').to_ascii_lowercase();
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if name.len() > 253 || !name.contains('.') || !name.split('.').all(valid_label) {
+    if !name.contains('.') || !is_host_name(&name) {
         return Err(AccountError::BadInput(format!(
             "{:?} is not a domain name (ASCII, like shop.example; an IDN in its xn-- form)",
             crate::protocol::printable(typed.trim())
