@@ -4,8 +4,9 @@
 //! 127.0.0.3, runs LOAD_ATTACKERS (default 100) connections that each log in over and over to
 //! a legacy-mode account (its main password opens IMAP, so every guess that is checked costs
 //! an argon2 verify), half the guesses shaped like app passwords, all distinct. The victim,
-//! from 127.0.0.2, logs in back to back (full TLS handshake, LOGIN, LOGOUT), first with no
-//! attack (the baseline, same run), then during it, in two rows:
+//! from 127.0.0.2, logs in back to back (TLS handshake, LOGIN, LOGOUT), first with no attack
+//! (the baseline, same run), then during it, in two rows. Like real clients, the victim and each
+//! attacking connection keep their own TLS session cache (so they resume when they can).
 //!
 //! - **main password, uncached**: 50 legacy-mode accounts in turn with `cache_idle_secs = 1`,
 //!   so every login is an argon2 verify queued with the attacker's;
@@ -66,7 +67,9 @@ fn main() {
     gateway.cli_ok(&["account", "app-passwords", "target", "off"], None);
     gateway.create_account("owner", "owner main password");
     let app = gateway.app_password("owner", "mail", "phone");
-    let tls = TlsConnector::from(tls_client_config(&gateway.ca));
+    // Each simulated client its own session cache, as a real client has.
+    let client = || TlsConnector::from(tls_client_config(&gateway.ca));
+    let tls = client();
     let port = gateway.ports.imaps;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,7 +86,7 @@ fn main() {
     let (main_flood, app_flood) = runtime.block_on(async {
         let mut tasks = Vec::new();
         for a in 0..attackers {
-            let (tls, stop, answered) = (tls.clone(), stop.clone(), answered.clone());
+            let (tls, stop, answered) = (client(), stop.clone(), answered.clone());
             tasks.push(tokio::spawn(async move {
                 let mut n = 0usize;
                 loop {
