@@ -12,6 +12,15 @@
 //!   so every login is an argon2 verify queued with the attacker's;
 //! - **app password**: one account's app password (cached after its first use).
 //!
+//! The victim is a program of its own (its own thread and runtime, not queued behind the
+//! attacker's tasks) and logs in two ways: back to back, where each login starts as the last
+//! one ends (so the victim's own argon2 and Dovecot work load the machine too), and paced, one
+//! login every VICTIM_PACE_MS (default 200 ms), as people's clients log in. The machine's two
+//! cores also run the attacker's client, Dovecot and the bench, so every row shares them.
+//!
+//! Where the time goes: the gateway's own metrics, scraped around each row, give the mean wait
+//! for an argon2 slot and the mean backend login (TCP, greeting, ID and AUTHENTICATE to OK).
+//!
 //! For the attacker: the guesses the gateway actually checked (its log's
 //! `reason=wrong-credentials` lines for 127.0.0.3) against the answers it got.
 //!
@@ -49,12 +58,15 @@ fn main() {
     users.push("owner@example.org".into());
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let dovecot = Dovecot::start(sink.port, &user_refs);
+    let metrics_port = free_port();
+    let pace = Duration::from_millis(knob("VICTIM_PACE_MS", 200));
     let gateway = Gateway::start(
         dovecot.imap_port,
         dovecot.submission_port,
         Options {
             log_filter: "warn",
             auth: "cache_idle_secs = 1".into(),
+            extra: format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
             ..Options::default()
         },
     );
@@ -77,13 +89,21 @@ fn main() {
         .expect("runtime");
     let window = Duration::from_secs(secs);
 
-    let (main_alone, app_alone) = runtime.block_on(victims(&tls, port, &app, window));
+    let victim_client = Victim {
+        tls: tls.clone(),
+        port,
+        app: app.clone(),
+        window,
+        pace,
+        metrics_port,
+    };
+    let alone = victim_client.rows();
     let stop = Arc::new(tokio::sync::Notify::new());
     let answered = Arc::new(AtomicUsize::new(0));
     let checked_before = checked(&gateway);
     let started = Instant::now();
     let started_ms = now_ms();
-    let (main_flood, app_flood) = runtime.block_on(async {
+    let flood = runtime.block_on(async {
         let mut tasks = Vec::new();
         for a in 0..attackers {
             let (tls, stop, answered) = (client(), stop.clone(), answered.clone());
@@ -118,7 +138,12 @@ fn main() {
         }
         // Let the flood build up before the victim measures.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rows = victims(&tls, port, &app, window).await;
+        let rows = {
+            let victim_client = victim_client.clone();
+            tokio::task::spawn_blocking(move || victim_client.rows())
+                .await
+                .expect("victim thread")
+        };
         stop.notify_waiters();
         for task in tasks {
             task.abort();
@@ -150,23 +175,38 @@ fn main() {
         "Victim from 127.0.0.2 during {attackers} guessing connections from 127.0.0.3, {secs} s per row; default [auth.throttle]"
     );
     println!();
-    println!("| victim login | attack | logins/s | p50 ms | p99 ms | max ms | failed |");
-    println!("|---|---|---|---|---|---|---|");
-    for (what, attack, r) in [
-        ("main password, uncached (argon2)", "none", &main_alone),
-        ("main password, uncached (argon2)", "flood", &main_flood),
-        ("app password", "none", &app_alone),
-        ("app password", "flood", &app_flood),
-    ] {
-        println!(
-            "| {what} | {attack} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
-            r.rate,
-            r.percentile(50.0),
-            r.percentile(99.0),
-            r.percentile(100.0),
-            r.failed
-        );
+    println!(
+        "| victim login | logins | attack | logins/s | p50 ms | p99 ms | max ms | failed | argon2 slot wait ms (mean) | backend login ms (mean) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (n, (what, how)) in [
+        ("main password, uncached (argon2)", "back to back"),
+        ("main password, uncached (argon2)", "paced"),
+        ("app password", "back to back"),
+        ("app password", "paced"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (attack, row) in [("none", &alone[n]), ("flood", &flood[n])] {
+            let r = &row.result;
+            println!(
+                "| {what} | {how} | {attack} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                r.rate,
+                r.percentile(50.0),
+                r.percentile(99.0),
+                r.percentile(100.0),
+                r.failed,
+                row.hash_wait_ms,
+                row.backend_login_ms,
+            );
+        }
     }
+    println!();
+    println!(
+        "Paced: one login every {} ms. The means are the gateway's own (its /metrics), over every login in the row's time, the attacker's included.",
+        pace.as_millis()
+    );
     println!();
     println!(
         "Attacker: {} answers in {flood_secs:.0} s; {checked_guesses} guesses checked ({:.1}/min), {refused_unchecked} refused unchecked (throttled or banned); banned: {banned}",
@@ -208,54 +248,123 @@ fn checked_lines(gateway: &Gateway) -> Vec<String> {
         .collect()
 }
 
-/// The victim's two rows: main-password logins over the legacy accounts in turn, then the app
-/// password, each back to back for `window`.
-async fn victims(
-    tls: &TlsConnector,
+/// The victim: a client program of its own, on its own thread and runtime.
+#[derive(Clone)]
+struct Victim {
+    tls: TlsConnector,
     port: u16,
-    app: &str,
+    app: String,
     window: Duration,
-) -> (LoadResult, LoadResult) {
-    let main = victim(tls, port, window, |n| {
-        (
-            format!("victim{}", n % VICTIMS),
-            "victim main password".to_owned(),
-        )
-    })
-    .await;
-    let app = app.to_owned();
-    let app = victim(tls, port, window, move |_| {
-        ("owner".to_owned(), app.clone())
-    })
-    .await;
-    (main, app)
+    pace: Duration,
+    metrics_port: u16,
 }
 
-async fn victim(
-    tls: &TlsConnector,
-    port: u16,
-    window: Duration,
-    credentials: impl Fn(usize) -> (String, String),
-) -> LoadResult {
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    let mut failed = 0;
-    let mut n = 0;
-    while started.elapsed() < window {
-        let (user, password) = credentials(n);
-        n += 1;
-        let at = Instant::now();
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            login_from("127.0.0.2", port, tls, &user, &password),
-        )
-        .await
-        {
-            Ok(Ok(true)) => latencies.push(at.elapsed().as_secs_f64() * 1e3),
-            _ => failed += 1,
+/// One victim row and the gateway's view of the same time.
+struct Row {
+    result: LoadResult,
+    hash_wait_ms: f64,
+    backend_login_ms: f64,
+}
+
+impl Victim {
+    /// The four rows: main password back to back and paced, then the app password the same.
+    fn rows(&self) -> Vec<Row> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("victim runtime");
+        let main = |n: usize| {
+            (
+                format!("victim{}", n % VICTIMS),
+                "victim main password".to_owned(),
+            )
+        };
+        let app = |_| ("owner".to_owned(), self.app.clone());
+        runtime.block_on(async {
+            vec![
+                self.row(Duration::ZERO, main).await,
+                self.row(self.pace, main).await,
+                self.row(Duration::ZERO, app).await,
+                self.row(self.pace, app).await,
+            ]
+        })
+    }
+
+    /// Logs in for `window`, a login starting every `pace` (or as the last one ends, for zero).
+    async fn row(&self, pace: Duration, credentials: impl Fn(usize) -> (String, String)) -> Row {
+        let before = scrape(self.metrics_port).await;
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        let mut n = 0;
+        let mut next = tokio::time::Instant::now();
+        while started.elapsed() < self.window {
+            tokio::time::sleep_until(next).await;
+            next += pace;
+            let (user, password) = credentials(n);
+            n += 1;
+            let at = Instant::now();
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                login_from("127.0.0.2", self.port, &self.tls, &user, &password),
+            )
+            .await
+            {
+                Ok(Ok(true)) => latencies.push(at.elapsed().as_secs_f64() * 1e3),
+                _ => failed += 1,
+            }
+            // A login that overran its slot starts the next at once, not in a burst.
+            next = next.max(tokio::time::Instant::now());
+        }
+        let result = LoadResult::gather(vec![(latencies, failed)], started.elapsed().as_secs_f64());
+        let after = scrape(self.metrics_port).await;
+        Row {
+            result,
+            hash_wait_ms: mean_ms(&before, &after, "portcullis_hash_wait_seconds", ""),
+            backend_login_ms: mean_ms(
+                &before,
+                &after,
+                "portcullis_backend_login_seconds",
+                "result=\"ok\"",
+            ),
         }
     }
-    LoadResult::gather(vec![(latencies, failed)], started.elapsed().as_secs_f64())
+}
+
+/// The gateway's metrics page.
+async fn scrape(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("metrics request");
+    let mut page = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut page)
+        .await
+        .expect("metrics page");
+    page
+}
+
+/// The mean of a histogram's observations between two scrapes, in ms (0 when none).
+fn mean_ms(before: &str, after: &str, name: &str, label: &str) -> f64 {
+    let total = |page: &str, suffix: &str| -> f64 {
+        page.lines()
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let metric = series.split('{').next()?;
+                (metric == format!("{name}{suffix}") && series.contains(label))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    };
+    let count = total(after, "_count") - total(before, "_count");
+    if count > 0.0 {
+        (total(after, "_sum") - total(before, "_sum")) * 1e3 / count
+    } else {
+        0.0
+    }
 }
 
 /// One IMAP login over TLS from `source`: Ok(true) for OK, Ok(false) for NO or a goodbye.

@@ -214,6 +214,8 @@ impl PortalMailConfig {
             max_connections: 1,
             shared_between_services: false,
             allow_cleartext_to_backend: false,
+            // The relay is only ever sent a message, never logged in to.
+            warm_connections: 0,
         }
     }
 }
@@ -788,6 +790,15 @@ pub struct BackendConfig {
     /// Refused unless this is set: only for a network the operator protects some other way.
     #[serde(default)]
     pub allow_cleartext_to_backend: bool,
+    /// IMAP, POP3, submission: connections opened and greeted ahead of the logins that will use
+    /// them (default 2; 0 turns it off). Only logins that passed their check open them, one per
+    /// login, and each is closed unused after 15 s (see `upstream::warm`).
+    #[serde(default = "default_warm_connections")]
+    pub warm_connections: usize,
+}
+
+fn default_warm_connections() -> usize {
+    2
 }
 
 fn default_backend_connections() -> usize {

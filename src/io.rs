@@ -119,8 +119,13 @@ pub struct LineReader {
 
 impl LineReader {
     pub fn new(max_line: usize) -> Self {
+        Self::after(max_line, Vec::new())
+    }
+
+    /// A reader whose first bytes are `read` (already taken from the stream).
+    pub fn after(max_line: usize, read: Vec<u8>) -> Self {
         Self {
-            buffer: Vec::new(),
+            buffer: read,
             max_line,
         }
     }

@@ -25,6 +25,7 @@ const HASH_QUEUE: &str = "portcullis_hash_queue_depth";
 const HASH_WAIT: &str = "portcullis_hash_wait_seconds";
 const BACKEND_CONNECT: &str = "portcullis_backend_connect_seconds";
 const BACKEND_LOGIN: &str = "portcullis_backend_login_seconds";
+const BACKEND_LOGIN_CONNECTIONS: &str = "portcullis_backend_login_connections_total";
 const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
 
 /// Seconds, from a fast loopback connect to a hash that waited behind a flood.
@@ -77,6 +78,10 @@ fn describe() {
     describe_histogram!(
         BACKEND_LOGIN,
         "Seconds a backend login for a client took (connect, greeting, login), by backend and result"
+    );
+    describe_counter!(
+        BACKEND_LOGIN_CONNECTIONS,
+        "Backend logins by the connection they used: warm (opened ahead) or new, by backend"
     );
     describe_counter!(
         TLS_HANDSHAKES,
@@ -158,6 +163,13 @@ pub fn backend_login(backend: &str, ok: bool, took: Duration) {
     let result = if ok { "ok" } else { "failed" };
     histogram!(BACKEND_LOGIN, "backend" => backend.to_owned(), "result" => result)
         .record(took.as_secs_f64());
+}
+
+/// A backend login started on a warm connection (`true`) or a new one.
+pub fn backend_login_connection(backend: &str, warm: bool) {
+    let connection = if warm { "warm" } else { "new" };
+    counter!(BACKEND_LOGIN_CONNECTIONS, "backend" => backend.to_owned(), "connection" => connection)
+        .increment(1);
 }
 
 /// A client's TLS handshake completed.

@@ -569,3 +569,73 @@ fn a_client_that_says_goodbye_and_hangs_up_is_a_closed_session_not_an_error() {
     // Log files carry no terminal colour codes.
     assert!(!log.contains('\u{1b}'), "{log}");
 }
+
+/// Logins that passed their check take a backend connection opened and greeted ahead, and
+/// open the next one; wrong passwords open none; a Dovecot restart leaves no dead connection
+/// to hand to a login. The gateway's own metrics count the IMAP backend connections it opened.
+#[test]
+fn logins_use_backend_connections_opened_ahead_and_survive_a_backend_restart() {
+    let metrics_port = free_port();
+    let mut w = world(Options {
+        extra: format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+        ..Options::default()
+    });
+    let app = w.gateway.app_password("alice", "mail", "laptop");
+    let imaps = w.gateway.ports.imaps;
+    let connects = || {
+        value(
+            &scrape(metrics_port),
+            "portcullis_backend_connect_seconds_count",
+            &["backend=\"imap\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let logins = |connection: &str| {
+        value(
+            &scrape(metrics_port),
+            "portcullis_backend_login_connections_total",
+            &["backend=\"imap\"", &format!("connection=\"{connection}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    let settles_at = |want: f64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while connects() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(connects(), want, "backend connections opened");
+    };
+
+    for _ in 0..3 {
+        let out = imap(&w, imaps, "alice", "wrong password guess", "implicit");
+        assert!(out.contains("LOGIN-FAILED"), "{out}");
+    }
+    assert_eq!(connects(), 0.0, "a refused login reached the backend");
+
+    // The first login finds none ready, connects, and has two opened behind it.
+    let out = imap(&w, imaps, "alice", &app, "implicit");
+    assert!(out.contains("SELECT OK"), "{out}");
+    settles_at(3.0);
+    assert_eq!((logins("new"), logins("warm")), (1.0, 0.0));
+    // The next takes one of them (Dovecot's greeting already read) and one more is opened.
+    let out = imap(&w, imaps, "alice", &app, "implicit");
+    assert!(out.contains("SELECT OK"), "{out}");
+    settles_at(4.0);
+    assert_eq!((logins("new"), logins("warm")), (1.0, 1.0));
+
+    // Dovecot restarts. The waiting connections either die with it (and are dropped) or stay
+    // open in an old login process that can no longer log anyone in (and the login runs again
+    // on a new connection): either way the client logs in.
+    w.dovecot.restart();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let out = imap(&w, imaps, "alice", &app, "implicit");
+        assert!(out.contains("SELECT OK"), "{out}\n{}", w.gateway.log());
+    }
+    assert!(
+        !w.gateway.log().contains("backend login failed"),
+        "{}",
+        w.gateway.log()
+    );
+    assert_eq!(logins("new") + logins("warm"), 5.0);
+}

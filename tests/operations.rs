@@ -23,33 +23,6 @@ for _ in range(2):
             session = tls.session
 "#;
 
-fn scrape(port: u16) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ])
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the series named `name` whose labels include all of `labels`.
-fn value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        (metric == name && labels.iter().all(|l| rest.contains(l))).then(|| value.parse().ok())?
-    })
-}
-
 fn promtool(metrics: &str) {
     use std::io::Write;
     let mut child = Command::new("promtool")

@@ -481,7 +481,10 @@ mod tests {
     async fn argon2_hash_then_verify() {
         let hasher = PasswordHasher::new(2);
         let hash = hasher.hash(&Secret::from("correct horse")).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=2$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=2$"),
+            "{hash}"
+        );
         assert!(!hash.contains("correct"));
         assert!(
             hasher

@@ -7,6 +7,9 @@
 
 use tokio::io::AsyncWriteExt;
 
+use std::sync::Arc;
+
+use super::warm::Opened;
 use super::{Backend, BackendError, ClientInfo};
 use crate::config::BackendTls;
 use crate::credentials::Login;
@@ -26,22 +29,23 @@ pub struct Session {
 
 /// Connects and logs in as `login`, within the backend's timeout.
 pub async fn login(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     login: &Login,
     client: ClientInfo,
 ) -> Result<Session, BackendError> {
     backend
-        .login_within_timeout(login_inner(backend, login, client))
+        .login_opened(|opened| login_inner(backend, opened, login, client))
         .await
 }
 
 async fn login_inner(
     backend: &Backend,
+    opened: Opened,
     login: &Login,
     client: ClientInfo,
 ) -> Result<Session, BackendError> {
-    let mut stream = backend.connect().await?;
-    let mut reader = LineReader::new(MAX_BACKEND_LINE);
+    let mut stream = opened.stream;
+    let mut reader = LineReader::after(MAX_BACKEND_LINE, opened.unprompted);
     let greeting = reader
         .read_line(&mut stream)
         .await

@@ -6,6 +6,7 @@ pub mod imap;
 pub mod pop3;
 pub mod relay;
 pub mod smtp;
+pub mod warm;
 pub mod xmpp;
 
 use std::net::SocketAddr;
@@ -26,6 +27,9 @@ use crate::io::Stream;
 pub enum BackendError {
     #[error("cannot connect to backend {address}: {reason}")]
     Connect { address: String, reason: String },
+    /// The connection broke or closed mid-exchange.
+    #[error("backend {address} dropped the connection: {reason}")]
+    Lost { address: String, reason: String },
     #[error("backend {address} timed out")]
     Timeout { address: String },
     #[error("backend {address} broke the protocol: {reason}")]
@@ -42,6 +46,8 @@ pub struct Backend {
     pub config: BackendConfig,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     master_password: Option<Secret>,
+    /// Connections opened ahead for logins (IMAP, POP3, submission).
+    pub warm: warm::Warm,
 }
 
 impl Backend {
@@ -73,7 +79,37 @@ impl Backend {
             config: config.clone(),
             tls,
             master_password,
+            warm: warm::Warm::new(config.warm_connections),
         })
+    }
+
+    /// Runs a client's backend login (`attempt`, from the greeting on) under the timeout, on a
+    /// warm connection if one is ready (see [`warm`]), else on a new one; either way another is
+    /// opened for the next login. A login that fails on a warm connection runs once more on a
+    /// new one: the warm one may belong to a server process that is going away (after a
+    /// Dovecot restart, an old login process keeps its connections but its auth service is
+    /// gone, and answers `NO [UNAVAILABLE]`), and a login is safe to repeat.
+    pub async fn login_opened<T, F, Fut>(self: &Arc<Self>, attempt: F) -> Result<T, BackendError>
+    where
+        F: Fn(warm::Opened) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        self.login_within_timeout(async {
+            let ready = self.warm.take().await;
+            self.warm.refill(self);
+            crate::telemetry::backend_login_connection(&self.name, ready.is_some());
+            let Some(opened) = ready else {
+                return attempt(warm::Opened::new(self.connect().await?)).await;
+            };
+            match attempt(opened).await {
+                Err(e) => {
+                    tracing::debug!(error = %e, "login on a warm backend connection failed; once more on a new one");
+                    attempt(warm::Opened::new(self.connect().await?)).await
+                }
+                result => result,
+            }
+        })
+        .await
     }
 
     /// Runs a backend exchange under the backend's timeout: a silent backend is an error, not a
@@ -197,11 +233,11 @@ impl Backend {
     }
 
     fn io_error(&self, e: std::io::Error) -> BackendError {
-        match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => self.protocol_error("connection closed"),
-            _ => BackendError::Connect {
-                address: self.address(),
-                reason: e.to_string(),
+        BackendError::Lost {
+            address: self.address(),
+            reason: match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "connection closed".to_owned(),
+                _ => e.to_string(),
             },
         }
     }

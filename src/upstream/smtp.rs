@@ -7,6 +7,9 @@
 
 use tokio::io::AsyncWriteExt;
 
+use std::sync::Arc;
+
+use super::warm::Opened;
 use super::{Backend, BackendError, ClientInfo};
 use crate::config::{BackendLogin, BackendTls};
 use crate::credentials::Login;
@@ -28,13 +31,13 @@ pub struct Session {
 /// Connects and logs in as `login`, within the backend's timeout. `helo` is the name the
 /// client gave; `hostname` ours, used when the client gave none.
 pub async fn login(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     login: &Login,
     client: ClientInfo,
     helo: &str,
 ) -> Result<Session, BackendError> {
     backend
-        .login_within_timeout(login_inner(backend, login, client, helo))
+        .login_opened(|opened| login_inner(backend, opened, login, client, helo))
         .await
 }
 
@@ -76,11 +79,12 @@ pub async fn send(
 
 async fn login_inner(
     backend: &Backend,
+    opened: Opened,
     login: &Login,
     client: ClientInfo,
     helo: &str,
 ) -> Result<Session, BackendError> {
-    let (mut conn, mut extensions) = Conn::open(backend).await?.hello(helo).await?;
+    let (mut conn, mut extensions) = Conn::greeted(backend, opened).await?.hello(helo).await?;
     let offers_xclient = extensions.iter().find(|e| keyword(e) == "XCLIENT").cloned();
     let user = backend.user_for(login);
 
@@ -138,11 +142,15 @@ struct Conn<'a> {
 
 impl<'a> Conn<'a> {
     async fn open(backend: &'a Backend) -> Result<Conn<'a>, BackendError> {
-        let stream = backend.connect().await?;
+        Self::greeted(backend, Opened::new(backend.connect().await?)).await
+    }
+
+    /// Reads the greeting on a connection nobody has spoken on yet.
+    async fn greeted(backend: &'a Backend, opened: Opened) -> Result<Conn<'a>, BackendError> {
         let mut conn = Conn {
             backend,
-            stream,
-            reader: LineReader::new(MAX_BACKEND_LINE),
+            stream: opened.stream,
+            reader: LineReader::after(MAX_BACKEND_LINE, opened.unprompted),
         };
         let (code, lines) = conn.reply().await?;
         if code != 220 {

@@ -473,6 +473,25 @@ hostname = dovecot.test
     pub fn stop(&mut self) {
         kill(&mut self.child);
     }
+
+    /// Stops Dovecot as `systemctl restart` does (SIGTERM: the master ends its login and mail
+    /// processes too) and starts it again on the same ports.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let conf_path = self.dir.path().join("dovecot.conf");
+        self.child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).expect("log"))
+            .spawn()
+            .expect("start dovecot");
+        wait_for_port(self.imap_port, "dovecot", &mut self.child, &self.log);
+    }
 }
 
 impl Drop for Dovecot {
@@ -1701,4 +1720,32 @@ pub fn nginx_http_paths(prefix: &std::path::Path) -> String {
         "access_log off;\n  client_body_temp_path {p}/client_body;\n  proxy_temp_path {p}/proxy;\n  \
          fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;"
     )
+}
+
+/// The gateway's Prometheus page from its `[metrics]` listener.
+pub fn scrape(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the series named `name` whose labels include all of `labels`.
+pub fn value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        (metric == name && labels.iter().all(|l| rest.contains(l))).then(|| value.parse().ok())?
+    })
 }
