@@ -4,8 +4,8 @@
 //! 127.0.0.3, runs LOAD_ATTACKERS (default 100) connections that each log in over and over to
 //! a legacy-mode account (its main password opens IMAP, so every guess that is checked costs
 //! an argon2 verify), half the guesses shaped like app passwords, all distinct. The victim,
-//! from 127.0.0.2, logs in back to back (TLS handshake, LOGIN, LOGOUT), first with no attack
-//! (the baseline, same run), then during it, in two rows. Like real clients, the victim and each
+//! from 127.0.0.2, logs in (TLS handshake, LOGIN, LOGOUT), first with no attack (the baseline,
+//! same run), then during it, with two credentials. Like real clients, the victim and each
 //! attacking connection keep their own TLS session cache (so they resume when they can).
 //!
 //! - **main password, uncached**: 50 legacy-mode accounts in turn with `cache_idle_secs = 1`,
@@ -81,7 +81,6 @@ fn main() {
     let app = gateway.app_password("owner", "mail", "phone");
     // Each simulated client its own session cache, as a real client has.
     let client = || TlsConnector::from(tls_client_config(&gateway.ca));
-    let tls = client();
     let port = gateway.ports.imaps;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,9 +89,9 @@ fn main() {
     let window = Duration::from_secs(secs);
 
     let victim_client = Victim {
-        tls: tls.clone(),
+        tls: client(),
         port,
-        app: app.clone(),
+        app,
         window,
         pace,
         metrics_port,

@@ -93,7 +93,7 @@ const LANES: u32 = 2;
 /// RFC 9106 recommends as many lanes as the verifier has threads to spare; two is what the
 /// smallest machine we run on has, and stored hashes carry their own parameters, so a hash made
 /// here verifies on any node whatever its core count.
-pub fn new_hash_params() -> Params {
+fn new_hash_params() -> Params {
     Params::new(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, LANES, None)
         .unwrap_or(Params::DEFAULT)
 }

@@ -5,9 +5,9 @@
 //! credentials. The tagged OK's CAPABILITY code (or an explicit CAPABILITY command) gives the
 //! capabilities the client is told about.
 
-use tokio::io::AsyncWriteExt;
-
 use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
 
 use super::warm::Opened;
 use super::{Backend, BackendError, ClientInfo};

@@ -98,16 +98,13 @@ impl Backend {
             let ready = self.warm.take().await;
             self.warm.refill(self);
             crate::telemetry::backend_login_connection(&self.name, ready.is_some());
-            let Some(opened) = ready else {
-                return attempt(warm::Opened::new(self.connect().await?)).await;
-            };
-            match attempt(opened).await {
-                Err(e) => {
-                    tracing::debug!(error = %e, "login on a warm backend connection failed; once more on a new one");
-                    attempt(warm::Opened::new(self.connect().await?)).await
+            if let Some(opened) = ready {
+                match attempt(opened).await {
+                    Err(e) => tracing::debug!(error = %e, "login on a warm backend connection failed; once more on a new one"),
+                    result => return result,
                 }
-                result => result,
             }
+            attempt(warm::Opened::new(self.connect().await?)).await
         })
         .await
     }

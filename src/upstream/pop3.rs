@@ -5,9 +5,9 @@
 //! pipelined with `AUTH PLAIN` carrying the master credentials as an initial response
 //! (RFC 5034).
 
-use tokio::io::AsyncWriteExt;
-
 use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
 
 use super::warm::Opened;
 use super::{Backend, BackendError, ClientInfo};

@@ -5,9 +5,9 @@
 //! Postfix's `XCLIENT LOGIN=`. The backend's EHLO keywords are returned so the listener can
 //! offer the same extensions to the next client.
 
-use tokio::io::AsyncWriteExt;
-
 use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
 
 use super::warm::Opened;
 use super::{Backend, BackendError, ClientInfo};

@@ -115,8 +115,9 @@ impl Warm {
         }
     }
 
-    /// Connections waiting (some may have just ended), for tests.
-    pub fn ready(&self) -> usize {
+    /// Connections waiting (some may have just ended).
+    #[cfg(test)]
+    fn ready(&self) -> usize {
         self.state.lock().map_or(0, |state| state.ready.len())
     }
 }
