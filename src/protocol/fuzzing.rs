@@ -579,6 +579,11 @@ mod tests {
         nginx_auth(
             b"Auth-Method: plain\nAuth-User: alice%0d%0aX: y\nAuth-Pass: s%25\nAuth-Protocol: smtp\nClient-IP: ::1\n",
         );
+        // Found by the autodiscover target: an address holding `&#13;`, which the answer
+        // wrote back as a literal CR that a reader turns into LF.
+        autodiscover(include_bytes!(
+            "../../fuzz/seeds/autodiscover/carriage-return-reference"
+        ));
         // Found by the nginx_auth target: a method of backslashes, which a Debug-formatted
         // error doubled past the bound.
         nginx_auth(include_bytes!("../../fuzz/seeds/nginx_auth/escaped-method"));

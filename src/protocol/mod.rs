@@ -27,7 +27,11 @@ pub fn printable(login: &str) -> String {
         .collect()
 }
 
-/// Escapes text for XML content and attributes (either quote).
+/// Escapes text for XML content and attributes (either quote), so that a reader gets back
+/// exactly `text`: tab, line feed and carriage return become character references, because a
+/// reader turns a literal CR into LF and, in an attribute, any of them into a space; characters
+/// XML 1.0 cannot carry at all (other C0 controls, U+FFFE, U+FFFF) become U+FFFD rather than
+/// making the document malformed.
 pub fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -37,6 +41,10 @@ pub fn xml_escape(text: &str) -> String {
             '&' => out.push_str("&amp;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }
@@ -154,5 +162,44 @@ pub(crate) mod testing {
                 Action::NeedInput => String::new(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml_escape;
+    use rxml::{Event, Parse, Parser};
+
+    /// What a reader gets back from `<a v="escaped">escaped</a>`: the attribute, then the text.
+    fn read_back(text: &str) -> (String, String) {
+        let escaped = xml_escape(text);
+        let document = format!("<a v=\"{escaped}\">{escaped}</a>");
+        let (mut parser, mut input) = (Parser::default(), document.as_bytes());
+        let (mut attribute, mut content) = (String::new(), String::new());
+        while let Some(event) = parser.parse(&mut input, true).expect("well-formed") {
+            match event {
+                Event::StartElement(_, _, attributes) => {
+                    for (_, value) in attributes.iter() {
+                        attribute.push_str(value);
+                    }
+                }
+                Event::Text(_, chunk) => content.push_str(&chunk),
+                _ => {}
+            }
+        }
+        (attribute, content)
+    }
+
+    #[test]
+    fn escaped_text_reads_back_unchanged_in_content_and_attributes() {
+        let text = "a<b>&'\"\tc\r\nd\re";
+        assert_eq!(read_back(text), (text.to_owned(), text.to_owned()));
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_become_the_replacement_character() {
+        let (attribute, content) = read_back("a\u{0}b\u{1b}c\u{fffe}");
+        assert_eq!(content, "a\u{fffd}b\u{fffd}c\u{fffd}");
+        assert_eq!(attribute, content);
     }
 }
