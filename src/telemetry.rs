@@ -18,6 +18,7 @@ use crate::server::gate::Labels;
 const LOGINS: &str = "portcullis_logins_total";
 const BANS: &str = "portcullis_bans_total";
 const BANS_ACTIVE: &str = "portcullis_bans_active";
+const CONNECTIONS_REFUSED: &str = "portcullis_connections_refused_total";
 const SESSIONS: &str = "portcullis_sessions";
 const SESSIONS_CUT: &str = "portcullis_sessions_cut_total";
 const FEED_LAG: &str = "portcullis_feed_lag_seconds";
@@ -56,6 +57,10 @@ fn describe() {
         "Logins decided by the login gate, by protocol, service and result (ok, or the reason of a refusal as the login log line gives it)"
     );
     describe_counter!(BANS, "Client addresses banned by the login gate");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused on arrival, by the limit that was full: connection-limit, pre-login-limit, or address-limit (the client network's pre-login share)"
+    );
     describe_gauge!(BANS_ACTIVE, "Bans in force, from every node");
     describe_gauge!(SESSIONS, "Live client sessions by protocol");
     describe_counter!(
@@ -93,6 +98,11 @@ fn describe() {
 pub fn login(labels: Labels, result: &'static str) {
     counter!(LOGINS, "protocol" => labels.protocol, "service" => labels.service, "result" => result)
         .increment(1);
+}
+
+/// A connection refused before it was served (a connection limit), by which limit.
+pub fn connection_refused(limit: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(1);
 }
 
 /// An address banned by the gate.

@@ -8,7 +8,9 @@
 //! logged in keep the rest.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,6 +36,73 @@ impl Refusal {
             Refusal::AddressFull => "pre-login connection limit for this address reached",
         }
     }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Full => "connection-limit",
+            Refusal::PreLoginFull => "pre-login-limit",
+            Refusal::AddressFull => "address-limit",
+        }
+    }
+}
+
+/// Refused connections are logged at most once per [`Self::INTERVAL`], each line counting the
+/// refusals since the one before: a flood of connections must not become a flood of log lines
+/// (the disk, the journal, and the CPU that formats them), and the counter metric has every
+/// refusal.
+#[derive(Debug)]
+pub struct RefusalLog {
+    started: Instant,
+    /// Milliseconds since `started` before which no line is due.
+    next_line_ms: AtomicU64,
+    /// Refusals not logged since the last line.
+    unlogged: AtomicU64,
+}
+
+impl RefusalLog {
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            next_line_ms: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// One refusal now: `Some(n)` when it is to be logged, `n` being the refusals left out
+    /// since the last line.
+    pub fn refused(&self) -> Option<u64> {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.refused_at(now)
+    }
+
+    fn refused_at(&self, now_ms: u64) -> Option<u64> {
+        let due = self.next_line_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(Self::INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if now_ms >= due
+            && self
+                .next_line_ms
+                .compare_exchange(
+                    due,
+                    now_ms.saturating_add(interval),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(self.unlogged.swap(0, Ordering::AcqRel));
+        }
+        self.unlogged.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The limits and the pre-login connections per network.
@@ -42,6 +111,8 @@ pub struct Admission {
     pre_login: Arc<Semaphore>,
     per_network: Arc<DashMap<Network, usize>>,
     per_network_max: usize,
+    /// When the refusals are logged.
+    pub refusals: RefusalLog,
 }
 
 impl Admission {
@@ -51,6 +122,7 @@ impl Admission {
             pre_login: Arc::new(Semaphore::new(pre_login)),
             per_network: Arc::new(DashMap::new()),
             per_network_max: per_network,
+            refusals: RefusalLog::new(),
         }
     }
 
@@ -134,6 +206,24 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_interval_with_the_count_left_out() {
+        let log = RefusalLog::new();
+        assert_eq!(
+            log.refused_at(0),
+            Some(0),
+            "the first refusal is logged at once"
+        );
+        for ms in 1..=500 {
+            assert_eq!(log.refused_at(ms), None);
+        }
+        assert_eq!(log.refused_at(999), None);
+        assert_eq!(log.refused_at(1000), Some(501));
+        assert_eq!(log.refused_at(1001), None);
+        // After a quiet spell the next refusal is logged at once again.
+        assert_eq!(log.refused_at(60_000), Some(1));
     }
 
     #[test]

@@ -586,7 +586,7 @@ fn admit_and_serve(
     let admitted = match admission.admit(peer.ip()) {
         Ok(admitted) => Arc::new(admitted),
         Err(refusal) => {
-            refuse_busy(&tcp, served, refusal, peer);
+            refuse_busy(&tcp, served, admission, refusal, peer);
             return;
         }
     };
@@ -622,9 +622,19 @@ async fn accept_failed(error: &std::io::Error) {
 }
 
 /// Over the connection limit: one best-effort line where the protocol starts in plaintext
-/// (no waiting on the client), then close.
-fn refuse_busy(tcp: &TcpStream, served: &Served, refusal: admission::Refusal, peer: SocketAddr) {
-    tracing::warn!(%peer, "{}; refusing a connection", refusal.as_str());
+/// (no waiting on the client), then close. Counted in the metrics; logged at most once a
+/// second (see [`admission::RefusalLog`]).
+fn refuse_busy(
+    tcp: &TcpStream,
+    served: &Served,
+    admission: &admission::Admission,
+    refusal: admission::Refusal,
+    peer: SocketAddr,
+) {
+    crate::telemetry::connection_refused(refusal.label());
+    if let Some(unlogged) = admission.refusals.refused() {
+        tracing::warn!(%peer, refused_unlogged = unlogged, "{}; refusing a connection", refusal.as_str());
+    }
     if let Served::Mail(context) = served
         && context.config.tls == crate::config::ListenerTls::Starttls
     {
