@@ -15,6 +15,8 @@ command -v dovecot >/dev/null 2>&1 || missing_debs+=(dovecot-imapd dovecot-submi
 command -v fetchmail >/dev/null 2>&1 || missing_debs+=(fetchmail)
 command -v getmail >/dev/null 2>&1 || missing_debs+=(getmail6)
 command -v curl >/dev/null 2>&1 || missing_debs+=(curl)
+# ss lists the gateway's sockets (tests/hostile_input.rs: refusals leave no TIME_WAIT).
+command -v ss >/dev/null 2>&1 || missing_debs+=(iproute2)
 command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing_debs+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing_debs+=(libnginx-mod-mail)

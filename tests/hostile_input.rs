@@ -408,6 +408,26 @@ impl WriteIgnoringReset for TcpStream {
     }
 }
 
+/// Connects `count` times from `source` and reads: how many connections were reset.
+const RESETS: &str = r#"
+import socket, sys
+source, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+reset = 0
+for _ in range(count):
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(5)
+    try:
+        s.recv(200)
+    except ConnectionResetError:
+        reset += 1
+    except OSError:
+        pass
+    s.close()
+print(f"reset={reset}", flush=True)
+"#;
+
 const HOLD_CONNECTIONS: &str = r#"
 import socket, sys, time
 source, port, count, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -479,6 +499,27 @@ fn one_address_cannot_take_every_connection() {
         Some(268.0),
         "{metrics}"
     );
+    // Where the protocol starts with the client's TLS hello there is no line to give: the
+    // refusal is a reset, which leaves the gateway no TIME_WAIT socket per refused connection.
+    require("ss", "apt-get install iproute2");
+    let out = std::process::Command::new("python3")
+        .args(["-c", RESETS, "127.0.0.3", &gw.ports.imaps.to_string(), "40"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "reset=40",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waiting = std::process::Command::new("ss")
+        .args(["-Htan", "state", "time-wait"])
+        .arg(format!("( sport = :{} )", gw.ports.imaps))
+        .output()
+        .unwrap();
+    assert!(waiting.status.success());
+    let waiting = String::from_utf8_lossy(&waiting.stdout);
+    assert_eq!(waiting.lines().count(), 0, "{waiting}");
     // From another address: still served, over both listener kinds.
     still_serving(&gw, &secret);
     let mut c = Raw::connect(gw.ports.imap);

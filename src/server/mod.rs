@@ -622,8 +622,10 @@ async fn accept_failed(error: &std::io::Error) {
 }
 
 /// Over the connection limit: one best-effort line where the protocol starts in plaintext
-/// (no waiting on the client), then close. Counted in the metrics; logged at most once a
-/// second (see [`admission::RefusalLog`]).
+/// (no waiting on the client), then close; with no line to deliver, an abortive close (a
+/// reset), so that a flood of refused connections leaves no TIME_WAIT socket behind on the
+/// gateway and costs no FIN exchange. Counted in the metrics; logged at most once a second
+/// (see [`admission::RefusalLog`]).
 fn refuse_busy(
     tcp: &TcpStream,
     served: &Served,
@@ -645,8 +647,12 @@ fn refuse_busy(
             // An XMPP server speaks only after the client's stream header: just close.
             ListenerProtocol::Xmpp | ListenerProtocol::Http | ListenerProtocol::Portal => b"",
         };
-        let _ = tcp.try_write(line);
+        if !line.is_empty() {
+            let _ = tcp.try_write(line);
+            return;
+        }
     }
+    let _ = tcp.set_zero_linger();
 }
 
 async fn handle_mail(
