@@ -425,30 +425,13 @@ fn refusal_lines(log: &str) -> (usize, usize) {
     (lines.len(), left_out)
 }
 
-/// Connects `count` times from `source` and reads: how many connections were reset.
-const RESETS: &str = r#"
-import socket, sys
-source, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-reset = 0
-for _ in range(count):
-    s = socket.socket()
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    s.settimeout(5)
-    try:
-        s.recv(200)
-    except ConnectionResetError:
-        reset += 1
-    except OSError:
-        pass
-    s.close()
-print(f"reset={reset}", flush=True)
-"#;
-
+/// Connects `count` times from `source` and reads the first bytes: keeps the connections that
+/// got an IMAP greeting open for `hold` seconds, and says how many were greeted, refused, and
+/// of those refused, reset.
 const HOLD_CONNECTIONS: &str = r#"
 import socket, sys, time
 source, port, count, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-held, greeted, refused = [], 0, 0
+held, greeted, refused, reset = [], 0, 0, 0
 for _ in range(count):
     s = socket.socket()
     s.bind((source, 0))
@@ -456,6 +439,9 @@ for _ in range(count):
     s.settimeout(5)
     try:
         first = s.recv(200)
+    except ConnectionResetError:
+        first = b""
+        reset += 1
     except OSError:
         first = b""
     if first.startswith(b"* OK"):
@@ -464,7 +450,7 @@ for _ in range(count):
     else:
         refused += 1
         s.close()
-print(f"greeted={greeted} refused={refused}", flush=True)
+print(f"greeted={greeted} refused={refused} reset={reset}", flush=True)
 time.sleep(hold)
 "#;
 
@@ -499,7 +485,7 @@ fn one_address_cannot_take_every_connection() {
         let stdout = attacker.stdout.take().unwrap();
         std::io::BufReader::new(stdout).read_line(&mut out).unwrap();
     }
-    assert_eq!(out.trim(), "greeted=32 refused=268", "{}", gw.log());
+    assert_eq!(out.trim(), "greeted=32 refused=268 reset=0", "{}", gw.log());
     let log = gw.log();
     // At most a line a second, each counting the refusals left out since the one before.
     let (lines, _) = refusal_lines(&log);
@@ -517,16 +503,20 @@ fn one_address_cannot_take_every_connection() {
     // Where the protocol starts with the client's TLS hello there is no line to give: the
     // refusal is a reset, which leaves the gateway no TIME_WAIT socket per refused connection.
     require("ss", "apt-get install iproute2");
-    let out = std::process::Command::new("python3")
-        .args(["-c", RESETS, "127.0.0.3", &gw.ports.imaps.to_string(), "40"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "reset=40",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let knock = |count: &str| {
+        let imaps = gw.ports.imaps.to_string();
+        let out = std::process::Command::new("python3")
+            .args(["-c", HOLD_CONNECTIONS, "127.0.0.3", &imaps, count, "0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr,
+        )
+    };
+    let (out, stderr) = knock("40");
+    assert_eq!(out, "greeted=0 refused=40 reset=40", "{stderr}");
     let waiting = std::process::Command::new("ss")
         .args(["-Htan", "state", "time-wait"])
         .arg(format!("( sport = :{} )", gw.ports.imaps))
@@ -538,11 +528,8 @@ fn one_address_cannot_take_every_connection() {
     // One more refusal a second later gets a line, which counts the ones left out: the lines
     // and their counts add up to every refusal (268 + 40 + 1).
     std::thread::sleep(Duration::from_millis(1100));
-    let out = std::process::Command::new("python3")
-        .args(["-c", RESETS, "127.0.0.3", &gw.ports.imaps.to_string(), "1"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "reset=1");
+    let (out, stderr) = knock("1");
+    assert_eq!(out, "greeted=0 refused=1 reset=1", "{stderr}");
     let log = gw.log();
     let (lines, left_out) = refusal_lines(&log);
     assert_eq!(lines + left_out, 309, "{log}");
